@@ -1,0 +1,38 @@
+"""Plain descriptions of what a dataset feeds a model: its targets and its input tensors."""
+
+from dataclasses import dataclass, field
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prediction target: a column name and its task type (classification | regression)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Shapes of the input tensors a model receives in its batch dict.
+
+    A batch is ``{"numeric": float32 [B, num_numeric], "categorical": int64 [B, len(cardinalities)],
+    "tokens": int64 [B, max_length]}``; a key is absent when the dataset has no such columns.
+    Token id ``pad_id`` marks padding. Categorical code 0 is the "unknown" slot of every column.
+    """
+
+    num_numeric: int = 0
+    categorical_cardinalities: list[int] = field(default_factory=list)
+    vocab_size: int = 0
+    max_length: int = 0
+    pad_id: int = 0
+
+    @property
+    def has_text(self) -> bool:
+        return self.vocab_size > 0
+
+    @property
+    def has_tabular(self) -> bool:
+        return self.num_numeric > 0 or len(self.categorical_cardinalities) > 0
