@@ -20,7 +20,8 @@ class InputSpec:
 
     A batch is ``{"numeric": float32 [B, num_numeric], "categorical": int64 [B, len(cardinalities)],
     "tokens": int64 [B, max_length]}``; a key is absent when the dataset has no such columns.
-    Token id ``pad_id`` marks padding. Categorical code 0 is the "unknown" slot of every column.
+    Token id ``pad_id`` marks padding. Categorical code 0 is the "unknown" slot of every column, and
+    each cardinality counts it (known categories + 1).
     """
 
     num_numeric: int = 0
