@@ -1,0 +1,78 @@
+"""What a person watching a run sees: rich progress bars on a terminal, plain log lines elsewhere."""
+
+import logging
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+log = logging.getLogger(__name__)
+
+
+def use_rich(mode: str) -> bool:
+    """``auto`` shows bars only when stdout is a terminal (not in CI, files or SLURM logs)."""
+    return mode == "rich" or (mode == "auto" and sys.stdout.isatty())
+
+
+class TrainProgress:
+    """Progress of a training run. Call ``update`` at logging intervals only: it shows the values it is given."""
+
+    def __init__(self, mode: str, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.bars: Progress | None = None
+        if use_rich(mode):
+            self.bars = Progress(
+                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(),
+                transient=False,
+            )
+            self.bars.start()
+            self.task = self.bars.add_task("train", total=steps_per_epoch, epoch=0, epochs=epochs, status="")
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.bars is not None:
+            self.bars.reset(self.task, total=self.steps_per_epoch, epoch=epoch + 1, status="")
+
+    def update(self, epoch: int, step_in_epoch: int, values: dict[str, float]) -> None:
+        status = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+        if self.bars is not None:
+            self.bars.update(self.task, completed=step_in_epoch, status=status)
+        else:
+            log.info("epoch %d/%d step %d/%d  %s", epoch + 1, self.epochs, step_in_epoch, self.steps_per_epoch, status)
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.bars is not None:
+            self.bars.update(self.task, completed=self.steps_per_epoch)
+        shown = {k: v for k, v in metrics.items() if k.count("/") <= 1 or k.endswith(("/accuracy", "/r2"))}
+        log.info("epoch %d/%d done  %s", epoch + 1, self.epochs, "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()))
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    """A rich table with one row per metric and one column per entry of ``columns`` (e.g. val, test)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    keys = list(dict.fromkeys(k for values in columns.values() for k in values))
+    for key in keys:
+        table.add_row(key, *(_fmt(values[key]) if key in values else "" for values in columns.values()))
+    return table
+
+
+def print_table(table: Table) -> None:
+    Console(soft_wrap=True).print(table)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,132 @@
+"""Losses over the model's output dict: one term per target, summed with per-target weights.
+
+Classification targets use cross entropy (optionally class-weighted and label-smoothed) or focal
+loss; regression targets use MSE, L1 or Huber on standardised values (the preprocessing scales every
+regression target to zero mean and unit variance on the training split, so terms are comparable).
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.errors import UserError
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
+REGRESSION_LOSSES = ("mse", "l1", "huber")
+
+
+class MultiTargetLoss(nn.Module):
+    """Weighted sum of one loss term per target.
+
+    Args:
+        targets: the dataset's targets (from the call site).
+        class_counts: per classification target, the training count of each class (from the call site);
+            used by ``class_weights="balanced"``.
+        classification: loss of classification targets: cross_entropy | focal.
+        regression: loss of regression targets: mse | l1 | huber.
+        label_smoothing: cross-entropy label smoothing, 0-0.2.
+        class_weights: null, "balanced" (inverse class frequency), or one list of weights per
+            classification target keyed by name, ``{intent: [1, 2, 1, 1]}``.
+        focal_gamma: focusing parameter of the focal loss (Lin et al. 2017), 0-5; 0 is cross entropy.
+        huber_delta: where Huber switches from quadratic to linear, in standard deviations.
+        weights: per-target weight of its term, ``{ctr: 2.0}``; targets not named weigh 1.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        class_counts: dict[str, list[int]],
+        classification: str = "cross_entropy",
+        regression: str = "mse",
+        label_smoothing: float = 0.0,
+        class_weights: str | dict[str, list[float]] | None = None,
+        focal_gamma: float = 2.0,
+        huber_delta: float = 1.0,
+        weights: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        if classification not in CLASSIFICATION_LOSSES:
+            raise UserError(
+                f"loss.classification={classification!r} is not a classification loss; "
+                f"use one of {', '.join(CLASSIFICATION_LOSSES)}."
+            )
+        if regression not in REGRESSION_LOSSES:
+            raise UserError(
+                f"loss.regression={regression!r} is not a regression loss; use one of {', '.join(REGRESSION_LOSSES)}."
+            )
+        names = [t.name for t in targets]
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise UserError(
+                f"loss.weights names {', '.join(unknown)}, which is not a target; the targets are {', '.join(names)}."
+            )
+        self.targets = list(targets)
+        self.classification = classification
+        self.regression = regression
+        self.label_smoothing = label_smoothing
+        self.focal_gamma = focal_gamma
+        self.huber_delta = huber_delta
+        self.weights = {name: float(weights.get(name, 1.0)) for name in names}
+        # Class weights are buffers so they follow the module to the device and into state_dict.
+        for target in self.targets:
+            if target.type == CLASSIFICATION:
+                counts = class_counts[target.name]
+                self.register_buffer(f"class_weight_{target.name}", _class_weights(class_weights, target, counts))
+
+    def forward(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+        total = outputs[self.targets[0].name].new_zeros(())
+        for name, term in self.terms(outputs, targets).items():
+            total = total + self.weights[name] * term
+        return total
+
+    def terms(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Unweighted loss of each target, as device tensors."""
+        terms = {}
+        for target in self.targets:
+            out, y = outputs[target.name], targets[target.name]
+            if target.type == CLASSIFICATION:
+                terms[target.name] = self._classification_term(out, y, getattr(self, f"class_weight_{target.name}"))
+            elif self.regression == "mse":
+                terms[target.name] = F.mse_loss(out.float(), y)
+            elif self.regression == "l1":
+                terms[target.name] = F.l1_loss(out.float(), y)
+            else:
+                terms[target.name] = F.huber_loss(out.float(), y, delta=self.huber_delta)
+        return terms
+
+    def _classification_term(self, logits: Tensor, y: Tensor, class_weight: Tensor) -> Tensor:
+        logits = logits.float()
+        if self.classification == "cross_entropy":
+            return F.cross_entropy(logits, y, weight=class_weight, label_smoothing=self.label_smoothing)
+        # Focal loss: cross entropy scaled by (1 - p_true)^gamma, class-weighted like cross entropy.
+        log_p = F.log_softmax(logits, dim=-1).gather(1, y.unsqueeze(1)).squeeze(1)
+        w = class_weight[y]
+        focal = -((1 - log_p.exp()) ** self.focal_gamma) * log_p * w
+        return focal.sum() / w.sum()
+
+
+def _class_weights(spec: str | dict[str, list[float]] | None, target: Target, counts: list[int]) -> Tensor:
+    if spec is None:
+        return torch.ones(len(counts))
+    if spec == "balanced":
+        # sklearn's "balanced": n_samples / (n_classes * count); a class absent from training weighs 0.
+        counts_t = torch.tensor(counts, dtype=torch.float32)
+        return torch.where(counts_t > 0, counts_t.sum() / (len(counts) * counts_t.clamp(min=1)), 0.0)
+    if isinstance(spec, str):
+        raise UserError(
+            f"loss.class_weights={spec!r} is not understood; use null, balanced, or a mapping "
+            f"like {{{target.name}: [1.0, 2.0, ...]}}."
+        )
+    if target.name not in spec:
+        return torch.ones(len(counts))
+    values = list(spec[target.name])
+    if len(values) != len(counts):
+        raise UserError(
+            f"loss.class_weights.{target.name} has {len(values)} weights but target {target.name} has "
+            f"{len(counts)} classes; give one weight per class in the order of the class names."
+        )
+    return torch.tensor(values, dtype=torch.float32)

@@ -1,0 +1,188 @@
+"""seo-train: train a model on the built-in SEO dataset or a table file.
+
+    seo-train                                     # the default model on the built-in data
+    seo-train model=mlp optimizer=sgd epochs=5
+    seo-train -m learning_rate=1e-3,5e-4          # a sweep
+
+Only this module, ``evaluate.py`` and ``predict.py`` read ``cfg`` or call ``instantiate``.
+"""
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from seo_cli.config import config_dir, register_configs
+from seo_cli.console import metrics_table, print_table
+from seo_cli.data.batches import DeviceBatches
+from seo_cli.data.pipeline import prepare_data, targets_of
+from seo_cli.data.spec import CLASSIFICATION
+from seo_cli.errors import UserError
+from seo_cli.loggers import MetricsSink
+from seo_cli.runtime import peak_memory_mb, pick_device, seed_everything
+from seo_cli.trainer import CheckpointSaver, FitSettings, evaluate, fit
+from seo_cli.validation import check_run_length, check_train_config
+
+log = logging.getLogger(__name__)
+
+register_configs()
+
+
+def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict:
+    """Train, validate each epoch, test the best checkpoint, and write ``summary.json`` in ``run_dir``.
+
+    Returns:
+        The summary: objective value, final metrics, parameter count, wall time, peak memory.
+
+    Raises:
+        UserError: a mistake in the config or the data, found before training starts where possible.
+    """
+    started = time.perf_counter()
+    check_train_config(cfg, user_config_dir)
+    device = pick_device(cfg.device.type, cfg.device.fallback)
+    seed_everything(cfg.seed)
+
+    data_cfg = OmegaConf.to_object(cfg.data)
+    data = prepare_data(data_cfg, cfg.seed)
+    pre, targets = data.preprocessor, targets_of(data_cfg)
+    train_split, val_split, test_split = data.splits["train"], data.splits["val"], data.splits["test"]
+    class_counts = {
+        t.name: torch.bincount(train_split.targets[t.name], minlength=pre.heads[t.name]).tolist()
+        for t in targets
+        if t.type == CLASSIFICATION
+    }
+
+    model = instantiate(cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object").to(device)
+    loss_fn = instantiate(cfg.loss, targets=targets, class_counts=class_counts, _convert_="object").to(device)
+    optimizer = instantiate(cfg.optimizer, params=model.parameters(), _convert_="object")
+    train_batches = DeviceBatches(
+        train_split.inputs, train_split.targets, batch_size=cfg.batch_size, device=device, shuffle=True, seed=cfg.seed
+    )
+    val_batches, test_batches = (
+        DeviceBatches(split.inputs, split.targets, batch_size=cfg.eval_batch_size, device=device)
+        for split in (val_split, test_split)
+    )
+    total_steps = len(train_batches) * cfg.epochs
+    check_run_length(cfg.scheduler, total_steps)
+    scheduler = None
+    if cfg.scheduler:
+        scheduler = instantiate(
+            cfg.scheduler, optimizer=optimizer, total_steps=total_steps, steps_per_epoch=len(train_batches)
+        )
+    loggers = [instantiate(node, log_dir=run_dir / name) for name, node in (cfg.logger or {}).items()]
+    sink = MetricsSink(run_dir / "metrics.jsonl", loggers)
+    num_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "Model %s: %s parameters, on %s; %d steps per epoch",
+        cfg.model._target_.rsplit(".", 1)[-1], f"{num_params:,}", device, len(train_batches),
+    )
+    saver = CheckpointSaver(
+        run_dir / "checkpoints",
+        extra={
+            "config": OmegaConf.to_yaml(cfg, resolve=True),
+            "preprocessing": pre.to_state(),
+            "class_counts": class_counts,
+        },
+    )
+    settings = FitSettings(
+        epochs=cfg.epochs,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        monitor=cfg.trainer.monitor,
+        mode=cfg.trainer.mode,
+        scheduler_monitor=cfg.scheduler.get("monitor") if cfg.scheduler else None,
+        progress=cfg.trainer.progress,
+    )
+    try:
+        result = fit(
+            model,
+            optimizer,
+            loss_fn,
+            train_batches,
+            val_batches,
+            targets=targets,
+            settings=settings,
+            scheduler=scheduler,
+            sink=sink,
+            checkpoints=saver,
+            target_scale=pre.target_scale,
+            class_names=pre.class_names,
+        )
+        # The test split is scored once, with the best weights, as the final word on the run.
+        best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(best["model"])
+        test_metrics, _ = evaluate(model, test_batches, loss_fn, targets, "test", pre.target_scale, pre.class_names)
+        sink.log(test_metrics, result.global_step)
+    finally:
+        sink.close()
+
+    val_metrics = {k: v for k, v in result.best_metrics.items() if k.startswith("val/")}
+    final = val_metrics | test_metrics
+    summary = {
+        "status": "ok",
+        "objective": cfg.objective,
+        "objective_value": final.get(cfg.objective, result.best_metrics.get(cfg.objective)),
+        "best_epoch": result.best_epoch,
+        "monitor": cfg.trainer.monitor,
+        "best_checkpoint": str(result.best_checkpoint),
+        "metrics": final,
+        "num_parameters": num_params,
+        "samples_per_second": result.samples_per_second,
+        "wall_time_s": time.perf_counter() - started,
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": str(device),
+    }
+    write_summary(run_dir, summary)
+    print_table(
+        metrics_table(
+            f"best epoch {result.best_epoch} by {cfg.trainer.monitor}",
+            {"val": _strip(val_metrics, "val/"), "test": _strip(test_metrics, "test/")},
+        )
+    )
+    log.info("Best checkpoint: %s", result.best_checkpoint)
+    log.info("Evaluate it with: seo-eval checkpoint=%s", result.best_checkpoint)
+    return summary
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def user_config_dir_given() -> bool:
+    """True when the user added their own config directory (``--config-dir``) to the search path."""
+    sources = HydraConfig.get().runtime.config_sources
+    return any(source.provider == "command-line" for source in sources)
+
+
+def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k.removeprefix(prefix): v for k, v in metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    try:
+        summary = train(cfg, run_dir, user_config_dir=user_config_dir_given())
+    except UserError as err:
+        log.error("%s", err)
+        write_summary(run_dir, {"status": "failed", "error": str(err).splitlines()[0], "overrides": overrides})
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return float("nan")  # one bad job is a row in the sweep's table, not the end of the sweep
+        sys.exit(1)
+    summary["overrides"] = overrides
+    write_summary(run_dir, summary)
+    return summary["objective_value"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Start-up checks: everything that can be wrong with a config is found before any data is loaded,
+and all problems are reported together, each naming the key and the fix.
+
+Nodes built by ``_target_`` are checked against the allow-list of module prefixes first (nothing
+outside it is imported), then against their callable's signature: unknown keys, missing required
+keys and values of the wrong type (``model.dropout=high``) are errors here rather than deep inside a
+constructor.
+"""
+
+import collections.abc
+import inspect
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from seo_cli.checkpoint import check_target_allowed
+from seo_cli.data.spec import CLASSIFICATION, REGRESSION, Target
+from seo_cli.errors import UserError
+from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
+
+ALLOWED_PREFIXES = ["seo_cli", "torch"]
+# Keys Hydra's instantiate reads itself, and arguments the entrypoint passes at the call site.
+HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+RUNTIME_ARGS = {
+    "model": {"inputs", "heads"},
+    "optimizer": {"params"},
+    "scheduler": {"optimizer", "total_steps", "steps_per_epoch"},
+    "loss": {"targets", "class_counts"},
+    "logger": {"log_dir"},
+}
+
+
+def allowed_prefixes(extra: Iterable[str]) -> list[str]:
+    return ALLOWED_PREFIXES + [p for p in extra if p not in ALLOWED_PREFIXES]
+
+
+def check_component(node: DictConfig, key: str, runtime: set[str], prefixes: list[str] | None) -> list[str]:
+    """Problems with one ``_target_`` node; ``prefixes=None`` skips the allow-list (user config dir)."""
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        return [f"{key} has no _target_; name the class or function that builds it, e.g. {key}._target_=torch.optim.AdamW."]
+    try:
+        if prefixes is not None:
+            check_target_allowed(target, f"{key}._target_", prefixes)
+        fn = get_object(target)
+    except UserError as err:
+        return [str(err)]
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's _target_ being wrong
+        return [f"{key}._target_={target!r} cannot be imported ({type(err).__name__}: {err}); check the name."]
+    try:
+        signature = inspect.signature(fn)
+        hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+    except (TypeError, ValueError, NameError):
+        return []  # not introspectable (a C extension, say): the constructor will check
+    params = {n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    problems = []
+    for name in node:
+        if name in HYDRA_KEYS:
+            continue
+        if name not in params:
+            if not takes_any:
+                problems.append(
+                    f"{key}.{name} is not an argument of {target}; its arguments are: "
+                    f"{', '.join(n for n in params if n not in runtime and n != 'self')}."
+                )
+            continue
+        value = OmegaConf.to_container(node, resolve=True)[name] if _is_container(node[name]) else node[name]
+        if name in hints and not _matches(value, hints[name]):
+            problems.append(f"{key}.{name}={value!r} should be {_type_name(hints[name])}.")
+    for name, p in params.items():
+        if p.default is p.empty and name not in node and name not in runtime and name != "self":
+            problems.append(f"{key}.{name} is required by {target}; set it, e.g. {key}.{name}=...")
+    return problems
+
+
+def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
+    """Check a composed seo-train config before any data is loaded.
+
+    Raises:
+        UserError: every problem found, one per line.
+    """
+    problems: list[str] = []
+    prefixes = None if user_config_dir else allowed_prefixes(cfg.allowed_targets)
+    for group in ("model", "optimizer", "loss"):
+        problems += check_component(cfg[group], group, RUNTIME_ARGS[group], prefixes)
+    if cfg.scheduler:
+        problems += check_component(cfg.scheduler, "scheduler", RUNTIME_ARGS["scheduler"], prefixes)
+    for name, node in (cfg.logger or {}).items():
+        problems += check_component(node, f"logger.{name}", RUNTIME_ARGS["logger"], prefixes)
+
+    data = cfg.data
+    if data.source not in ("seo_pages", "file"):
+        problems.append(f"data.source={data.source!r} is not a data source; use seo_pages or file.")
+    if data.source == "file" and not data.path:
+        problems.append("data.path is required for a data file; set data.path=pages.csv.")
+    if not data.targets:
+        problems.append("data.targets is empty; name at least one, e.g. data.targets=[{name:intent,type:classification}].")
+    for i, t in enumerate(data.targets):
+        if t.type not in (CLASSIFICATION, REGRESSION):
+            problems.append(f"data.targets[{i}].type={t.type!r} must be classification or regression.")
+    roles = {
+        "data.text_columns": data.text_columns,
+        "data.numeric_columns": data.numeric_columns,
+        "data.categorical_columns": data.categorical_columns,
+        "data.targets": [t.name for t in data.targets],
+    }
+    seen: dict[str, str] = {}
+    for key, columns in roles.items():
+        for column in columns:
+            if column in seen and seen[column] != key:
+                problems.append(f"column {column!r} is in both {seen[column]} and {key}; give each column one role.")
+            seen.setdefault(column, key)
+    if not data.text_columns and not data.numeric_columns and not data.categorical_columns:
+        problems.append("the data has no input columns; set data.text_columns, data.numeric_columns or data.categorical_columns.")
+    if not data.split_column:
+        for key in ("val_fraction", "test_fraction"):
+            if not 0.0 < data[key] < 1.0:
+                problems.append(f"data.{key}={data[key]} must be between 0 and 1 (exclusive), e.g. 0.15.")
+        if data.val_fraction + data.test_fraction >= 1.0:
+            problems.append("data.val_fraction + data.test_fraction must be below 1 so rows remain for training.")
+    if data.text_columns and data.max_length < 1:
+        problems.append(f"data.max_length={data.max_length} must be at least 1.")
+    if data.source == "seo_pages" and data.num_rows < 50:
+        problems.append(f"data.num_rows={data.num_rows} is too few to split; use at least 50.")
+
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if cfg[key] < 1:
+            problems.append(f"{key}={cfg[key]} must be at least 1.")
+    if cfg.learning_rate <= 0:
+        problems.append(f"learning_rate={cfg.learning_rate} must be positive, e.g. 1e-3.")
+    if cfg.trainer.mode not in ("min", "max"):
+        problems.append(f"trainer.mode={cfg.trainer.mode!r} must be min or max.")
+    if cfg.trainer.log_every_n_steps < 1:
+        problems.append(f"trainer.log_every_n_steps={cfg.trainer.log_every_n_steps} must be at least 1.")
+    if cfg.trainer.progress not in ("auto", "rich", "plain"):
+        problems.append(f"trainer.progress={cfg.trainer.progress!r} must be auto, rich or plain.")
+    if cfg.device.type not in ("auto", "cpu", "cuda", "mps"):
+        problems.append(f"device.type={cfg.device.type!r} must be auto, cpu, cuda or mps.")
+    if cfg.device.fallback not in ("error", "warn"):
+        problems.append(f"device.fallback={cfg.device.fallback!r} must be error or warn.")
+
+    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION)]
+    known = metric_names(targets, "val") + metric_names(targets, "train")[:1]
+    for key, name in (("trainer.monitor", cfg.trainer.monitor), ("objective", cfg.objective)):
+        if name not in known:
+            problems.append(f"{key}={name!r} is not a metric this run logs; use one of: {', '.join(known)}.")
+    monitor_metric = cfg.trainer.monitor.rsplit("/", 1)[-1]
+    if cfg.trainer.mode == "min" and monitor_metric in HIGHER_IS_BETTER:
+        problems.append(f"trainer.monitor={cfg.trainer.monitor} grows as the model improves; set trainer.mode=max.")
+    if cfg.scheduler and "monitor" in cfg.scheduler and cfg.scheduler.monitor not in known:
+        problems.append(
+            f"scheduler.monitor={cfg.scheduler.monitor!r} is not a metric this run logs; "
+            f"the plateau scheduler needs one of: {', '.join(known)}."
+        )
+    weights = cfg.loss.get("weights") or {}
+    names = [t.name for t in data.targets]
+    for name in weights:
+        if name not in names:
+            problems.append(f"loss.weights.{name} names no target; the targets are {', '.join(names)}.")
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def check_run_length(scheduler: DictConfig, total_steps: int) -> None:
+    """Rules that need the number of optimizer steps, known once the training split is.
+
+    Raises:
+        UserError: a warm-up as long as the run or longer.
+    """
+    warmup = scheduler.get("warmup_steps") if scheduler else None
+    if warmup is not None and warmup >= total_steps:
+        raise UserError(
+            f"scheduler.warmup_steps={warmup} is not shorter than the run ({total_steps} optimizer steps); "
+            f"lower it below {total_steps} or raise epochs."
+        )
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, DictConfig | ListConfig)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable) or hint in (list, tuple):
+        return isinstance(value, list | tuple)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # tensors, modules, callables: not expressible in YAML, left to the constructor
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
