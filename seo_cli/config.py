@@ -33,6 +33,7 @@ class DataConfig:
     split_column: Optional[str] = None  # values train / val / test; null splits by the fractions below
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    numeric_scaling: str = "standard"  # standard (z-score) | power (Yeo-Johnson then z-score, for skewed counts)
     max_length: int = 64  # tokens per row after joining the text columns
     vocab_size: int = 4000  # upper bound of the tokenizer's vocabulary, fitted on the training texts
 

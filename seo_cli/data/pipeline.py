@@ -77,6 +77,16 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, where: str) -> None:
                 f"target {target.name!r} of {where} is empty at data row {row + 1}; "
                 "fill it in or remove the row."
             )
+        if target.type != CLASSIFICATION:
+            # Caught here so the message names the row, not a float conversion deep in preprocessing.
+            bad = pd.to_numeric(frame[target.name], errors="coerce").isna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise UserError(
+                    f"regression target {target.name!r} of {where} holds the non-numeric value "
+                    f"{frame[target.name].iloc[row]!r} at data row {row + 1}; fix the value or make it a "
+                    "classification target."
+                )
 
 
 def split_rows(frame: pd.DataFrame, data: DataConfig, seed: int, where: str) -> dict[str, np.ndarray]:
@@ -137,6 +147,7 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
         targets=targets_of(data),
         max_length=data.max_length,
         vocab_size=data.vocab_size,
+        numeric_scaling=data.numeric_scaling,
     )
     log.info(
         "Data: %d rows from %s -> train %d, val %d, test %d",

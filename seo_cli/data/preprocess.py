@@ -1,6 +1,7 @@
 """Preprocessing fitted on the training split only, and stored in checkpoints as plain data.
 
-Numeric columns are standardised, categorical columns are coded with 0 as the "unknown" slot, the
+Numeric columns are standardised (optionally after a Yeo-Johnson power transform that makes skewed
+counts such as backlinks or word counts close to normal), categorical columns are coded with 0 as the "unknown" slot, the
 text columns are joined with ``[SEP]`` and tokenized by a byte-pair-encoding tokenizer (Hugging Face
 ``tokenizers``) trained on the training texts, classification targets are label-encoded with their
 class names kept, and regression targets are standardised (predictions are mapped back to the
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import PowerTransformer, StandardScaler
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch import Tensor
 
@@ -40,6 +41,7 @@ class Preprocessor:
     categorical_columns: list[str]
     numeric_mean: list[float]
     numeric_scale: list[float]
+    numeric_power: list[float]  # Yeo-Johnson lambda per numeric column; empty without the power transform
     categories: dict[str, list[str]]
     tokenizer_json: str
     max_length: int
@@ -56,11 +58,21 @@ class Preprocessor:
         targets: list[Target],
         max_length: int,
         vocab_size: int,
+        numeric_scaling: str = "standard",
     ) -> "Preprocessor":
-        """Fit on the training rows only, so no statistic of validation or test rows leaks into training."""
-        mean, scale = [], []
+        """Fit on the training rows only, so no statistic of validation or test rows leaks into training.
+
+        Args:
+            numeric_scaling: standard (z-score) | power (Yeo-Johnson, then z-score).
+        """
+        mean, scale, power = [], [], []
         if numeric_columns:
-            scaler = StandardScaler().fit(frame[numeric_columns].to_numpy(dtype=np.float64))
+            x = frame[numeric_columns].to_numpy(dtype=np.float64)
+            if numeric_scaling == "power":
+                transformer = PowerTransformer(method="yeo-johnson", standardize=False).fit(x)
+                power = transformer.lambdas_.tolist()
+                x = transformer.transform(x)
+            scaler = StandardScaler().fit(x)
             mean, scale = scaler.mean_.tolist(), scaler.scale_.tolist()
         categories = {col: sorted(frame[col].astype(str).unique().tolist()) for col in categorical_columns}
         tokenizer_json = ""
@@ -81,6 +93,7 @@ class Preprocessor:
             categorical_columns=list(categorical_columns),
             numeric_mean=mean,
             numeric_scale=scale,
+            numeric_power=power,
             categories=categories,
             tokenizer_json=tokenizer_json,
             max_length=max_length,
@@ -115,12 +128,18 @@ class Preprocessor:
         inputs: dict[str, Tensor] = {}
         if self.numeric_columns:
             x = frame[self.numeric_columns].to_numpy(dtype=np.float64)
+            if self.numeric_power:
+                transformer = PowerTransformer(method="yeo-johnson", standardize=False)
+                # A fitted transformer is its lambdas: set them rather than refit on these rows.
+                transformer.lambdas_ = np.asarray(self.numeric_power)
+                transformer.n_features_in_ = len(self.numeric_power)
+                x = transformer.transform(x)
             x = (x - np.asarray(self.numeric_mean)) / np.asarray(self.numeric_scale)
             inputs["numeric"] = torch.from_numpy(x.astype(np.float32))
         if self.categorical_columns:
             codes = [
                 # Unseen categories map to 0, the unknown slot; known ones to 1..n.
-                pd.Categorical(frame[col].astype(str), categories=self.categories[col]).codes.astype(np.int64) + 1
+                pd.Index(self.categories[col]).get_indexer(frame[col].astype(str)).astype(np.int64) + 1
                 for col in self.categorical_columns
             ]
             inputs["categorical"] = torch.from_numpy(np.stack(codes, axis=1))
@@ -143,7 +162,8 @@ class Preprocessor:
             values = frame[t.name]
             if t.type == CLASSIFICATION:
                 labels = values.astype(str)
-                codes = pd.Categorical(labels, categories=t.classes).codes.astype(np.int64)
+                # get_indexer, not pd.Categorical: there values outside the categories are deprecated.
+                codes = pd.Index(t.classes).get_indexer(labels).astype(np.int64)
                 if (codes < 0).any():
                     bad = labels[codes < 0].iloc[0]
                     raise UserError(
