@@ -7,10 +7,8 @@ runs code. Keys: ``format_version``, ``config`` (resolved YAML), ``preprocessing
 """
 
 import os
-import pickle
 import random
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +65,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} does not exist; give the path of a .pt file written by seo-train.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    # On foreign bytes torch.load raises IndexError, KeyError, ... as well as unpickling errors.
+    except Exception as err:  # noqa: BLE001
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"checkpoint {path} cannot be loaded as an seo-cli checkpoint ({reason[:160]}); "
@@ -86,7 +85,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def unwrap_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights without wrapper prefixes (torch.compile's ``_orig_mod.``, DDP's ``module.``)."""
     inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)
+    # By type, not by attribute: a user's model may well have a submodule named `module`.
+    if isinstance(inner, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
+        inner = inner.module
     return inner.state_dict()
 
 

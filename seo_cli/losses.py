@@ -64,6 +64,15 @@ class MultiTargetLoss(nn.Module):
             raise UserError(
                 f"loss.weights names {', '.join(unknown)}, which is not a target; the targets are {', '.join(names)}."
             )
+        if class_weights is not None and not isinstance(class_weights, str):
+            # A mapping keyed by a misspelt name would otherwise train unweighted without a word.
+            classified = [t.name for t in targets if t.type == CLASSIFICATION]
+            unknown = sorted(set(class_weights) - set(classified))
+            if unknown:
+                raise UserError(
+                    f"loss.class_weights names {', '.join(unknown)}, which is not a classification target; "
+                    f"the classification targets are {', '.join(classified) or 'none'}."
+                )
         self.targets = list(targets)
         self.classification = classification
         self.regression = regression

@@ -100,6 +100,9 @@ def _roc_auc(y_true: np.ndarray, proba: np.ndarray, labels: list[int]) -> float:
         # One-vs-rest macro over the classes present; sklearn refuses absent columns.
         proba = proba[:, present] / proba[:, present].sum(axis=1, keepdims=True)
         y_true = np.searchsorted(present, y_true)
+        if len(present) == 2:
+            # sklearn's one-vs-rest wants 3+ classes; with two, both one-vs-rest AUCs equal this one.
+            return skm.roc_auc_score(y_true, proba[:, 1])
     return skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro")
 
 

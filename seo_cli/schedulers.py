@@ -61,5 +61,7 @@ def plateau(
 
 
 def _min_lr(optimizer: torch.optim.Optimizer, ratio: float) -> float:
-    # One floor for all groups: CosineAnnealingLR takes a single eta_min.
-    return ratio * max(group["lr"] for group in optimizer.param_groups) if not math.isclose(ratio, 0.0) else 0.0
+    # One floor for all groups: CosineAnnealingLR takes a single eta_min. "initial_lr" is the configured
+    # rate; "lr" may already be lowered by a scheduler built before this one (warmup_cosine's LinearLR).
+    peak = max(group.get("initial_lr", group["lr"]) for group in optimizer.param_groups)
+    return ratio * peak if not math.isclose(ratio, 0.0) else 0.0

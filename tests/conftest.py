@@ -1,0 +1,23 @@
+"""Shared fixtures: the repository's config tree composed with Hydra's compose API."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from seo_cli.config import register_configs
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@pytest.fixture
+def compose_train():
+    """``compose_train(*overrides)`` -> the seo-train config, as the entrypoint would compose it."""
+    register_configs()
+
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose("train", overrides=list(overrides))
+
+    return _compose

@@ -1,0 +1,226 @@
+"""Start-up checks: component nodes against their signatures, cross-field rules, all problems at once."""
+
+import re
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from seo_cli.errors import UserError
+from seo_cli.validation import RUNTIME_ARGS, check_component, check_run_length, check_train_config
+
+PREFIXES = ["seo_cli", "torch"]
+MLP = "seo_cli.models.mlp.MLP"
+
+
+def problems_of(node: dict, key: str = "model", prefixes: list[str] | None = PREFIXES) -> list[str]:
+    return check_component(OmegaConf.create(node), key, RUNTIME_ARGS.get(key, set()), prefixes)
+
+
+def test_valid_node_has_no_problems():
+    assert problems_of({"_target_": MLP, "hidden_sizes": [8], "dropout": 0.2, "activation": "gelu"}) == []
+    node = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0}
+    assert problems_of(node, "optimizer") == []
+
+
+def test_unknown_key_names_it_and_lists_the_valid_arguments():
+    assert problems_of({"_target_": MLP, "hidden_size": [8]}) == [
+        f"model.hidden_size is not an argument of {MLP}; its arguments are: "
+        "hidden_sizes, dropout, activation, categorical_embedding_dim."  # runtime inputs/heads left out
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("dropout", "high", "model.dropout='high' should be float."),
+        ("categorical_embedding_dim", 2.5, "model.categorical_embedding_dim=2.5 should be int."),
+        ("categorical_embedding_dim", True, "model.categorical_embedding_dim=True should be int."),
+        ("activation", 3, "model.activation=3 should be str."),
+        ("hidden_sizes", 64, "model.hidden_sizes=64 should be Sequence."),
+    ],
+)
+def test_wrong_type_names_key_value_and_expected_type(key, value, expected):
+    assert problems_of({"_target_": MLP, key: value}) == [expected]
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    assert problems_of({"_target_": MLP, "dropout": 0}) == []
+
+
+def test_missing_required_argument_is_named():
+    node = {"_target_": "seo_cli.schedulers.step", "gamma": 0.5}
+    assert problems_of(node, "scheduler") == [
+        "scheduler.step_epochs is required by seo_cli.schedulers.step; set it, e.g. scheduler.step_epochs=..."
+    ]
+
+
+def test_target_outside_the_allow_list_is_refused_before_import():
+    sys.modules.pop("json.tool", None)
+    problems = problems_of({"_target_": "json.tool.main"})
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        "model._target_='json.tool.main' is outside the modules seo-cli builds from"
+    )
+    assert "json.tool" not in sys.modules  # refused by name: nothing was imported
+    # With the allow-list off (a user's own --config-dir) the same node is imported and checked.
+    assert problems_of({"_target_": "json.tool.main"}, prefixes=None) == []
+
+
+def test_non_importable_target_is_named():
+    problems = problems_of({"_target_": "seo_cli.models.nope.Net"})
+    assert len(problems) == 1
+    assert problems[0].startswith("model._target_='seo_cli.models.nope.Net' cannot be imported (")
+    assert problems[0].endswith("; check the name.")
+
+
+def test_node_without_target_is_named():
+    assert problems_of({"dropout": 0.1}) == [
+        "model has no _target_; name the class or function that builds it, "
+        "e.g. model._target_=torch.optim.AdamW."
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model=mlp", "optimizer=sgd", "scheduler=plateau", "loss=focal", "logger=none", "device=cpu"],
+        ["model=textcnn", "optimizer=rmsprop", "scheduler=step", "loss=huber"],
+        [
+            "model=transformer",
+            "optimizer=adam",
+            "scheduler=cosine",
+            "loss=multitask",
+            "+loss.weights.ctr=2.0",
+        ],
+        ["trainer.monitor=val/intent/f1_macro", "trainer.mode=max", "objective=val/ctr/r2"],
+    ],
+    ids=["defaults", "mlp-sgd-plateau", "textcnn-step", "transformer-cosine", "monitor-max"],
+)
+def test_shipped_options_pass(compose_train, overrides):
+    check_train_config(compose_train(*overrides), user_config_dir=False)
+
+
+def test_every_problem_is_reported_together(compose_train):
+    cfg = compose_train(
+        "model.dropout=high",
+        "trainer.monitor=val/nope",
+        "data.numeric_columns=[word_count,ctr]",
+        "data.val_fraction=0.5",
+        "data.test_fraction=0.5",
+        "epochs=0",
+    )
+    with pytest.raises(UserError) as err:
+        check_train_config(cfg, user_config_dir=False)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "model.dropout='high' should be float."
+    expected = [
+        "column 'ctr' is in both data.numeric_columns and data.targets; give each column one role.",
+        "data.val_fraction + data.test_fraction must be below 1 so rows remain for training.",
+        "epochs=0 must be at least 1.",
+    ]
+    assert all(line in lines for line in expected)
+    monitor = [
+        line for line in lines if line.startswith("trainer.monitor='val/nope' is not a metric this run logs")
+    ]
+    assert len(monitor) == 1 and "val/intent/accuracy" in monitor[0] and "val/ctr/r2" in monitor[0]
+    assert len(lines) == 5
+
+
+def test_monitor_must_be_a_logged_metric(compose_train):
+    with pytest.raises(
+        UserError,
+        match=r"^trainer.monitor='val/intent/acc' is not a metric this run logs; use one of: "
+        r"val/loss, val/intent/loss, val/intent/accuracy",
+    ):
+        check_train_config(compose_train("trainer.monitor=val/intent/acc"), user_config_dir=False)
+
+
+def test_plateau_monitor_must_be_a_logged_metric(compose_train):
+    cfg = compose_train("scheduler=plateau", "scheduler.monitor=val/clicks")
+    with pytest.raises(
+        UserError, match=r"^scheduler.monitor='val/clicks' is not a metric this run logs; the plateau"
+    ):
+        check_train_config(cfg, user_config_dir=False)
+
+
+def test_mode_min_with_an_accuracy_monitor_is_refused(compose_train):
+    cfg = compose_train("trainer.monitor=val/intent/accuracy")
+    with pytest.raises(
+        UserError,
+        match=r"^trainer.monitor=val/intent/accuracy grows as the model improves; "
+        r"set trainer.mode=max.$",
+    ):
+        check_train_config(cfg, user_config_dir=False)
+
+
+def test_column_in_two_roles_is_refused(compose_train):
+    cfg = compose_train("data.categorical_columns=[cms,title]")
+    message = (
+        "column 'title' is in both data.text_columns and data.categorical_columns; give each column one role."
+    )
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        check_train_config(cfg, user_config_dir=False)
+
+
+@pytest.mark.parametrize(("val", "test"), [(0.5, 0.5), (0.7, 0.4)])
+def test_fractions_summing_to_one_or_more_are_refused(compose_train, val, test):
+    cfg = compose_train(f"data.val_fraction={val}", f"data.test_fraction={test}")
+    with pytest.raises(UserError, match=r"^data.val_fraction \+ data.test_fraction must be below 1"):
+        check_train_config(cfg, user_config_dir=False)
+
+
+def test_loss_weights_must_name_targets(compose_train):
+    cfg = compose_train("loss=multitask", "+loss.weights.clicks=2.0")
+    with pytest.raises(
+        UserError,
+        match=r"^loss.weights.clicks names no target; the targets are intent, quality, ctr, "
+        r"position.$",
+    ):
+        check_train_config(cfg, user_config_dir=False)
+
+
+def test_fractions_are_ignored_with_a_split_column(compose_train):
+    cfg = compose_train("data.split_column=part", "data.val_fraction=0.6", "data.test_fraction=0.6")
+    check_train_config(cfg, user_config_dir=False)
+
+
+def test_component_outside_the_allow_list_is_reported_unless_allowed(compose_train):
+    cfg = compose_train(
+        "optimizer._target_=json.loads", "~optimizer.lr", "~optimizer.weight_decay", "~optimizer.betas"
+    )
+    with pytest.raises(UserError, match=r"^optimizer._target_='json.loads' is outside the modules"):
+        check_train_config(cfg, user_config_dir=False)
+    cfg = compose_train(
+        "optimizer._target_=json.loads",
+        "~optimizer.lr",
+        "~optimizer.weight_decay",
+        "~optimizer.betas",
+        "allowed_targets=[json]",
+    )
+    with pytest.raises(UserError, match=r"^optimizer.s is required by json.loads"):
+        check_train_config(cfg, user_config_dir=False)
+
+
+def test_warmup_shorter_than_the_run_passes():
+    scheduler = OmegaConf.create({"_target_": "seo_cli.schedulers.warmup_cosine", "warmup_steps": 20})
+    check_run_length(scheduler, total_steps=21)
+
+
+@pytest.mark.parametrize("total_steps", [20, 5])
+def test_warmup_as_long_as_the_run_or_longer_is_refused(total_steps):
+    scheduler = OmegaConf.create({"_target_": "seo_cli.schedulers.warmup_cosine", "warmup_steps": 20})
+    with pytest.raises(
+        UserError,
+        match=rf"^scheduler.warmup_steps=20 is not shorter than the run \({total_steps} optimizer steps\); "
+        rf"lower it below {total_steps} or raise epochs.$",
+    ):
+        check_run_length(scheduler, total_steps=total_steps)
+
+
+@pytest.mark.parametrize(
+    "scheduler", [None, {}, {"_target_": "seo_cli.schedulers.cosine", "min_lr_ratio": 0.0}]
+)
+def test_schedulers_without_warmup_have_no_length_rule(scheduler):
+    check_run_length(OmegaConf.create(scheduler) if scheduler is not None else None, total_steps=1)
