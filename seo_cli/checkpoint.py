@@ -9,6 +9,7 @@ runs code. Keys: ``format_version``, ``config`` (resolved YAML), ``preprocessing
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     # On foreign bytes torch.load raises IndexError, KeyError, ... as well as unpickling errors.
     except Exception as err:  # noqa: BLE001
+        if not zipfile.is_zipfile(path):
+            raise UserError(
+                f"checkpoint {path} is not a PyTorch checkpoint file (it is truncated, corrupt, or another "
+                "format); give a .pt file written by seo-train."
+            ) from err
+        if "Weights only load failed" in str(err):
+            raise UserError(
+                f"checkpoint {path} holds objects other than tensors and plain data (pickled code, say), "
+                "so it is refused for safety; give a .pt file written by seo-train."
+            ) from err
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"checkpoint {path} cannot be loaded as an seo-cli checkpoint ({reason[:160]}); "

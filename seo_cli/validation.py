@@ -152,6 +152,10 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
     monitor_metric = cfg.trainer.monitor.rsplit("/", 1)[-1]
     if cfg.trainer.mode == "min" and monitor_metric in HIGHER_IS_BETTER:
         problems.append(f"trainer.monitor={cfg.trainer.monitor} grows as the model improves; set trainer.mode=max.")
+    if cfg.trainer.mode == "max" and monitor_metric not in HIGHER_IS_BETTER:
+        problems.append(f"trainer.monitor={cfg.trainer.monitor} falls as the model improves; set trainer.mode=min.")
+    if data.numeric_scaling not in ("standard", "power"):
+        problems.append(f"data.numeric_scaling={data.numeric_scaling!r} must be standard or power.")
     if cfg.scheduler and "monitor" in cfg.scheduler and cfg.scheduler.monitor not in known:
         problems.append(
             f"scheduler.monitor={cfg.scheduler.monitor!r} is not a metric this run logs; "

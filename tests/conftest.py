@@ -21,3 +21,24 @@ def compose_train():
             return compose("train", overrides=list(overrides))
 
     return _compose
+
+
+@pytest.fixture
+def train_run(compose_train, tmp_path):
+    """``train_run(*overrides)`` -> (summary, run_dir): one in-process ``seo-train debug=smoke`` run."""
+    from seo_cli.train import train
+
+    counter = iter(range(1000))
+
+    def _run(*overrides: str) -> tuple[dict, Path]:
+        cfg = compose_train("debug=smoke", "logger=none", "trainer.progress=plain", *overrides)
+        run_dir = tmp_path / f"run{next(counter)}"
+        return train(cfg, run_dir), run_dir
+
+    return _run
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]

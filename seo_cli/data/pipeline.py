@@ -139,6 +139,13 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
         if len(rows[name]) == 0:
             raise UserError(f"the {name} split of {where} is empty; raise data.{name}_fraction or add rows.")
     train_frame = frame.iloc[rows["train"]]
+    for target in targets_of(data):
+        if target.type == CLASSIFICATION and train_frame[target.name].nunique() < 2:
+            raise UserError(
+                f"classification target {target.name!r} has a single class "
+                f"({train_frame[target.name].iloc[0]!r}) in the training split of {where}; a classifier needs "
+                "at least two: check the column, or declare it type: regression."
+            )
     preprocessor = Preprocessor.fit(
         train_frame,
         text_columns=list(data.text_columns),

@@ -1,0 +1,161 @@
+"""Every option of every config group composes, builds and trains one smoke epoch, with its effect visible."""
+
+import math
+
+import pytest
+import torch
+import yaml
+from conftest import read_jsonl
+
+from seo_cli.data import seo_pages
+
+
+def _state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+
+
+@pytest.mark.parametrize(
+    "option, cls",
+    [
+        ("mlp", "MLP"),
+        ("textcnn", "TextCNN"),
+        ("transformer", "Transformer"),
+        ("seo_multitask", "SEOMultitask"),
+    ],
+)
+def test_each_model_trains_one_epoch(train_run, option, cls):
+    summary, run_dir = train_run(f"model={option}")
+    assert summary["status"] == "ok"
+    assert f"models.{option}.{cls}" in _state(run_dir)["config"]
+    assert math.isfinite(summary["metrics"]["val/loss"])
+    # Every head of the four built-in targets is trained and scored.
+    assert {"val/intent/accuracy", "val/quality/roc_auc", "val/ctr/r2", "val/position/mae"} <= set(summary["metrics"])
+
+
+@pytest.mark.parametrize(
+    "option, state_key",
+    [("adam", "exp_avg"), ("adamw", "exp_avg"), ("sgd", "momentum_buffer"), ("rmsprop", "square_avg")],
+)
+def test_each_optimizer_trains_with_its_own_state(train_run, option, state_key):
+    summary, run_dir = train_run(f"optimizer={option}", "learning_rate=1e-2", "scheduler=none")
+    param_state = next(iter(_state(run_dir)["optimizer"]["state"].values()))
+    assert state_key in param_state
+    assert _state(run_dir)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2)
+    assert math.isfinite(summary["metrics"]["val/loss"])
+
+
+def _lrs(run_dir):
+    return [row["train/lr"] for row in read_jsonl(run_dir / "metrics.jsonl") if "train/lr" in row]
+
+
+def test_scheduler_none_keeps_the_rate(train_run):
+    _, run_dir = train_run("scheduler=none", "learning_rate=2e-3")
+    assert _lrs(run_dir) == pytest.approx([2e-3] * 5)
+
+
+def test_scheduler_cosine_decays_over_the_run(train_run):
+    _, run_dir = train_run("scheduler=cosine", "learning_rate=2e-3")
+    total = 27  # 420 training rows / batch 16
+    expected = [1e-3 * (1 + math.cos(math.pi * step / total)) for step in (5, 10, 15, 20, 25)]
+    assert _lrs(run_dir) == pytest.approx(expected)
+
+
+def test_scheduler_warmup_cosine_warms_up_then_decays(train_run):
+    _, run_dir = train_run("scheduler=warmup_cosine", "learning_rate=2e-3", "scheduler.warmup_steps=10")
+    lrs = _lrs(run_dir)
+    assert lrs[0] == pytest.approx(2e-3 * (0.1 + 0.9 * 5 / 10))  # halfway through a linear warm-up from lr/10
+    assert lrs[1] == pytest.approx(2e-3)
+    assert lrs[2] > lrs[3] > lrs[4]
+
+
+def test_scheduler_step_decays_every_step_epochs(train_run):
+    _, run_dir = train_run("scheduler=step", "epochs=3", "scheduler.step_epochs=1", "scheduler.gamma=0.5")
+    per_epoch = _state(run_dir)["optimizer"]["param_groups"][0]["lr"]
+    assert per_epoch == pytest.approx(3e-3 * 0.5**3)
+
+
+def test_scheduler_plateau_steps_on_the_monitored_metric(train_run):
+    _, run_dir = train_run("scheduler=plateau", "epochs=2", "scheduler.patience=0", "scheduler.factor=0.5")
+    state = _state(run_dir)
+    assert state["scheduler"]["best"] == pytest.approx(min(h["val/loss"] for h in state["history"]))
+
+
+@pytest.mark.parametrize(
+    "option, key, value",
+    [
+        ("auto", "_target_", "seo_cli.losses.MultiTargetLoss"),
+        ("cross_entropy", "classification", "cross_entropy"),
+        ("focal", "classification", "focal"),
+        ("mse", "regression", "mse"),
+        ("l1", "regression", "l1"),
+        ("huber", "regression", "huber"),
+        ("multitask", "weights", None),
+    ],
+)
+def test_each_loss_trains_one_epoch(train_run, option, key, value):
+    summary, run_dir = train_run(f"loss={option}")
+    assert yaml.safe_load(_state(run_dir)["config"])["loss"][key] == value
+    assert math.isfinite(summary["metrics"]["val/loss"])
+
+
+def test_losses_differ_as_configured(train_run):
+    losses = {option: train_run(f"loss={option}")[0]["metrics"] for option in ("auto", "focal", "l1")}
+    # Same seed and data: focal down-weights easy rows, so its intent term is below cross entropy's;
+    # l1 changes only the regression terms.
+    assert losses["focal"]["val/intent/loss"] < losses["auto"]["val/intent/loss"]
+    assert losses["l1"]["val/ctr/loss"] != pytest.approx(losses["auto"]["val/ctr/loss"])
+
+
+def test_multitask_weights_scale_the_total(train_run):
+    summary, _ = train_run("loss=multitask", "loss.weights={ctr:3.0}")
+    m = summary["metrics"]
+    parts = m["val/intent/loss"] + m["val/quality/loss"] + 3.0 * m["val/ctr/loss"] + m["val/position/loss"]
+    assert m["val/loss"] == pytest.approx(parts, rel=1e-5)
+
+
+@pytest.mark.parametrize("option", ["auto", "cpu"])
+def test_device_options_run_on_the_cpu_here(train_run, option):
+    summary, _ = train_run(f"device={option}")
+    assert summary["device"] == "cpu"
+
+
+def test_device_cuda_without_a_gpu_is_an_error_or_a_warned_fallback(train_run):
+    from seo_cli.errors import UserError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="device.type=cuda is not available"):
+        train_run("device=cuda")
+    summary, _ = train_run("device=cuda", "device.fallback=warn")
+    assert summary["device"] == "cpu"
+
+
+def test_data_csv_trains_on_a_table_file(train_run, tmp_path):
+    frame = seo_pages.generate_seo_pages(600, seed=3)
+    path = tmp_path / "pages.csv"
+    frame.to_csv(path, index=False)
+    summary, _ = train_run(
+        "data=csv",
+        f"data.path={path}",
+        "data.text_columns=[title,meta_description]",
+        "data.numeric_columns=[backlinks,domain_authority]",
+        "data.categorical_columns=[cms]",
+        "data.targets=[{name:intent,type:classification},{name:position,type:regression}]",
+    )
+    assert set(k.split("/")[1] for k in summary["metrics"] if k.count("/") == 2) == {"intent", "position"}
+
+
+def test_logger_tensorboard_writes_event_files(train_run):
+    _, run_dir = train_run("logger=tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    train_loss = [e.value for e in events.Scalars("train/loss")]
+    logged = [row["train/loss"] for row in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in row]
+    assert train_loss == pytest.approx(logged)
+
+
+def test_logger_none_writes_only_metrics_jsonl(train_run):
+    _, run_dir = train_run("logger=none")
+    assert not (run_dir / "tensorboard").exists()
+    assert (run_dir / "metrics.jsonl").exists()
