@@ -136,7 +136,9 @@ def _batches(data: DataLike, batch_size: int, device: torch.device, shuffle: boo
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         x, y = data
         return _TensorPairBatches(
-            DeviceBatches({"x": x}, {"y": y}, batch_size=batch_size, device=device, shuffle=shuffle, seed=seed)
+            DeviceBatches(
+                {"x": x}, {"y": y}, batch_size=batch_size, device=device, shuffle=shuffle, seed=seed
+            )
         )
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         generator = torch.Generator().manual_seed(seed)

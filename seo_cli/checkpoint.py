@@ -63,7 +63,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} is a directory; give a .pt file in it, e.g. checkpoint={path / 'checkpoints' / 'best.pt'}."
         )
     if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist; give the path of a .pt file written by seo-train.")
+        raise UserError(
+            f"checkpoint {path} does not exist; give the path of a .pt file written by seo-train."
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     # On foreign bytes torch.load raises IndexError, KeyError, ... as well as unpickling errors.
@@ -84,7 +86,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "it is truncated, corrupt, or not written by seo-train."
         ) from err
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise UserError(f"{path} is not an seo-cli checkpoint (it lacks the keys {', '.join(REQUIRED_KEYS)}).")
+        raise UserError(
+            f"{path} is not an seo-cli checkpoint (it lacks the keys {', '.join(REQUIRED_KEYS)})."
+        )
     if state["format_version"] > FORMAT_VERSION:
         raise UserError(
             f"checkpoint {path} has format version {state['format_version']}, newer than this seo-cli "

@@ -25,7 +25,7 @@ class DataConfig:
     source: str = "seo_pages"  # seo_pages (built-in generator) | file (csv, tsv, jsonl or parquet at data.path)
     path: Optional[str] = None
     format: Optional[str] = None  # csv | tsv | jsonl | parquet; null picks by file extension
-    num_rows: int = 8000  # seo_pages only
+    num_rows: int = 16000  # seo_pages only
     text_columns: list[str] = field(default_factory=list)
     numeric_columns: list[str] = field(default_factory=list)
     categorical_columns: list[str] = field(default_factory=list)

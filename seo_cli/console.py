@@ -4,7 +4,14 @@ import logging
 import sys
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 log = logging.getLogger(__name__)
@@ -38,20 +45,33 @@ class TrainProgress:
 
     def start_epoch(self, epoch: int) -> None:
         if self.bars is not None:
-            self.bars.reset(self.task, total=self.steps_per_epoch, epoch=epoch + 1, status="")
+            # reset() replaces all fields, so every field is passed again.
+            self.bars.reset(self.task, total=self.steps_per_epoch, epoch=epoch + 1, epochs=self.epochs, status="")
 
     def update(self, epoch: int, step_in_epoch: int, values: dict[str, float]) -> None:
         status = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items())
         if self.bars is not None:
             self.bars.update(self.task, completed=step_in_epoch, status=status)
         else:
-            log.info("epoch %d/%d step %d/%d  %s", epoch + 1, self.epochs, step_in_epoch, self.steps_per_epoch, status)
+            log.info(
+                "epoch %d/%d step %d/%d  %s",
+                epoch + 1,
+                self.epochs,
+                step_in_epoch,
+                self.steps_per_epoch,
+                status,
+            )
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.bars is not None:
             self.bars.update(self.task, completed=self.steps_per_epoch)
         shown = {k: v for k, v in metrics.items() if k.count("/") <= 1 or k.endswith(("/accuracy", "/r2"))}
-        log.info("epoch %d/%d done  %s", epoch + 1, self.epochs, "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()))
+        log.info(
+            "epoch %d/%d done  %s",
+            epoch + 1,
+            self.epochs,
+            "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()),
+        )
 
     def close(self) -> None:
         if self.bars is not None:

@@ -1,6 +1,6 @@
 """seo-eval: rebuild a model and its preprocessing from a checkpoint alone, and report its metrics.
 
-    seo-eval checkpoint=outputs/train/<date>/<time>/checkpoints/best.pt [split=test|val|train]
+seo-eval checkpoint=outputs/train/<date>/<time>/checkpoints/best.pt [split=test|val|train]
 """
 
 import json
@@ -46,7 +46,9 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     prefixes = allowed_prefixes(cfg.allowed_targets)
     # Checked before anything named by the checkpoint is imported or built.
     for key in ("model", "loss"):
-        check_target_allowed(str(train_cfg[key].get("_target_")), f"{key}._target_ in the checkpoint", prefixes)
+        check_target_allowed(
+            str(train_cfg[key].get("_target_")), f"{key}._target_ in the checkpoint", prefixes
+        )
 
     device = pick_device(cfg.device.type, cfg.device.fallback)
     pre = Preprocessor.from_state(state["preprocessing"])
@@ -54,13 +56,17 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     model = instantiate(train_cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object")
     model.load_state_dict(state["model"])
     model.to(device)
-    loss_fn = instantiate(train_cfg.loss, targets=targets, class_counts=state["class_counts"], _convert_="object")
+    loss_fn = instantiate(
+        train_cfg.loss, targets=targets, class_counts=state["class_counts"], _convert_="object"
+    )
     loss_fn.to(device)
 
     data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), train_cfg.data))
     split = load_split(data_cfg, train_cfg.seed, pre, cfg.split)
     batches = DeviceBatches(split.inputs, split.targets, batch_size=cfg.eval_batch_size, device=device)
-    metrics, reports = evaluate(model, batches, loss_fn, targets, cfg.split, pre.target_scale, pre.class_names)
+    metrics, reports = evaluate(
+        model, batches, loss_fn, targets, cfg.split, pre.target_scale, pre.class_names
+    )
 
     result = {
         "checkpoint": str(cfg.checkpoint),
@@ -75,7 +81,9 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     for t in targets:
         prefix = f"{cfg.split}/{t.name}/"
         scalars = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
-        print_table(metrics_table(f"{t.name} ({t.type}) on {cfg.split}, {len(split)} rows", {cfg.split: scalars}))
+        print_table(
+            metrics_table(f"{t.name} ({t.type}) on {cfg.split}, {len(split)} rows", {cfg.split: scalars})
+        )
         if t.type == CLASSIFICATION:
             print_table(_confusion_table(t.name, reports[t.name]))
     log.info("Wrote %s", run_dir / "metrics.json")

@@ -84,7 +84,9 @@ class MultiTargetLoss(nn.Module):
         for target in self.targets:
             if target.type == CLASSIFICATION:
                 counts = class_counts[target.name]
-                self.register_buffer(f"class_weight_{target.name}", _class_weights(class_weights, target, counts))
+                self.register_buffer(
+                    f"class_weight_{target.name}", _class_weights(class_weights, target, counts)
+                )
 
     def forward(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
         total = outputs[self.targets[0].name].new_zeros(())
@@ -98,7 +100,9 @@ class MultiTargetLoss(nn.Module):
         for target in self.targets:
             out, y = outputs[target.name], targets[target.name]
             if target.type == CLASSIFICATION:
-                terms[target.name] = self._classification_term(out, y, getattr(self, f"class_weight_{target.name}"))
+                terms[target.name] = self._classification_term(
+                    out, y, getattr(self, f"class_weight_{target.name}")
+                )
             elif self.regression == "mse":
                 terms[target.name] = F.mse_loss(out.float(), y)
             elif self.regression == "l1":

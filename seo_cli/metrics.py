@@ -26,10 +26,7 @@ CLASSIFICATION_METRICS = (
 )
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2")
 # Direction of each metric, for best-checkpoint selection and sweep ranking.
-HIGHER_IS_BETTER = {
-    "accuracy", "balanced_accuracy", "precision_weighted", "recall_weighted", "f1_weighted",
-    "precision_macro", "recall_macro", "f1_macro", "roc_auc", "r2",
-}
+HIGHER_IS_BETTER = {m for m in CLASSIFICATION_METRICS if m != "log_loss"} | {"r2"}
 
 
 def metric_names(targets: list[Target], split: str) -> list[str]:
@@ -48,11 +45,15 @@ def as_numpy(outputs: dict[str, Tensor] | Tensor, targets: list[Target]) -> dict
     arrays = {}
     for t in targets:
         out = outputs[t.name].detach().float()
-        arrays[t.name] = (torch.softmax(out, dim=-1) if t.type == CLASSIFICATION else out.reshape(-1)).cpu().numpy()
+        arrays[t.name] = (
+            (torch.softmax(out, dim=-1) if t.type == CLASSIFICATION else out.reshape(-1)).cpu().numpy()
+        )
     return arrays
 
 
-def classification_report(y_true: np.ndarray, proba: np.ndarray, class_names: list[str] | None = None) -> dict:
+def classification_report(
+    y_true: np.ndarray, proba: np.ndarray, class_names: list[str] | None = None
+) -> dict:
     """All classification metrics of one target, the confusion matrix and the per-class report."""
     num_classes = proba.shape[1]
     labels = list(range(num_classes))

@@ -33,7 +33,9 @@ def warmup_cosine(
     min_lr_ratio: float = 0.0,
 ) -> LRScheduler:
     # LinearLR cannot start at exactly 0; 1/warmup_steps makes the first step's rate lr/warmup_steps.
-    warmup = LinearLR(optimizer, start_factor=1.0 / max(warmup_steps, 1), end_factor=1.0, total_iters=warmup_steps)
+    warmup = LinearLR(
+        optimizer, start_factor=1.0 / max(warmup_steps, 1), end_factor=1.0, total_iters=warmup_steps
+    )
     decay = CosineAnnealingLR(
         optimizer, T_max=max(total_steps - warmup_steps, 1), eta_min=_min_lr(optimizer, min_lr_ratio)
     )
@@ -41,7 +43,12 @@ def warmup_cosine(
 
 
 def step(
-    optimizer: torch.optim.Optimizer, *, total_steps: int, steps_per_epoch: int, step_epochs: int, gamma: float
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    step_epochs: int,
+    gamma: float,
 ) -> LRScheduler:
     return StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
 

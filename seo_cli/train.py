@@ -64,7 +64,12 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     loss_fn = instantiate(cfg.loss, targets=targets, class_counts=class_counts, _convert_="object").to(device)
     optimizer = instantiate(cfg.optimizer, params=model.parameters(), _convert_="object")
     train_batches = DeviceBatches(
-        train_split.inputs, train_split.targets, batch_size=cfg.batch_size, device=device, shuffle=True, seed=cfg.seed
+        train_split.inputs,
+        train_split.targets,
+        batch_size=cfg.batch_size,
+        device=device,
+        shuffle=True,
+        seed=cfg.seed,
     )
     val_batches, test_batches = (
         DeviceBatches(split.inputs, split.targets, batch_size=cfg.eval_batch_size, device=device)
@@ -82,7 +87,10 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     num_params = sum(p.numel() for p in model.parameters())
     log.info(
         "Model %s: %s parameters, on %s; %d steps per epoch",
-        cfg.model._target_.rsplit(".", 1)[-1], f"{num_params:,}", device, len(train_batches),
+        cfg.model._target_.rsplit(".", 1)[-1],
+        f"{num_params:,}",
+        device,
+        len(train_batches),
     )
     saver = CheckpointSaver(
         run_dir / "checkpoints",
@@ -118,7 +126,9 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         # The test split is scored once, with the best weights, as the final word on the run.
         best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(best["model"])
-        test_metrics, _ = evaluate(model, test_batches, loss_fn, targets, "test", pre.target_scale, pre.class_names)
+        test_metrics, _ = evaluate(
+            model, test_batches, loss_fn, targets, "test", pre.target_scale, pre.class_names
+        )
         sink.log(test_metrics, result.global_step)
     finally:
         sink.close()
@@ -175,7 +185,9 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(cfg, run_dir, user_config_dir=user_config_dir_given())
     except UserError as err:
         log.error("%s", err)
-        write_summary(run_dir, {"status": "failed", "error": str(err).splitlines()[0], "overrides": overrides})
+        write_summary(
+            run_dir, {"status": "failed", "error": str(err).splitlines()[0], "overrides": overrides}
+        )
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return float("nan")  # one bad job is a row in the sweep's table, not the end of the sweep
         sys.exit(1)

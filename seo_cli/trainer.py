@@ -125,7 +125,10 @@ def fit(
                 window_steps += 1
                 if global_step % settings.log_every_n_steps == 0:
                     # note: .item() waits for the device; it happens once per logging interval, not per step.
-                    values = {"train/loss": (window_loss / window_steps).item(), "train/lr": current_lr(optimizer)}
+                    values = {
+                        "train/loss": (window_loss / window_steps).item(),
+                        "train/lr": current_lr(optimizer),
+                    }
                     sink.log(values, global_step)
                     progress.update(epoch, step_in_epoch, values)
                     window_loss.zero_()
@@ -209,7 +212,9 @@ def evaluate(
     if loss_fn is not None:
         metrics[f"{split}/loss"] = loss_fn(outputs, labels).item()
         if hasattr(loss_fn, "terms"):
-            metrics |= {f"{split}/{name}/loss": v.item() for name, v in loss_fn.terms(outputs, labels).items()}
+            metrics |= {
+                f"{split}/{name}/loss": v.item() for name, v in loss_fn.terms(outputs, labels).items()
+            }
     if isinstance(labels, Tensor):
         labels = {targets[0].name: labels}
     label_arrays = {name: y.reshape(-1).cpu().numpy() for name, y in labels.items()}

@@ -42,7 +42,9 @@ def check_component(node: DictConfig, key: str, runtime: set[str], prefixes: lis
     """Problems with one ``_target_`` node; ``prefixes=None`` skips the allow-list (user config dir)."""
     target = node.get("_target_")
     if not isinstance(target, str):
-        return [f"{key} has no _target_; name the class or function that builds it, e.g. {key}._target_=torch.optim.AdamW."]
+        return [
+            f"{key} has no _target_; name the class or function that builds it, e.g. {key}._target_=torch.optim.AdamW."
+        ]
     try:
         if prefixes is not None:
             check_target_allowed(target, f"{key}._target_", prefixes)
@@ -50,13 +52,17 @@ def check_component(node: DictConfig, key: str, runtime: set[str], prefixes: lis
     except UserError as err:
         return [str(err)]
     except Exception as err:  # noqa: BLE001 - any import failure is the user's _target_ being wrong
-        return [f"{key}._target_={target!r} cannot be imported ({type(err).__name__}: {err}); check the name."]
+        return [
+            f"{key}._target_={target!r} cannot be imported ({type(err).__name__}: {err}); check the name."
+        ]
     try:
         signature = inspect.signature(fn)
         hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
     except (TypeError, ValueError, NameError):
         return []  # not introspectable (a C extension, say): the constructor will check
-    params = {n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    params = {
+        n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
     takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
     problems = []
     for name in node:
@@ -99,7 +105,9 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
     if data.source == "file" and not data.path:
         problems.append("data.path is required for a data file; set data.path=pages.csv.")
     if not data.targets:
-        problems.append("data.targets is empty; name at least one, e.g. data.targets=[{name:intent,type:classification}].")
+        problems.append(
+            "data.targets is empty; name at least one, e.g. data.targets=[{name:intent,type:classification}]."
+        )
     for i, t in enumerate(data.targets):
         if t.type not in (CLASSIFICATION, REGRESSION):
             problems.append(f"data.targets[{i}].type={t.type!r} must be classification or regression.")
@@ -113,16 +121,22 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
     for key, columns in roles.items():
         for column in columns:
             if column in seen and seen[column] != key:
-                problems.append(f"column {column!r} is in both {seen[column]} and {key}; give each column one role.")
+                problems.append(
+                    f"column {column!r} is in both {seen[column]} and {key}; give each column one role."
+                )
             seen.setdefault(column, key)
     if not data.text_columns and not data.numeric_columns and not data.categorical_columns:
-        problems.append("the data has no input columns; set data.text_columns, data.numeric_columns or data.categorical_columns.")
+        problems.append(
+            "the data has no input columns; set data.text_columns, data.numeric_columns or data.categorical_columns."
+        )
     if not data.split_column:
         for key in ("val_fraction", "test_fraction"):
             if not 0.0 < data[key] < 1.0:
                 problems.append(f"data.{key}={data[key]} must be between 0 and 1 (exclusive), e.g. 0.15.")
         if data.val_fraction + data.test_fraction >= 1.0:
-            problems.append("data.val_fraction + data.test_fraction must be below 1 so rows remain for training.")
+            problems.append(
+                "data.val_fraction + data.test_fraction must be below 1 so rows remain for training."
+            )
     if data.text_columns and data.max_length < 1:
         problems.append(f"data.max_length={data.max_length} must be at least 1.")
     if data.source == "seo_pages" and data.num_rows < 50:
@@ -151,9 +165,13 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
             problems.append(f"{key}={name!r} is not a metric this run logs; use one of: {', '.join(known)}.")
     monitor_metric = cfg.trainer.monitor.rsplit("/", 1)[-1]
     if cfg.trainer.mode == "min" and monitor_metric in HIGHER_IS_BETTER:
-        problems.append(f"trainer.monitor={cfg.trainer.monitor} grows as the model improves; set trainer.mode=max.")
+        problems.append(
+            f"trainer.monitor={cfg.trainer.monitor} grows as the model improves; set trainer.mode=max."
+        )
     if cfg.trainer.mode == "max" and monitor_metric not in HIGHER_IS_BETTER:
-        problems.append(f"trainer.monitor={cfg.trainer.monitor} falls as the model improves; set trainer.mode=min.")
+        problems.append(
+            f"trainer.monitor={cfg.trainer.monitor} falls as the model improves; set trainer.mode=min."
+        )
     if data.numeric_scaling not in ("standard", "power"):
         problems.append(f"data.numeric_scaling={data.numeric_scaling!r} must be standard or power.")
     if cfg.scheduler and "monitor" in cfg.scheduler and cfg.scheduler.monitor not in known:

@@ -36,6 +36,8 @@ def test_trainer_regression_and_dataloader_inputs(tmp_path):
         model, loader, TensorDataset(x[400:], y[400:]), task_type="regression", epochs=20, lr=5e-2
     ).train()
     assert result.history[-1]["val/target/r2"] > 0.98
-    metrics = ModelEvaluator(model).evaluate(DataLoader(TensorDataset(x[400:], y[400:]), batch_size=64), "regression")
+    metrics = ModelEvaluator(model).evaluate(
+        DataLoader(TensorDataset(x[400:], y[400:]), batch_size=64), "regression"
+    )
     assert metrics["r2"] == pytest.approx(result.history[-1]["val/target/r2"], abs=1e-6)
     assert metrics["rmse"] == pytest.approx(metrics["mse"] ** 0.5)

@@ -90,7 +90,8 @@ def test_truncated_file_is_a_user_error(tmp_path):
     for cut in (0, 10, len(data) // 2, len(data) - 10):
         path.write_bytes(data[:cut])
         with pytest.raises(
-            UserError, match=rf"checkpoint {re.escape(str(path))} (is not a PyTorch checkpoint file|cannot be loaded).*truncated"
+            UserError,
+            match=rf"checkpoint {re.escape(str(path))} (is not a PyTorch checkpoint file|cannot be loaded).*truncated",
         ):
             load_checkpoint(path)
 
@@ -152,7 +153,9 @@ def test_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format_version": 1, "config": "", "preprocessing": {}, "model": Payload(str(marker))}, path)
     assert not marker.exists()
-    with pytest.raises(UserError, match=r"holds objects other than tensors and plain data.*refused for safety"):
+    with pytest.raises(
+        UserError, match=r"holds objects other than tensors and plain data.*refused for safety"
+    ):
         load_checkpoint(path)
     assert not marker.exists()
     # The payload is live: a full unpickle does run it.

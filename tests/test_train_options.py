@@ -29,7 +29,9 @@ def test_each_model_trains_one_epoch(train_run, option, cls):
     assert f"models.{option}.{cls}" in _state(run_dir)["config"]
     assert math.isfinite(summary["metrics"]["val/loss"])
     # Every head of the four built-in targets is trained and scored.
-    assert {"val/intent/accuracy", "val/quality/roc_auc", "val/ctr/r2", "val/position/mae"} <= set(summary["metrics"])
+    assert {"val/intent/accuracy", "val/quality/roc_auc", "val/ctr/r2", "val/position/mae"} <= set(
+        summary["metrics"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -159,3 +161,17 @@ def test_logger_none_writes_only_metrics_jsonl(train_run):
     _, run_dir = train_run("logger=none")
     assert not (run_dir / "tensorboard").exists()
     assert (run_dir / "metrics.jsonl").exists()
+
+
+def test_progress_rich_draws_bars_and_plain_logs_lines(train_run, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="seo_cli.console")
+    train_run("trainer.progress=rich")
+    bars = capsys.readouterr().out
+    assert "epoch 1/1" in bars and "27/27" in bars
+    assert not [r for r in caplog.records if " step " in r.getMessage()]  # bars replace the step lines
+    caplog.clear()
+    train_run("trainer.progress=plain")
+    lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
+    assert len(lines) == 5 and lines[0].startswith("epoch 1/1 step 5/27  train/loss ")

@@ -48,8 +48,14 @@ class DeviceBatches:
             order = torch.randperm(self.num_rows, generator=generator).to(self.device)
             for start in range(0, self.num_rows, self.batch_size):
                 index = order[start : start + self.batch_size]
-                yield {k: v[index] for k, v in self.inputs.items()}, {k: v[index] for k, v in self.targets.items()}
+                yield (
+                    {k: v[index] for k, v in self.inputs.items()},
+                    {k: v[index] for k, v in self.targets.items()},
+                )
         else:
             for start in range(0, self.num_rows, self.batch_size):
                 end = start + self.batch_size
-                yield {k: v[start:end] for k, v in self.inputs.items()}, {k: v[start:end] for k, v in self.targets.items()}
+                yield (
+                    {k: v[start:end] for k, v in self.inputs.items()},
+                    {k: v[start:end] for k, v in self.targets.items()},
+                )

@@ -158,7 +158,11 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
     )
     log.info(
         "Data: %d rows from %s -> train %d, val %d, test %d",
-        len(frame), where, len(rows["train"]), len(rows["val"]), len(rows["test"]),
+        len(frame),
+        where,
+        len(rows["train"]),
+        len(rows["val"]),
+        len(rows["test"]),
     )
     splits = {name: tensorize(preprocessor, frame.iloc[rows[name]], name) for name in SPLITS}
     return PreparedData(preprocessor=preprocessor, splits=splits)

@@ -86,7 +86,9 @@ class Preprocessor:
             else:
                 y = values.to_numpy(dtype=np.float64)
                 std = float(y.std())
-                encodings.append(TargetEncoding(target.name, target.type, mean=float(y.mean()), std=std or 1.0))
+                encodings.append(
+                    TargetEncoding(target.name, target.type, mean=float(y.mean()), std=std or 1.0)
+                )
         return cls(
             text_columns=list(text_columns),
             numeric_columns=list(numeric_columns),
@@ -202,10 +204,14 @@ def _class_names(values: pd.Series) -> list[str]:
 
 def _train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.decoder = decoders.BPEDecoder()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, UNK, SEP], show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, UNK, SEP], show_progress=False
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     if not tokenizer.get_vocab_size():
         raise UserError("the text columns of the training split hold no words; check data.text_columns.")

@@ -6,7 +6,14 @@ import pandas as pd
 
 from seo_cli.errors import UserError
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+}
 
 
 def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
@@ -25,7 +32,9 @@ def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
             f"cannot tell the format of {path} from its extension; set data.format to one of csv, tsv, jsonl, parquet."
         )
     if path.stat().st_size == 0:
-        raise UserError(f"data file {path} is empty; give a file with a header row and at least one data row.")
+        raise UserError(
+            f"data file {path} is empty; give a file with a header row and at least one data row."
+        )
     try:
         if fmt == "csv":
             frame = pd.read_csv(path)
@@ -37,7 +46,11 @@ def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
             frame = pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read {path} as {fmt}: {first_line}; check data.format and the file.") from err
+        raise UserError(
+            f"cannot read {path} as {fmt}: {first_line}; check data.format and the file."
+        ) from err
     if frame.empty:
-        raise UserError(f"data file {path} has no data rows; give a file with at least one row below the header.")
+        raise UserError(
+            f"data file {path} has no data rows; give a file with at least one row below the header."
+        )
     return frame

@@ -15,7 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", f"seo_cli.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", f"seo_cli.{module}", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -48,9 +52,7 @@ def test_smoke_run_losses_are_pinned(smoke_run):
     run_dir, _ = smoke_run
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [row for row in rows if "epoch" in row]
-    torch.testing.assert_close(
-        [row["train/loss"] for row in epochs], GOLDEN_TRAIN_LOSS, rtol=1e-4, atol=1e-4
-    )
+    torch.testing.assert_close([row["train/loss"] for row in epochs], GOLDEN_TRAIN_LOSS, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close([row["val/loss"] for row in epochs], GOLDEN_VAL_LOSS, rtol=1e-4, atol=1e-4)
 
 
@@ -63,7 +65,9 @@ def test_eval_reproduces_the_numbers_training_reported(smoke_run, tmp_path, spli
     run_dir, _ = smoke_run
     summary = json.loads((run_dir / "summary.json").read_text())
     best = run_dir / "checkpoints" / "best.pt"
-    result = run("evaluate", f"checkpoint={best}", f"split={split}", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    result = run(
+        "evaluate", f"checkpoint={best}", f"split={split}", f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "metrics.json").read_text())
     trained = {k: v for k, v in summary["metrics"].items() if k.startswith(f"{split}/")}
@@ -85,7 +89,9 @@ def test_eval_reproduces_the_numbers_training_reported(smoke_run, tmp_path, spli
 )
 def test_eval_bad_checkpoint_is_one_clear_sentence(tmp_path, checkpoint, message):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
-    result = run("evaluate", f"checkpoint={tmp_path / checkpoint}", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    result = run(
+        "evaluate", f"checkpoint={tmp_path / checkpoint}", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path
+    )
     assert result.returncode == 1
     assert message in result.stdout + result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -96,7 +102,9 @@ def test_eval_refuses_a_checkpoint_naming_a_foreign_target(smoke_run, tmp_path):
     state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     state["config"] = state["config"].replace("seo_cli.models.seo_multitask.SEOMultitask", "os.system")
     torch.save(state, tmp_path / "hostile.pt")
-    result = run("evaluate", f"checkpoint={tmp_path / 'hostile.pt'}", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    result = run(
+        "evaluate", f"checkpoint={tmp_path / 'hostile.pt'}", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path
+    )
     assert result.returncode == 1
     assert "'os.system' is outside the modules seo-cli builds from" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -130,7 +138,12 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path):
 
 def test_multirun_sweeps_learning_rates_with_one_summary_per_job(tmp_path):
     result = run(
-        "train", "-m", "debug=smoke", "logger=none", "learning_rate=1e-3,5e-4", f"hydra.sweep.dir={tmp_path}",
+        "train",
+        "-m",
+        "debug=smoke",
+        "logger=none",
+        "learning_rate=1e-3,5e-4",
+        f"hydra.sweep.dir={tmp_path}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -145,9 +158,16 @@ def test_multirun_sweeps_learning_rates_with_one_summary_per_job(tmp_path):
 
 def test_multirun_compares_all_four_models(tmp_path):
     result = run(
-        "train", "-m", "debug=smoke", "logger=none", "model=mlp,textcnn,transformer,seo_multitask",
-        f"hydra.sweep.dir={tmp_path}", cwd=tmp_path,
+        "train",
+        "-m",
+        "debug=smoke",
+        "logger=none",
+        "model=mlp,textcnn,transformer,seo_multitask",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    params = [json.loads((tmp_path / str(job) / "summary.json").read_text())["num_parameters"] for job in range(4)]
+    params = [
+        json.loads((tmp_path / str(job) / "summary.json").read_text())["num_parameters"] for job in range(4)
+    ]
     assert len(set(params)) == 4

@@ -17,15 +17,30 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_wheel_install_runs_seo_train_outside_the_checkout(tmp_path):
     source = tmp_path / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "outputs", "build", "*.egg-info", "__pycache__"))
+    shutil.copytree(
+        REPO, source, ignore=shutil.ignore_patterns(".git", "outputs", "build", "*.egg-info", "__pycache__")
+    )
     env_dir = tmp_path / "venv"
     # System site-packages provide torch and the other dependencies; the venv's own seo_cli shadows
     # any editable install of the checkout.
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     python = env_dir / "bin" / "python"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-build-isolation", "-q", str(source)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stderr[-3000:]
     shutil.rmtree(source)  # nothing may be read from the source tree after installing
@@ -34,12 +49,18 @@ def test_wheel_install_runs_seo_train_outside_the_checkout(tmp_path):
     work.mkdir()
     result = subprocess.run(
         [str(env_dir / "bin" / "seo-train"), "debug=smoke", "logger=none", "hydra.run.dir=run"],
-        cwd=work, capture_output=True, text=True, timeout=300,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert json.loads((work / "run" / "summary.json").read_text())["status"] == "ok"
     located = subprocess.run(
-        [str(python), "-c", "import seo_cli.config as c; print(c.config_dir())"], cwd=work, capture_output=True, text=True
+        [str(python), "-c", "import seo_cli.config as c; print(c.config_dir())"],
+        cwd=work,
+        capture_output=True,
+        text=True,
     )
     assert located.stdout.strip().startswith(str(env_dir))
     assert (Path(located.stdout.strip()) / "model" / "seo_multitask.yaml").is_file()
