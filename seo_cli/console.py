@@ -46,7 +46,9 @@ class TrainProgress:
     def start_epoch(self, epoch: int) -> None:
         if self.bars is not None:
             # reset() replaces all fields, so every field is passed again.
-            self.bars.reset(self.task, total=self.steps_per_epoch, epoch=epoch + 1, epochs=self.epochs, status="")
+            self.bars.reset(
+                self.task, total=self.steps_per_epoch, epoch=epoch + 1, epochs=self.epochs, status=""
+            )
 
     def update(self, epoch: int, step_in_epoch: int, values: dict[str, float]) -> None:
         status = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items())
@@ -87,6 +89,18 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
     keys = list(dict.fromkeys(k for values in columns.values() for k in values))
     for key in keys:
         table.add_row(key, *(_fmt(values[key]) if key in values else "" for values in columns.values()))
+    return table
+
+
+def confusion_table(name: str, report: dict) -> Table:
+    """The confusion matrix of one classification target, rows true and columns predicted, by class name."""
+    names = report["class_names"]
+    table = Table(title=f"{name}: confusion matrix (rows true, columns predicted)")
+    table.add_column("")
+    for n in names:
+        table.add_column(n, justify="right")
+    for n, row in zip(names, report["confusion_matrix"], strict=True):
+        table.add_row(n, *map(str, row))
     return table
 
 

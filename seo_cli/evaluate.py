@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.checkpoint import check_target_allowed, load_checkpoint
 from seo_cli.config import DataConfig, config_dir, register_configs
-from seo_cli.console import metrics_table, print_table
+from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import DeviceBatches
 from seo_cli.data.pipeline import SPLITS, load_split
 from seo_cli.data.preprocess import Preprocessor
@@ -85,22 +85,9 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
             metrics_table(f"{t.name} ({t.type}) on {cfg.split}, {len(split)} rows", {cfg.split: scalars})
         )
         if t.type == CLASSIFICATION:
-            print_table(_confusion_table(t.name, reports[t.name]))
+            print_table(confusion_table(t.name, reports[t.name]))
     log.info("Wrote %s", run_dir / "metrics.json")
     return result
-
-
-def _confusion_table(name: str, report: dict):
-    from rich.table import Table
-
-    names = report["class_names"]
-    table = Table(title=f"{name}: confusion matrix (rows true, columns predicted)")
-    table.add_column("")
-    for n in names:
-        table.add_column(n, justify="right")
-    for n, row in zip(names, report["confusion_matrix"], strict=True):
-        table.add_row(n, *map(str, row))
-    return table
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
