@@ -27,7 +27,7 @@ class TrainProgress:
 
     def __init__(self, mode: str, epochs: int, steps_per_epoch: int) -> None:
         self.epochs = epochs
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch or None  # 0: batches without a length
         self.bars: Progress | None = None
         if use_rich(mode):
             self.bars = Progress(
@@ -41,7 +41,9 @@ class TrainProgress:
                 transient=False,
             )
             self.bars.start()
-            self.task = self.bars.add_task("train", total=steps_per_epoch, epoch=0, epochs=epochs, status="")
+            self.task = self.bars.add_task(
+                "train", total=self.steps_per_epoch, epoch=0, epochs=epochs, status=""
+            )
 
     def start_epoch(self, epoch: int) -> None:
         if self.bars is not None:
@@ -56,7 +58,7 @@ class TrainProgress:
             self.bars.update(self.task, completed=step_in_epoch, status=status)
         else:
             log.info(
-                "epoch %d/%d step %d/%d  %s",
+                "epoch %d/%d step %d/%s  %s",
                 epoch + 1,
                 self.epochs,
                 step_in_epoch,
@@ -66,7 +68,7 @@ class TrainProgress:
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.bars is not None:
-            self.bars.update(self.task, completed=self.steps_per_epoch)
+            self.bars.update(self.task, completed=self.steps_per_epoch or 0)
         shown = {k: v for k, v in metrics.items() if k.count("/") <= 1 or k.endswith(("/accuracy", "/r2"))}
         log.info(
             "epoch %d/%d done  %s",

@@ -81,12 +81,15 @@ class MultiTargetLoss(nn.Module):
         self.huber_delta = huber_delta
         self.weights = {name: float(weights.get(name, 1.0)) for name in names}
         # Class weights are buffers so they follow the module to the device and into state_dict.
-        for target in self.targets:
+        # Buffers are named by position: a target name may hold a dot, which buffer names cannot.
+        for i, target in enumerate(self.targets):
             if target.type == CLASSIFICATION:
                 counts = class_counts[target.name]
-                self.register_buffer(
-                    f"class_weight_{target.name}", _class_weights(class_weights, target, counts)
-                )
+                self.register_buffer(f"class_weight_{i}", _class_weights(class_weights, target, counts))
+
+    def class_weight(self, name: str) -> Tensor:
+        """The per-class weights of classification target ``name``."""
+        return getattr(self, f"class_weight_{[t.name for t in self.targets].index(name)}")
 
     def forward(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
         total = outputs[self.targets[0].name].new_zeros(())
@@ -100,9 +103,7 @@ class MultiTargetLoss(nn.Module):
         for target in self.targets:
             out, y = outputs[target.name], targets[target.name]
             if target.type == CLASSIFICATION:
-                terms[target.name] = self._classification_term(
-                    out, y, getattr(self, f"class_weight_{target.name}")
-                )
+                terms[target.name] = self._classification_term(out, y, self.class_weight(target.name))
             elif self.regression == "mse":
                 terms[target.name] = F.mse_loss(out.float(), y)
             elif self.regression == "l1":

@@ -94,10 +94,15 @@ def fit(
     """
     device = next(model.parameters()).device
     sink = sink or MetricsSink(None)
-    steps_per_epoch = len(train_batches)  # type: ignore[arg-type]
+    if iter(train_batches) is train_batches:
+        raise UserError(
+            "train_batches is a one-shot iterator (a generator, say) that would be empty after the first epoch; "
+            "pass a DataLoader, a Dataset or a list of batches."
+        )
+    steps_per_epoch = len(train_batches) if hasattr(train_batches, "__len__") else 0
     progress = TrainProgress(settings.progress, settings.epochs, steps_per_epoch)
     history: list[dict[str, float]] = []
-    best_value, best_epoch, best_metrics = math.nan, 0, {}
+    best_value, best_epoch, best_metrics = math.nan, 0, {}  # best_epoch 0: no best yet
     best_path = last_path = None
     global_step, samples, train_seconds = 0, 0, 0.0
     try:
@@ -106,7 +111,9 @@ def fit(
             if hasattr(train_batches, "set_epoch"):
                 train_batches.set_epoch(epoch)
             progress.start_epoch(epoch)
+            # Summed over rows, so a short last batch weighs by its size in the epoch's mean.
             epoch_loss = torch.zeros((), device=device)
+            epoch_rows = 0
             window_loss = torch.zeros((), device=device)
             window_steps, step_in_epoch, epoch_start = 0, 0, time.perf_counter()
             for step_in_epoch, (inputs, labels) in enumerate(train_batches, start=1):
@@ -119,8 +126,10 @@ def fit(
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 global_step += 1
-                samples += batch_size_of(labels)
-                epoch_loss += loss.detach()
+                rows = batch_size_of(labels)
+                samples += rows
+                epoch_rows += rows
+                epoch_loss += loss.detach() * rows
                 window_loss += loss.detach()
                 window_steps += 1
                 if global_step % settings.log_every_n_steps == 0:
@@ -135,7 +144,7 @@ def fit(
                     window_steps = 0
             train_seconds += time.perf_counter() - epoch_start
 
-            metrics = {"epoch": float(epoch + 1), "train/loss": (epoch_loss / max(step_in_epoch, 1)).item()}
+            metrics = {"epoch": float(epoch + 1), "train/loss": (epoch_loss / max(epoch_rows, 1)).item()}
             if val_batches is not None:
                 metrics |= evaluate(model, val_batches, loss_fn, targets, "val", target_scale, class_names)[0]
             monitored = _metric(metrics, settings.monitor)
@@ -145,8 +154,12 @@ def fit(
             sink.log(metrics, global_step)
             progress.end_epoch(epoch, metrics)
 
-            improved = math.isnan(best_value) or (
-                monitored < best_value if settings.mode == "min" else monitored > best_value
+            # A NaN value never improves on a best; the first epoch is a best whatever its value, so
+            # best.pt always exists.
+            improved = best_epoch == 0 or (
+                math.isnan(best_value)
+                and not math.isnan(monitored)
+                or (monitored < best_value if settings.mode == "min" else monitored > best_value)
             )
             if improved:
                 best_value, best_epoch, best_metrics = monitored, epoch + 1, metrics
@@ -245,6 +258,10 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def _concat(parts: list[Batch]) -> Batch:
+    if not parts:
+        raise UserError(
+            "the evaluation data has no batches; give validation or test data with at least one row."
+        )
     if isinstance(parts[0], Tensor):
         return torch.cat(parts)
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

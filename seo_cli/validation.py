@@ -179,8 +179,17 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
             f"scheduler.monitor={cfg.scheduler.monitor!r} is not a metric this run logs; "
             f"the plateau scheduler needs one of: {', '.join(known)}."
         )
+    if cfg.scheduler and "monitor" in cfg.scheduler and cfg.scheduler.get("mode") in ("min", "max"):
+        grows = cfg.scheduler.monitor.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
+        if grows != (cfg.scheduler.mode == "max"):
+            problems.append(
+                f"scheduler.monitor={cfg.scheduler.monitor} {'grows' if grows else 'falls'} as the model improves; "
+                f"set scheduler.mode={'max' if grows else 'min'}."
+            )
     weights = cfg.loss.get("weights") or {}
     names = [t.name for t in data.targets]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"data.targets lists {name!r} twice; list each target once.")
     for name in weights:
         if name not in names:
             problems.append(f"loss.weights.{name} names no target; the targets are {', '.join(names)}.")

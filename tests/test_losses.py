@@ -49,27 +49,27 @@ def test_label_smoothing_mixes_in_the_uniform_target():
 
 def test_class_weights_null_weighs_every_class_one():
     loss = make_loss(class_weights=None)
-    assert_close(loss.class_weight_intent, torch.ones(3))
-    assert "class_weight_intent" in loss.state_dict()
+    assert_close(loss.class_weight("intent"), torch.ones(3))
+    assert "class_weight_0" in loss.state_dict()
 
 
 def test_class_weights_balanced_is_inverse_frequency():
     loss = make_loss(class_weights="balanced")
     # n_samples / (n_classes * count) = 6 / (3 * [2, 3, 1])
-    assert_close(loss.class_weight_intent, torch.tensor([1.0, 2.0 / 3.0, 2.0]))
-    w = loss.class_weight_intent[LABELS]
+    assert_close(loss.class_weight("intent"), torch.tensor([1.0, 2.0 / 3.0, 2.0]))
+    w = loss.class_weight("intent")[LABELS]
     expected = (w * nll_by_hand(LOGITS, LABELS)).sum() / w.sum()
     assert_close(loss.terms(OUTPUTS, BATCH)["intent"], expected)
 
 
 def test_class_weights_balanced_gives_a_class_absent_from_training_zero():
     loss = MultiTargetLoss(TARGETS, {"intent": [2, 0, 4]}, class_weights="balanced")
-    assert_close(loss.class_weight_intent, torch.tensor([1.0, 0.0, 0.5]))
+    assert_close(loss.class_weight("intent"), torch.tensor([1.0, 0.0, 0.5]))
 
 
 def test_class_weights_explicit_mapping():
     loss = make_loss(class_weights={"intent": [1.0, 2.0, 3.0]})
-    assert_close(loss.class_weight_intent, torch.tensor([1.0, 2.0, 3.0]))
+    assert_close(loss.class_weight("intent"), torch.tensor([1.0, 2.0, 3.0]))
     w = torch.tensor([1.0, 3.0, 2.0, 1.0])  # the weights of LABELS' classes
     expected = (w * nll_by_hand(LOGITS, LABELS)).sum() / w.sum()
     assert_close(loss.terms(OUTPUTS, BATCH)["intent"], expected)
@@ -80,8 +80,8 @@ def test_class_weights_mapping_without_the_target_leaves_it_unweighted():
     loss = MultiTargetLoss(
         targets, {"intent": [1, 1, 1], "quality": [5, 5]}, class_weights={"quality": [1.0, 4.0]}
     )
-    assert_close(loss.class_weight_intent, torch.ones(3))
-    assert_close(loss.class_weight_quality, torch.tensor([1.0, 4.0]))
+    assert_close(loss.class_weight("intent"), torch.ones(3))
+    assert_close(loss.class_weight("quality"), torch.tensor([1.0, 4.0]))
 
 
 def test_class_weights_mapping_with_the_wrong_length_is_a_user_error():

@@ -224,3 +224,14 @@ def test_warmup_as_long_as_the_run_or_longer_is_refused(total_steps):
 )
 def test_schedulers_without_warmup_have_no_length_rule(scheduler):
     check_run_length(OmegaConf.create(scheduler) if scheduler is not None else None, total_steps=1)
+
+
+def test_plateau_direction_must_match_its_monitor_and_targets_are_listed_once(compose_train):
+    cfg = compose_train("scheduler=plateau", "scheduler.monitor=val/intent/accuracy")
+    with pytest.raises(
+        UserError, match="scheduler.monitor=val/intent/accuracy grows.*set scheduler.mode=max"
+    ):
+        check_train_config(cfg, user_config_dir=False)
+    cfg = compose_train("data.targets=[{name:ctr,type:regression},{name:ctr,type:regression}]")
+    with pytest.raises(UserError, match="data.targets lists 'ctr' twice"):
+        check_train_config(cfg, user_config_dir=False)

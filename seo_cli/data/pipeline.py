@@ -69,6 +69,13 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, where: str) -> None:
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
             raise UserError(f"numeric column {col!r} of {where} is empty at data row {row + 1}; fill it in.")
+        infinite = ~np.isfinite(values.to_numpy(dtype=np.float64))
+        if infinite.any():
+            row = int(np.flatnonzero(infinite)[0])
+            raise UserError(
+                f"numeric column {col!r} of {where} holds {frame[col].iloc[row]!r} at data row {row + 1}; "
+                "replace it with a finite number."
+            )
     for target in data.targets:
         empty = frame[target.name].isna()
         if empty.any():
@@ -79,11 +86,12 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, where: str) -> None:
             )
         if target.type != CLASSIFICATION:
             # Caught here so the message names the row, not a float conversion deep in preprocessing.
-            bad = pd.to_numeric(frame[target.name], errors="coerce").isna()
+            values = pd.to_numeric(frame[target.name], errors="coerce").to_numpy(dtype=np.float64)
+            bad = ~np.isfinite(values)
             if bad.any():
-                row = int(np.flatnonzero(bad.to_numpy())[0])
+                row = int(np.flatnonzero(bad)[0])
                 raise UserError(
-                    f"regression target {target.name!r} of {where} holds the non-numeric value "
+                    f"regression target {target.name!r} of {where} holds the non-numeric or infinite value "
                     f"{frame[target.name].iloc[row]!r} at data row {row + 1}; fix the value or make it a "
                     "classification target."
                 )
@@ -115,12 +123,16 @@ def split_rows(frame: pd.DataFrame, data: DataConfig, seed: int, where: str) -> 
             rest, test_size=data.test_fraction / held_out, random_state=seed, stratify=rest_labels
         )
     except ValueError as err:
-        counts = pd.Series(labels).value_counts() if labels is not None else pd.Series(dtype=int)
-        rare = counts.index[-1] if len(counts) else None
+        if labels is None:
+            raise UserError(
+                f"cannot split the {len(frame)} rows of {where} by data.val_fraction and data.test_fraction "
+                f"({err}); add rows, change the fractions, or give data.split_column."
+            ) from err
+        counts = pd.Series(labels).value_counts()
         raise UserError(
-            f"cannot split the {len(frame)} rows of {where} into train/val/test by data.val_fraction and "
-            f"data.test_fraction (class {rare!r} of target {stratify_on!r} has {counts.iloc[-1] if len(counts) else 0} "
-            "rows); add rows, or give data.split_column."
+            f"cannot split the {len(frame)} rows of {where} into train/val/test stratified on target "
+            f"{stratify_on!r}: class {counts.index[-1]!r} has only {counts.iloc[-1]} rows; add rows of it, "
+            "or give data.split_column."
         ) from err
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 

@@ -213,6 +213,6 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
         vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, UNK, SEP], show_progress=False
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    if not tokenizer.get_vocab_size():
+    if tokenizer.get_vocab_size() <= 3:  # only [PAD], [UNK], [SEP]
         raise UserError("the text columns of the training split hold no words; check data.text_columns.")
     return tokenizer

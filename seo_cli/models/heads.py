@@ -17,11 +17,14 @@ class OutputHeads(nn.Module):
 
     def __init__(self, in_features: int, heads: dict[str, int]) -> None:
         super().__init__()
-        self.heads = nn.ModuleDict({name: nn.Linear(in_features, size) for name, size in heads.items()})
+        # Layers are kept by position: a target may be named like a Module attribute ("type") or hold a
+        # dot, which ModuleDict keys cannot.
+        self.names = list(heads)
+        self.layers = nn.ModuleList(nn.Linear(in_features, size) for size in heads.values())
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = {}
-        for name, layer in self.heads.items():
+        for name, layer in zip(self.names, self.layers, strict=True):
             out = layer(features)
             outputs[name] = out.squeeze(-1) if layer.out_features == 1 else out
         return outputs

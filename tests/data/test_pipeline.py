@@ -74,7 +74,8 @@ def test_split_column_with_another_value_is_a_user_error():
 def test_too_few_rows_of_a_class_to_stratify_is_a_user_error():
     frame = labelled_frame(30, 1)
     with pytest.raises(
-        UserError, match=r"cannot split the 31 rows of t.csv .*class 'b' of target 'label' has 1 rows"
+        UserError,
+        match=r"cannot split the 31 rows of t.csv .*stratified on target 'label': class 'b' has only 1 rows",
     ):
         split_rows(frame, data_config(), seed=0, where="t.csv")
 
@@ -129,7 +130,7 @@ def test_non_numeric_regression_target_names_the_data_row(tmp_path):
     data = data_config(path=str(path), targets=[TargetConfig("ctr", "regression")])
     with pytest.raises(
         UserError,
-        match=r"regression target 'ctr' of .*pages.csv holds the non-numeric value "
+        match=r"regression target 'ctr' of .*pages.csv holds the non-numeric or infinite value "
         r"'high' at data row 2",
     ):
         load_frame(data, seed=0)
@@ -141,3 +142,26 @@ def test_valid_file_loads_with_its_values(tmp_path):
     assert where == str(path)
     assert frame["backlinks"].tolist() == [1.0, 2.5]
     assert frame["label"].tolist() == ["a", "b"]
+
+
+@pytest.mark.parametrize("column", ["backlinks", "ctr"])
+def test_infinite_values_name_the_column_and_row(tmp_path, column):
+    import numpy as np
+
+    from seo_cli.config import DataConfig, TargetConfig
+    from seo_cli.data.pipeline import load_frame
+    from seo_cli.data.seo_pages import generate_seo_pages
+
+    frame = generate_seo_pages(60, seed=0)
+    frame[column] = frame[column].astype(float)
+    frame.loc[7, column] = np.inf
+    path = tmp_path / "pages.csv"
+    frame.to_csv(path, index=False)
+    data = DataConfig(
+        source="file",
+        path=str(path),
+        numeric_columns=["backlinks"],
+        targets=[TargetConfig("ctr", "regression")],
+    )
+    with pytest.raises(UserError, match=rf"{column}.*inf.* at data row 8"):
+        load_frame(data, seed=0)

@@ -92,7 +92,7 @@ def test_hidden_sizes_set_the_layers():
     model = MLP(inputs=SPEC, heads=HEADS, hidden_sizes=[32, 16, 8])
     widths = [m.out_features for m in model.body if isinstance(m, torch.nn.Linear)]
     assert widths == [32, 16, 8]
-    assert model.heads.heads["intent"].in_features == 8
+    assert model.heads.layers[model.heads.names.index("intent")].in_features == 8
 
 
 def test_unknown_activation_names_the_key_and_the_choices():
