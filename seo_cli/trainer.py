@@ -142,9 +142,10 @@ def fit(
                     progress.update(epoch, step_in_epoch, values)
                     window_loss.zero_()
                     window_steps = 0
-            train_seconds += time.perf_counter() - epoch_start
 
+            # .item() waits for the device's queued work, so the epoch's time below includes it.
             metrics = {"epoch": float(epoch + 1), "train/loss": (epoch_loss / max(epoch_rows, 1)).item()}
+            train_seconds += time.perf_counter() - epoch_start
             if val_batches is not None:
                 metrics |= evaluate(model, val_batches, loss_fn, targets, "val", target_scale, class_names)[0]
             monitored = _metric(metrics, settings.monitor)
