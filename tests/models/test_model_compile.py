@@ -2,15 +2,12 @@
 
 import pytest
 import torch
+from model_inputs import HEADS, SPEC
 
-from seo_cli.data.spec import InputSpec
 from seo_cli.models.mlp import MLP
 from seo_cli.models.seo_multitask import SEOMultitask
 from seo_cli.models.textcnn import TextCNN
 from seo_cli.models.transformer import Transformer
-
-SPEC = InputSpec(num_numeric=3, categorical_cardinalities=[4, 2], vocab_size=20, max_length=16, pad_id=0)
-HEADS = {"intent": 4, "quality": 2, "ctr": 1}
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,8 @@
 import pytest
 import torch
 from hydra.utils import instantiate
+from model_inputs import HEADS, SPEC
 from omegaconf import OmegaConf
-
-from seo_cli.data.spec import InputSpec
-
-SPEC = InputSpec(num_numeric=3, categorical_cardinalities=[4, 2], vocab_size=20, max_length=16, pad_id=0)
-HEADS = {"intent": 4, "quality": 2, "ctr": 1}
 
 
 @pytest.mark.parametrize(

@@ -1,44 +1,20 @@
 import pytest
 import torch
-import torch.nn.functional as F
+from model_inputs import HEADS, SPEC, make_tabular, multitask_loss
 
 from seo_cli.data.spec import InputSpec
 from seo_cli.errors import UserError
 from seo_cli.models.mlp import MLP
 
-SPEC = InputSpec(num_numeric=3, categorical_cardinalities=[4, 2], vocab_size=20, max_length=16, pad_id=0)
-HEADS = {"intent": 4, "quality": 2, "ctr": 1}
-
-
-def make_batch(spec: InputSpec, batch_size: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    batch = {}
-    if spec.num_numeric:
-        batch["numeric"] = torch.randn(batch_size, spec.num_numeric, generator=g)
-    if spec.categorical_cardinalities:
-        # Codes 0 (unknown) .. cardinality - 1, both ends included.
-        batch["categorical"] = torch.stack(
-            [torch.arange(batch_size) % c for c in spec.categorical_cardinalities], dim=1
-        )
-    return batch
-
-
-def multitask_loss(out: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
-    return (
-        F.cross_entropy(out["intent"], torch.arange(batch_size) % 4)
-        + F.cross_entropy(out["quality"], torch.arange(batch_size) % 2)
-        + F.mse_loss(out["ctr"], torch.linspace(0, 1, batch_size))
-    )
-
 
 def test_output_shapes():
-    out = MLP(inputs=SPEC, heads=HEADS)(make_batch(SPEC))
+    out = MLP(inputs=SPEC, heads=HEADS)(make_tabular(SPEC))
     assert {k: tuple(v.shape) for k, v in out.items()} == {"intent": (6, 4), "quality": (6, 2), "ctr": (6,)}
 
 
 def test_backward_gives_finite_nonzero_grads_to_every_parameter():
     model = MLP(inputs=SPEC, heads=HEADS)
-    multitask_loss(model(make_batch(SPEC)), 6).backward()
+    multitask_loss(model(make_tabular(SPEC)), 6).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
@@ -57,7 +33,7 @@ def test_seeded_outputs_are_deterministic():
     for _ in range(2):
         torch.manual_seed(7)
         model = MLP(inputs=SPEC, heads=HEADS, dropout=0.5)
-        outs.append(model(make_batch(SPEC)))  # train mode: dropout masks come from the seed too
+        outs.append(model(make_tabular(SPEC)))  # train mode: dropout masks come from the seed too
     for name in HEADS:
         torch.testing.assert_close(outs[0][name], outs[1][name], rtol=0, atol=0)
 
@@ -65,7 +41,7 @@ def test_seeded_outputs_are_deterministic():
 def test_categorical_only_data_uses_the_embeddings():
     spec = InputSpec(categorical_cardinalities=[4, 2])
     model = MLP(inputs=spec, heads=HEADS).eval()
-    batch = make_batch(spec)
+    batch = make_tabular(spec)
     assert "numeric" not in batch
     out = model(batch)
     assert out["intent"].shape == (6, 4)
@@ -75,7 +51,7 @@ def test_categorical_only_data_uses_the_embeddings():
 
 def test_numeric_only_data():
     spec = InputSpec(num_numeric=3)
-    out = MLP(inputs=spec, heads=HEADS)(make_batch(spec))
+    out = MLP(inputs=spec, heads=HEADS)(make_tabular(spec))
     assert out["ctr"].shape == (6,)
 
 

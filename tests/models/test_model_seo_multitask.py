@@ -1,16 +1,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from model_inputs import HEADS, LENGTHS, SPEC, multitask_loss
 
 from seo_cli.data.spec import InputSpec
 from seo_cli.errors import UserError
 from seo_cli.models.seo_multitask import SEOMultitask
 
-SPEC = InputSpec(num_numeric=3, categorical_cardinalities=[4, 2], vocab_size=20, max_length=16, pad_id=0)
 TEXT_ONLY = InputSpec(vocab_size=20, max_length=16, pad_id=0)
 TABULAR_ONLY = InputSpec(num_numeric=3, categorical_cardinalities=[4, 2])
-HEADS = {"intent": 4, "quality": 2, "ctr": 1}
-LENGTHS = [10, 7, 3, 1, 10, 5]
 SMALL_TRANSFORMER = {"text_encoder": "transformer", "embedding_dim": 16, "transformer_ffn_dim": 32}
 
 
@@ -30,14 +28,6 @@ def make_batch(spec: InputSpec, lengths: list[int] = LENGTHS, max_len: int = 10,
         padded = torch.arange(max_len)[None, :] >= torch.tensor(lengths)[:, None]
         batch["tokens"] = tokens.masked_fill(padded, spec.pad_id)
     return batch
-
-
-def multitask_loss(out: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
-    return (
-        F.cross_entropy(out["intent"], torch.arange(batch_size) % 4)
-        + F.cross_entropy(out["quality"], torch.arange(batch_size) % 2)
-        + F.mse_loss(out["ctr"], torch.linspace(0, 1, batch_size))
-    )
 
 
 @pytest.mark.parametrize("spec", [SPEC, TEXT_ONLY, TABULAR_ONLY], ids=["both", "text_only", "tabular_only"])

@@ -1,35 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from model_inputs import HEADS, LENGTHS, SPEC, make_tokens, multitask_loss
 
 from seo_cli.data.spec import InputSpec
 from seo_cli.errors import UserError
 from seo_cli.models.textcnn import TextCNN
-
-SPEC = InputSpec(num_numeric=3, categorical_cardinalities=[4, 2], vocab_size=20, max_length=16, pad_id=0)
-HEADS = {"intent": 4, "quality": 2, "ctr": 1}
-
-
-def make_tokens(
-    lengths: list[int], max_len: int, vocab_size: int, pad_id: int, seed: int = 0
-) -> torch.Tensor:
-    """Random non-pad tokens, each row padded after its length with ``pad_id``."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab_size - 1, (len(lengths), max_len), generator=g)
-    tokens = tokens + (tokens >= pad_id).long()  # skip the pad id
-    padded = torch.arange(max_len)[None, :] >= torch.tensor(lengths)[:, None]
-    return tokens.masked_fill(padded, pad_id)
-
-
-def multitask_loss(out: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
-    return (
-        F.cross_entropy(out["intent"], torch.arange(batch_size) % 4)
-        + F.cross_entropy(out["quality"], torch.arange(batch_size) % 2)
-        + F.mse_loss(out["ctr"], torch.linspace(0, 1, batch_size))
-    )
-
-
-LENGTHS = [10, 7, 3, 1, 10, 5]
 
 
 def test_output_shapes():
