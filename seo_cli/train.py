@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from seo_cli.checkpoint import load_checkpoint
 from seo_cli.config import config_dir, register_configs
 from seo_cli.console import metrics_table, print_table
 from seo_cli.data.batches import DeviceBatches
@@ -124,7 +125,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             class_names=pre.class_names,
         )
         # The test split is scored once, with the best weights, as the final word on the run.
-        best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
+        best = load_checkpoint(result.best_checkpoint, map_location=device)
         model.load_state_dict(best["model"])
         test_metrics, _ = evaluate(
             model, test_batches, loss_fn, targets, "test", pre.target_scale, pre.class_names

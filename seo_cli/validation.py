@@ -75,7 +75,7 @@ def check_component(node: DictConfig, key: str, runtime: set[str], prefixes: lis
                     f"{', '.join(n for n in params if n not in runtime and n != 'self')}."
                 )
             continue
-        value = OmegaConf.to_container(node, resolve=True)[name] if _is_container(node[name]) else node[name]
+        value = OmegaConf.to_container(node[name], resolve=True) if _is_container(node[name]) else node[name]
         if name in hints and not _matches(value, hints[name]):
             problems.append(f"{key}.{name}={value!r} should be {_type_name(hints[name])}.")
     for name, p in params.items():
