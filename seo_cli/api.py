@@ -18,11 +18,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from seo_cli.checkpoint import CheckpointManager
 from seo_cli.data.batches import DeviceBatches
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, Target
 from seo_cli.loggers import MetricsSink
-from seo_cli.runtime import pick_device
-from seo_cli.trainer import CheckpointSaver, FitResult, FitSettings, evaluate, fit
+from seo_cli.runtime import check_precision, pick_device, seed_worker
+from seo_cli.trainer import FitResult, FitSettings, evaluate, fit
 
 DataLike = DataLoader | Dataset | Iterable | tuple[Tensor, Tensor]
 
@@ -40,6 +41,9 @@ class ModelTrainer:
         scheduler: an optional torch LR scheduler, stepped every optimizer step (ReduceLROnPlateau: every epoch).
         output_dir: where ``metrics.jsonl`` and ``checkpoints/{last,best}.pt`` go; None writes nothing.
         monitor: the metric that picks the best epoch; defaults to val/loss, or train/loss without val_data.
+        precision: 32, bf16 or fp16 (autocast; fp16 with a GradScaler).
+        accumulate_grad_batches: batches per optimizer step.
+        gradient_clip_val: clip the gradients' total norm to this; None does not clip.
     """
 
     def __init__(
@@ -62,10 +66,14 @@ class ModelTrainer:
         mode: str = "min",
         log_every_n_steps: int = 50,
         seed: int = 0,
+        precision: str = "32",
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
     ) -> None:
         if task_type not in (CLASSIFICATION, REGRESSION):
             raise ValueError(f"task_type={task_type!r} must be 'classification' or 'regression'")
         self.device = pick_device(device)
+        check_precision(precision, self.device)
         self.model = model.to(self.device)
         self.task_type = task_type
         self.loss_fn = loss_fn or (nn.CrossEntropyLoss() if task_type == CLASSIFICATION else _flat_mse)
@@ -80,12 +88,17 @@ class ModelTrainer:
             monitor=monitor or ("val/loss" if val_data is not None else "train/loss"),
             mode=mode,
             progress="plain",
+            precision=precision,
+            accumulate_grad_batches=accumulate_grad_batches,
+            gradient_clip_val=gradient_clip_val,
         )
 
     def train(self) -> FitResult:
         """Run the loop; returns the per-epoch history and the best epoch."""
         sink = MetricsSink(self.output_dir / "metrics.jsonl" if self.output_dir else None)
-        saver = CheckpointSaver(self.output_dir / "checkpoints") if self.output_dir else None
+        checkpoints = None
+        if self.output_dir is not None:
+            checkpoints = CheckpointManager(self.output_dir / "checkpoints", mode=self.settings.mode)
         try:
             return fit(
                 self.model,
@@ -97,7 +110,7 @@ class ModelTrainer:
                 settings=self.settings,
                 scheduler=self.scheduler,
                 sink=sink,
-                checkpoints=saver,
+                checkpoints=checkpoints,
             )
         finally:
             sink.close()
@@ -142,7 +155,9 @@ def _batches(data: DataLike, batch_size: int, device: torch.device, shuffle: boo
         )
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+        return DataLoader(
+            data, batch_size=batch_size, shuffle=shuffle, generator=generator, worker_init_fn=seed_worker
+        )
     return data
 
 

@@ -2,10 +2,14 @@
 
 Loading uses ``torch.load(weights_only=True)``, so a checkpoint can hold no object whose unpickling
 runs code. Keys: ``format_version``, ``config`` (resolved YAML), ``preprocessing`` (plain data),
-``model``, ``optimizer``, ``scheduler``, ``epoch``, ``global_step``, ``metrics``, ``history``,
-``rng``, ``seo_cli_version``.
+``model``, ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed), ``global_step``,
+``position`` (where in the next epoch the loop stands, and its running sums), ``metrics``,
+``history``, ``best``, ``early_stopping``, ``checkpoints`` (the manager's top-k list), ``rng``,
+``seo_cli_version``.
 """
 
+import logging
+import math
 import os
 import random
 import tempfile
@@ -18,6 +22,8 @@ import torch
 
 from seo_cli import __version__
 from seo_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "preprocessing", "model")
@@ -97,26 +103,165 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def unwrap_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights without wrapper prefixes (torch.compile's ``_orig_mod.``, DDP's ``module.``)."""
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under torch.compile's and DDP's wrappers, whose state dict has no added prefix."""
     inner = getattr(model, "_orig_mod", model)
     # By type, not by attribute: a user's model may well have a submodule named `module`.
     if isinstance(inner, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
-        inner = inner.module
-    return inner.state_dict()
+        inner = getattr(inner.module, "_orig_mod", inner.module)
+    return inner
+
+
+def unwrap_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights without wrapper prefixes (torch.compile's ``_orig_mod.``, DDP's ``module.``)."""
+    return unwrap_model(model).state_dict()
 
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a run draws from, as plain data (numpy's key array becomes a tensor)."""
-    np_state = np.random.get_state()
+    _, key, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "numpy": {
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured, so the resumed run draws the numbers the straight run would."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy["key"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy.get("has_gauss", 0),
+            numpy.get("cached_gaussian", 0.0),
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = [s.cpu() for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            log.warning(
+                "the checkpoint holds %d CUDA RNG states and this machine has %d GPUs; "
+                "CUDA random numbers are re-seeded, so dropout differs from the original run.",
+                len(cuda_states),
+                torch.cuda.device_count(),
+            )
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The most recently written ``.pt`` file in ``directory`` (``last.pt`` in a normal run), or None."""
+    files = [p for p in directory.glob("*.pt") if p.is_file()] if directory.is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+class CheckpointManager:
+    """Which checkpoint files a run writes into ``directory``, and which it deletes.
+
+    - ``last.pt`` after every epoch, and every ``every_n_steps`` optimizer steps if set (for resume);
+      not written under ``save_best_only``, except when the run is interrupted by a signal.
+    - ``best.pt`` whenever the monitored metric improves.
+    - ``save_top_k`` numbered files ``epoch=007-val_loss=0.4123.pt``, one per ``every_n_epochs``
+      epochs, kept for the k best values of the metric (-1 keeps all, 0 none); ``max_checkpoints``
+      then caps how many numbered files stay, deleting the oldest.
+
+    ``extra`` holds what does not change during the run (resolved config, preprocessing). The
+    manager's own state (the numbered files and their values) goes into every checkpoint it writes.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        extra: dict[str, Any] | None = None,
+        *,
+        mode: str = "min",
+        save_top_k: int = 0,
+        every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        save_best_only: bool = False,
+        max_checkpoints: int | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.extra = dict(extra or {})
+        self.mode = mode
+        self.save_top_k = save_top_k
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.save_best_only = save_best_only
+        self.max_checkpoints = max_checkpoints
+        self.numbered: list[dict[str, Any]] = []  # {"name", "value", "epoch"}, oldest first
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"numbered": [dict(entry) for entry in self.numbered]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A file written after the checkpoint, then removed, is simply forgotten.
+        self.numbered = [dict(e) for e in state["numbered"] if (self.directory / e["name"]).exists()]
+
+    def wants_step_save(self, global_step: int) -> bool:
+        return bool(self.every_n_steps) and not self.save_best_only and global_step % self.every_n_steps == 0
+
+    def save(self, name: str, state: dict[str, Any]) -> Path:
+        return save_checkpoint(
+            {**self.extra, **state, "checkpoints": self.state_dict()}, self.directory / name
+        )
+
+    def save_epoch(
+        self, state: dict[str, Any], *, epoch: int, monitor: str, value: float, improved: bool
+    ) -> tuple[Path | None, Path | None]:
+        """Write the files due after ``epoch`` (1-based); returns (best.pt if written, last.pt if written).
+
+        Order matters for a kill at any point: new files first, then deletions, then ``last.pt``, the
+        file a resume starts from, so a resumed run redoes the epoch and rewrites the same files.
+        """
+        best = last = None
+        evicted: list[dict[str, Any]] = []
+        if self.save_top_k != 0 and epoch % self.every_n_epochs == 0 and not math.isnan(value):
+            entry = {"name": numbered_name(epoch, monitor, value), "value": value, "epoch": epoch}
+            self.numbered.append(entry)
+            evicted = self._evictions()
+            if entry not in evicted:
+                self.save(entry["name"], state)
+        if improved:
+            best = self.save("best.pt", state)
+        for entry in evicted:
+            (self.directory / entry["name"]).unlink(missing_ok=True)
+        if not self.save_best_only:
+            last = self.save("last.pt", state)
+        return best, last
+
+    def _evictions(self) -> list[dict[str, Any]]:
+        """Drop from ``self.numbered`` the entries beyond top-k, then beyond ``max_checkpoints``; return them."""
+        kept = list(self.numbered)
+        if self.save_top_k > 0:
+            # Ties keep the earlier epoch, so the file set does not depend on float noise in the sort.
+            sign = 1 if self.mode == "min" else -1
+            ranked = sorted(kept, key=lambda e: (sign * e["value"], e["epoch"]))
+            kept = [e for e in kept if e in ranked[: self.save_top_k]]
+        if self.max_checkpoints is not None:
+            kept = kept[-self.max_checkpoints :]
+        evicted = [e for e in self.numbered if e not in kept]
+        self.numbered = kept
+        return evicted
+
+
+def numbered_name(epoch: int, monitor: str, value: float) -> str:
+    """``epoch=007-val_intent_accuracy=0.8123.pt``: the epoch and the monitored value, safe as a file name."""
+    return f"epoch={epoch:03d}-{monitor.replace('/', '_')}={value:.4f}.pt"
 
 
 def check_target_allowed(target: str, key: str, allowed_prefixes: list[str]) -> None:

@@ -42,6 +42,24 @@ class DataConfig:
 class DeviceConfig:
     type: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     fallback: str = "error"  # error | warn: what to do when the requested device is missing
+    precision: str = "32"  # 32 | bf16 (autocast, no scaler) | fp16 (autocast with a GradScaler)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = None  # epochs without improvement before stopping; null turns it off
+    monitor: Optional[str] = None  # null: trainer.monitor
+    mode: Optional[str] = None  # min | max; null: trainer.mode
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+
+
+@dataclass
+class CheckpointConfig:
+    save_top_k: int = 0  # keep the k best epochs as epoch=NNN-<monitor>=<value>.pt; -1 keeps every epoch
+    every_n_epochs: int = 1  # epochs between those numbered files
+    every_n_steps: Optional[int] = None  # also write last.pt every n optimizer steps (mid-epoch resume)
+    save_best_only: bool = False  # write best.pt only: no last.pt each epoch (still on SIGTERM/SIGINT)
+    max_checkpoints: Optional[int] = None  # with save_top_k=-1: keep only the newest n numbered files
 
 
 @dataclass
@@ -50,6 +68,11 @@ class TrainerConfig:
     monitor: str = "val/loss"  # metric that picks best.pt, e.g. val/intent/accuracy
     mode: str = "min"  # min | max
     progress: str = "auto"  # auto (rich bars on a terminal, log lines otherwise) | rich | plain
+    accumulate_grad_batches: int = 1  # batches per optimizer step: the effective batch is batch_size x this
+    gradient_clip_val: Optional[float] = None  # null: no clipping
+    gradient_clip_algorithm: str = "norm"  # norm (total 2-norm) | value (each element)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 @dataclass
@@ -71,6 +94,10 @@ class TrainConfig:
     objective: str = "val/loss"  # what a sweep optimises; the value summary.json and the entrypoint return
     allowed_targets: list[str] = field(default_factory=list)  # extra module prefixes a _target_ may name
     eval_batch_size: int = 1024
+    resume: Optional[str] = None  # auto (latest checkpoint in the run dir given by hydra.run.dir) | a .pt path
+    resume_strict: bool = True  # refuse to resume when model, data, loss or optimizer settings differ
+    compile: bool = False  # torch.compile the model; checkpoints load with or without it
+    deterministic: bool = False  # torch's deterministic algorithms (errors on ops that have none)
 
 
 @dataclass

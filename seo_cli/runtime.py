@@ -1,6 +1,8 @@
 """Process-level set-up shared by the entrypoints: device choice, seeding, resource figures."""
 
+import contextlib
 import logging
+import os
 import random
 import resource
 import sys
@@ -38,10 +40,60 @@ def pick_device(kind: str, fallback: str = "error") -> torch.device:
     )
 
 
+PRECISIONS = ("32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raises:
+    UserError: ``precision`` is not one of PRECISIONS, or is bf16 on a GPU without bfloat16 support.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"device.precision={precision} is not a precision; use 32, bf16 or fp16.")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(
+            f"device.precision=bf16 needs bfloat16 support, which {torch.cuda.get_device_name(device)} lacks "
+            "(it needs an Ampere GPU or newer); use device.precision=fp16 or device.precision=32."
+        )
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision autocast for ``bf16`` and ``fp16``; a no-op context for ``32``."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16, whose narrow range would flush small gradients to zero; None otherwise."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: torch seeds each worker from the loader's generator; python and
+    numpy are seeded here from that seed, so augmentation in a Dataset repeats run to run."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Turn torch's deterministic algorithms on or off for this run (a later job of a sweep may differ).
+
+    Deterministic mode raises on ops with no deterministic implementation instead of running them.
+    """
+    if enabled:
+        # cuBLAS reads this when its handle is created; it must be set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = enabled
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -20,16 +21,18 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from seo_cli.checkpoint import load_checkpoint
+from seo_cli.checkpoint import CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.config import config_dir, register_configs
 from seo_cli.console import metrics_table, print_table
 from seo_cli.data.batches import DeviceBatches
 from seo_cli.data.pipeline import prepare_data, targets_of
 from seo_cli.data.spec import CLASSIFICATION
+from seo_cli.early_stopping import EarlyStopping
 from seo_cli.errors import UserError
 from seo_cli.loggers import MetricsSink
-from seo_cli.runtime import peak_memory_mb, pick_device, seed_everything
-from seo_cli.trainer import CheckpointSaver, FitSettings, evaluate, fit
+from seo_cli.resume import check_resume_config, find_resume_checkpoint
+from seo_cli.runtime import check_precision, peak_memory_mb, pick_device, seed_everything, set_deterministic
+from seo_cli.trainer import FitSettings, TrainingInterrupted, evaluate, fit
 from seo_cli.validation import check_run_length, check_train_config
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,14 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     """
     started = time.perf_counter()
     check_train_config(cfg, user_config_dir)
+    resume_state = None
+    resume_path = find_resume_checkpoint(cfg.resume, run_dir) if cfg.resume else None
+    if resume_path is not None:
+        resume_state = load_checkpoint(resume_path)
+        check_resume_config(resume_state["config"], cfg, cfg.resume_strict, resume_path)
     device = pick_device(cfg.device.type, cfg.device.fallback)
+    check_precision(cfg.device.precision, device)
+    set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed)
 
     data_cfg = OmegaConf.to_object(cfg.data)
@@ -62,6 +72,8 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     }
 
     model = instantiate(cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object").to(device)
+    # Checkpoints store the module under the wrapper (unwrap_model), so they load with or without compile.
+    model = torch.compile(model) if cfg.compile else model
     loss_fn = instantiate(cfg.loss, targets=targets, class_counts=class_counts, _convert_="object").to(device)
     optimizer = instantiate(cfg.optimizer, params=model.parameters(), _convert_="object")
     train_batches = DeviceBatches(
@@ -76,31 +88,59 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         DeviceBatches(split.inputs, split.targets, batch_size=cfg.eval_batch_size, device=device)
         for split in (val_split, test_split)
     )
-    total_steps = len(train_batches) * cfg.epochs
+    accumulate = cfg.trainer.accumulate_grad_batches
+    steps_per_epoch = -(-len(train_batches) // accumulate)
+    total_steps = steps_per_epoch * cfg.epochs
     check_run_length(cfg.scheduler, total_steps)
     scheduler = None
     if cfg.scheduler:
         scheduler = instantiate(
-            cfg.scheduler, optimizer=optimizer, total_steps=total_steps, steps_per_epoch=len(train_batches)
+            cfg.scheduler, optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
         )
-    loggers = [instantiate(node, log_dir=run_dir / name) for name, node in (cfg.logger or {}).items()]
-    sink = MetricsSink(run_dir / "metrics.jsonl", loggers)
+    if resume_state is not None and scheduler is not None and resume_state.get("total_steps") != total_steps:
+        resume_state = _stretch_schedule(resume_state, scheduler, total_steps)
+    resume_step = resume_state["global_step"] if resume_state is not None else None
+    loggers = [
+        instantiate(node, log_dir=run_dir / name, resume_step=resume_step)
+        for name, node in (cfg.logger or {}).items()
+    ]
+    sink = MetricsSink(run_dir / "metrics.jsonl", loggers, resume_step=resume_step)
     num_params = sum(p.numel() for p in model.parameters())
     log.info(
-        "Model %s: %s parameters, on %s; %d steps per epoch",
+        "Model %s: %s parameters, on %s in precision %s; %d optimizer steps per epoch of %d x %d rows",
         cfg.model._target_.rsplit(".", 1)[-1],
         f"{num_params:,}",
         device,
-        len(train_batches),
+        cfg.device.precision,
+        steps_per_epoch,
+        accumulate,
+        cfg.batch_size,
     )
-    saver = CheckpointSaver(
+    policy = cfg.trainer.checkpoint
+    checkpoints = CheckpointManager(
         run_dir / "checkpoints",
         extra={
             "config": OmegaConf.to_yaml(cfg, resolve=True),
             "preprocessing": pre.to_state(),
             "class_counts": class_counts,
+            "total_steps": total_steps,
         },
+        mode=cfg.trainer.mode,
+        save_top_k=policy.save_top_k,
+        every_n_epochs=policy.every_n_epochs,
+        every_n_steps=policy.every_n_steps,
+        save_best_only=policy.save_best_only,
+        max_checkpoints=policy.max_checkpoints,
     )
+    stop_cfg = cfg.trainer.early_stopping
+    early_stopping = None
+    if stop_cfg.patience is not None:
+        early_stopping = EarlyStopping(
+            monitor=stop_cfg.monitor or cfg.trainer.monitor,
+            mode=stop_cfg.mode or cfg.trainer.mode,
+            patience=stop_cfg.patience,
+            min_delta=stop_cfg.min_delta,
+        )
     settings = FitSettings(
         epochs=cfg.epochs,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
@@ -108,6 +148,10 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         mode=cfg.trainer.mode,
         scheduler_monitor=cfg.scheduler.get("monitor") if cfg.scheduler else None,
         progress=cfg.trainer.progress,
+        precision=cfg.device.precision,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
     )
     try:
         result = fit(
@@ -120,15 +164,24 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             settings=settings,
             scheduler=scheduler,
             sink=sink,
-            checkpoints=saver,
+            checkpoints=checkpoints,
+            early_stopping=early_stopping,
+            resume_from=resume_state,
             target_scale=pre.target_scale,
             class_names=pre.class_names,
         )
         # The test split is scored once, with the best weights, as the final word on the run.
         best = load_checkpoint(result.best_checkpoint, map_location=device)
-        model.load_state_dict(best["model"])
+        unwrap_model(model).load_state_dict(best["model"])
         test_metrics, _ = evaluate(
-            model, test_batches, loss_fn, targets, "test", pre.target_scale, pre.class_names
+            model,
+            test_batches,
+            loss_fn,
+            targets,
+            "test",
+            pre.target_scale,
+            pre.class_names,
+            precision=cfg.device.precision,
         )
         sink.log(test_metrics, result.global_step)
     finally:
@@ -141,6 +194,13 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         "objective": cfg.objective,
         "objective_value": final.get(cfg.objective, result.best_metrics.get(cfg.objective)),
         "best_epoch": result.best_epoch,
+        "epochs_trained": len(result.history),
+        "stopped_early": result.stopped_early,
+        "global_step": result.global_step,
+        "micro_batch_size": -(-cfg.batch_size // result.micro_batch_splits),
+        "accumulate_grad_batches": accumulate * result.micro_batch_splits,
+        "fp16_skipped_steps": result.fp16_skipped_steps,
+        "resumed_from": str(resume_path) if resume_path is not None else None,
         "monitor": cfg.trainer.monitor,
         "best_checkpoint": str(result.best_checkpoint),
         "metrics": final,
@@ -160,6 +220,32 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     log.info("Best checkpoint: %s", result.best_checkpoint)
     log.info("Evaluate it with: seo-eval checkpoint=%s", result.best_checkpoint)
     return summary
+
+
+def _stretch_schedule(state: dict, scheduler, total_steps: int) -> dict:
+    """Continue a run whose length changed (``epochs`` raised, say) on the schedule rebuilt for the new
+    length: step the fresh scheduler to where the checkpoint stood and keep it instead of the saved one."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return state  # no horizon: its saved state carries over as it is
+    with warnings.catch_warnings():
+        # Stepping a scheduler with no optimizer step in between is what fast-forwarding is.
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(state["global_step"]):
+            scheduler.step()
+    log.info(
+        "The run is now %d optimizer steps long (was %s): the learning-rate schedule is rebuilt for the "
+        "new length and continues from step %d.",
+        total_steps,
+        state.get("total_steps"),
+        state["global_step"],
+    )
+    return {**state, "scheduler": None}
+
+
+def resume_command(overrides: list[str], run_dir: Path) -> str:
+    """The seo-train command that continues the run in ``run_dir`` from its last checkpoint."""
+    kept = [o for o in overrides if not o.startswith(("resume=", "hydra.run.dir="))]
+    return " ".join(["seo-train", *kept, f"hydra.run.dir={run_dir}", "resume=auto"])
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
@@ -184,6 +270,11 @@ def main(cfg: DictConfig) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     try:
         summary = train(cfg, run_dir, user_config_dir=user_config_dir_given())
+    except TrainingInterrupted as stop:
+        where = f"{stop.checkpoint} is saved" if stop.checkpoint else "no checkpoint was written"
+        log.error("%s; %s. Resume with: %s", stop, where, resume_command(overrides, run_dir))
+        write_summary(run_dir, {"status": "interrupted", "error": str(stop), "overrides": overrides})
+        sys.exit(128 + stop.signum)
     except UserError as err:
         log.error("%s", err)
         write_summary(

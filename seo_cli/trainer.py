@@ -1,32 +1,54 @@
 """The training loop: one function, ``fit``, to read top to bottom.
 
-Each step runs forward, loss, backward, ``optimizer.step()``, ``scheduler.step()``, ``zero_grad``
-in that order; logging, validation and checkpointing are called in plain sight, with no callbacks.
-Values stay on the device between logging intervals: the loop reads them (a host sync) only there.
+Each optimizer step runs forward and backward over the window's micro-batches, clip, ``optimizer.step()``,
+``scheduler.step()``, ``zero_grad`` in that order; logging, validation, early stopping and checkpointing
+are called in plain sight, with no callbacks. Values stay on the device between logging intervals:
+the loop reads them (a host sync) only there, at the end of an epoch and before a checkpoint.
 """
 
+import itertools
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from seo_cli.checkpoint import rng_state, save_checkpoint, unwrap_state_dict
+from seo_cli.checkpoint import CheckpointManager, rng_state, set_rng_state, unwrap_model
 from seo_cli.console import TrainProgress
 from seo_cli.data.spec import Target
+from seo_cli.early_stopping import EarlyStopping, improves
 from seo_cli.errors import UserError
 from seo_cli.loggers import MetricsSink
 from seo_cli.metrics import as_numpy, flatten, target_reports
+from seo_cli.runtime import autocast, grad_scaler
 
 log = logging.getLogger(__name__)
 
 Batch = Any  # a tensor, or a dict / list / tuple of tensors
+
+# Under fp16 the scaler skips a step whose gradients overflowed and halves its scale; this many
+# skips in a row means the loss itself is not finite, and no scale will fix that.
+FP16_MAX_SKIPS_IN_A_ROW = 20
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradients stopped being finite; the message names the step."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT arrived; ``last.pt`` was written (``checkpoint``) before the loop stopped."""
+
+    def __init__(self, signum: int, global_step: int, checkpoint: Any) -> None:
+        self.signum, self.global_step, self.checkpoint = signum, global_step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {global_step}")
 
 
 @dataclass
@@ -37,20 +59,38 @@ class FitSettings:
     mode: str = "min"  # min | max
     scheduler_monitor: str | None = None  # metric a ReduceLROnPlateau scheduler steps on
     progress: str = "auto"  # auto | rich | plain
+    precision: str = "32"  # 32 | bf16 | fp16
+    accumulate_grad_batches: int = 1  # batches per optimizer step
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"  # norm | value
 
 
 @dataclass
-class CheckpointSaver:
-    """Writes ``last.pt`` every epoch and ``best.pt`` when the monitored metric improves, into ``directory``.
+class LoopState:
+    """Where the loop stands: everything a resumed run needs to continue as if it never stopped."""
 
-    ``extra`` holds what does not change during the run (resolved config, preprocessing).
-    """
+    epoch: int = 0  # epochs completed
+    global_step: int = 0  # optimizer steps taken
+    batches_done: int = 0  # batches of the current epoch already trained on
+    epoch_loss: float = 0.0  # sum of row losses of the current epoch so far (kept on the device in the loop)
+    epoch_rows: int = 0
+    window_losses: list[float] = field(default_factory=list)  # per-step losses since the last log line
+    window_grad_norms: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_value: float = math.nan
+    best_epoch: int = 0  # 0: no best yet
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    micro_splits: int = 1  # each batch is cut in this many micro-batches (grows on CUDA out-of-memory)
+    fp16_skipped_steps: int = 0
+    fp16_skip_streak: int = 0
+    last_finite_loss: tuple[int, float] | None = None  # (step, loss) of the last finite step loss read
 
-    directory: Path
-    extra: dict[str, Any] = field(default_factory=dict)
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
-    def save(self, name: str, state: dict[str, Any]) -> Path:
-        return save_checkpoint({**self.extra, **state}, self.directory / name)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
 
 
 @dataclass
@@ -61,8 +101,11 @@ class FitResult:
     best_metrics: dict[str, float]
     global_step: int
     samples_per_second: float
-    best_checkpoint: Path | None = None
-    last_checkpoint: Path | None = None
+    best_checkpoint: Any = None
+    last_checkpoint: Any = None
+    stopped_early: bool = False
+    micro_batch_splits: int = 1
+    fp16_skipped_steps: int = 0
 
 
 def fit(
@@ -76,7 +119,9 @@ def fit(
     settings: FitSettings,
     scheduler: Any = None,
     sink: MetricsSink | None = None,
-    checkpoints: CheckpointSaver | None = None,
+    checkpoints: CheckpointManager | None = None,
+    early_stopping: EarlyStopping | None = None,
+    resume_from: dict[str, Any] | None = None,
     target_scale: dict[str, tuple[float, float]] | None = None,
     class_names: dict[str, list[str]] | None = None,
 ) -> FitResult:
@@ -87,10 +132,19 @@ def fit(
             ``loss_fn(outputs, targets)`` a scalar. Its ``set_epoch(epoch)`` is called if it has one.
         val_batches: the same for validation; None trains without validation.
         targets: names and task types of the outputs, for the metrics.
+        checkpoints: writes last.pt / best.pt / top-k files; None writes nothing.
+        early_stopping: stops the run when its metric stops improving; None trains every epoch.
+        resume_from: a checkpoint written by this loop; training continues exactly where it stopped.
+            Its ``scheduler`` entry may be None to keep the scheduler as built (a schedule stretched
+            to a new length by the caller).
         target_scale: per regression target, the (mean, std) its values were standardised with.
 
     Returns:
         The per-epoch history and the best epoch by ``settings.monitor``.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (the message names the step).
+        TrainingInterrupted: SIGTERM or SIGINT; ``last.pt`` was written first.
     """
     device = next(model.parameters()).device
     sink = sink or MetricsSink(None)
@@ -99,108 +153,394 @@ def fit(
             "train_batches is a one-shot iterator (a generator, say) that would be empty after the first epoch; "
             "pass a DataLoader, a Dataset or a list of batches."
         )
-    steps_per_epoch = len(train_batches) if hasattr(train_batches, "__len__") else 0
+    accumulate = settings.accumulate_grad_batches
+    num_batches = len(train_batches) if hasattr(train_batches, "__len__") else 0
+    steps_per_epoch = -(-num_batches // accumulate)
+    scaler = grad_scaler(device, settings.precision)
+    loop = LoopState()
+    if resume_from is not None:
+        _restore(resume_from, loop, model, optimizer, scheduler, scaler, checkpoints, early_stopping)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "model": unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": loop.epoch,
+            "global_step": loop.global_step,
+            "position": loop.state_dict(),
+            "metrics": loop.history[-1] if loop.history else {},
+            "history": loop.history,
+            "best": {"monitor": settings.monitor, "value": loop.best_value, "epoch": loop.best_epoch},
+            "early_stopping": early_stopping.state_dict() if early_stopping is not None else None,
+            "rng": rng_state(),
+        }
+
     progress = TrainProgress(settings.progress, settings.epochs, steps_per_epoch)
-    history: list[dict[str, float]] = []
-    best_value, best_epoch, best_metrics = math.nan, 0, {}  # best_epoch 0: no best yet
     best_path = last_path = None
-    global_step, samples, train_seconds = 0, 0, 0.0
-    try:
-        for epoch in range(settings.epochs):
-            model.train()
-            if hasattr(train_batches, "set_epoch"):
-                train_batches.set_epoch(epoch)
-            progress.start_epoch(epoch)
-            # Summed over rows, so a short last batch weighs by its size in the epoch's mean.
-            epoch_loss = torch.zeros((), device=device)
-            epoch_rows = 0
-            window_loss = torch.zeros((), device=device)
-            window_steps, step_in_epoch, epoch_start = 0, 0, time.perf_counter()
-            for step_in_epoch, (inputs, labels) in enumerate(train_batches, start=1):
-                inputs, labels = move_to(inputs, device), move_to(labels, device)
-                outputs = model(inputs)
-                loss = loss_fn(outputs, labels)
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                rows = batch_size_of(labels)
-                samples += rows
-                epoch_rows += rows
-                epoch_loss += loss.detach() * rows
-                window_loss += loss.detach()
-                window_steps += 1
-                if global_step % settings.log_every_n_steps == 0:
-                    # note: .item() waits for the device; it happens once per logging interval, not per step.
-                    values = {
-                        "train/loss": (window_loss / window_steps).item(),
-                        "train/lr": current_lr(optimizer),
-                    }
-                    sink.log(values, global_step)
-                    progress.update(epoch, step_in_epoch, values)
-                    window_loss.zero_()
-                    window_steps = 0
+    samples, train_seconds = 0, 0.0
+    # Per-step losses (and pre-clip gradient norms) since the last log line, written on the device and
+    # read at the next sync point: the host learns the exact step a loss went NaN without a sync per step.
+    step_losses = torch.zeros(settings.log_every_n_steps, device=device)
+    step_norms = torch.zeros(settings.log_every_n_steps, device=device)
+    step_losses[: len(loop.window_losses)] = torch.tensor(loop.window_losses, device=device)
+    step_norms[: len(loop.window_grad_norms)] = torch.tensor(loop.window_grad_norms, device=device)
+    window_steps = len(loop.window_losses)
+    stopping = early_stopping is not None and early_stopping.bad_epochs >= early_stopping.patience
+    if stopping:
+        log.info("Early stopping had ended this run after epoch %d; nothing is left to train.", loop.epoch)
 
-            # .item() waits for the device's queued work, so the epoch's time below includes it.
-            metrics = {"epoch": float(epoch + 1), "train/loss": (epoch_loss / max(epoch_rows, 1)).item()}
-            train_seconds += time.perf_counter() - epoch_start
-            if val_batches is not None:
-                metrics |= evaluate(model, val_batches, loss_fn, targets, "val", target_scale, class_names)[0]
-            monitored = _metric(metrics, settings.monitor)
-            if isinstance(scheduler, ReduceLROnPlateau):
-                scheduler.step(_metric(metrics, settings.scheduler_monitor or settings.monitor))
-            history.append(metrics)
-            sink.log(metrics, global_step)
-            progress.end_epoch(epoch, metrics)
+    def read_window() -> None:
+        """Copy the window's step values to the host (a sync) and stop the run at a non-finite loss."""
+        loop.window_losses = step_losses[:window_steps].tolist()
+        loop.window_grad_norms = step_norms[:window_steps].tolist() if settings.gradient_clip_val else []
+        first_step = loop.global_step - window_steps + 1
+        for step, value in enumerate(loop.window_losses, start=first_step):
+            if math.isfinite(value):
+                loop.last_finite_loss = (step, value)
+            elif scaler is None:
+                raise _diverged(step, loop.last_finite_loss)
 
-            # A NaN value never improves on a best; the first epoch is a best whatever its value, so
-            # best.pt always exists.
-            improved = best_epoch == 0 or (
-                math.isnan(best_value)
-                and not math.isnan(monitored)
-                or (monitored < best_value if settings.mode == "min" else monitored > best_value)
-            )
-            if improved:
-                best_value, best_epoch, best_metrics = monitored, epoch + 1, metrics
-            if checkpoints is not None:
-                state = {
-                    "model": unwrap_state_dict(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "epoch": epoch + 1,
-                    "global_step": global_step,
-                    "metrics": metrics,
-                    "history": history,
-                    "best": {"monitor": settings.monitor, "value": best_value, "epoch": best_epoch},
-                    "rng": rng_state(),
+    with _stop_on_signals() as received:
+        try:
+            for epoch in range(loop.epoch, settings.epochs if not stopping else loop.epoch):
+                model.train()
+                if hasattr(train_batches, "set_epoch"):
+                    train_batches.set_epoch(epoch)
+                progress.start_epoch(epoch)
+                epoch_loss = torch.tensor(loop.epoch_loss, device=device)
+                epoch_start = time.perf_counter()
+                # A resumed run skips the batches its checkpoint had already trained on in this epoch.
+                batches = itertools.islice(train_batches, loop.batches_done, None)
+                for window in _windows(batches, accumulate):
+                    while True:
+                        try:
+                            loss_sum, rows = _forward_backward(
+                                model, loss_fn, window, loop.micro_splits, device, settings.precision, scaler
+                            )
+                            break
+                        except torch.cuda.OutOfMemoryError:
+                            pass  # handled below, once the exception's references to activations are gone
+                        optimizer.zero_grad(set_to_none=True)
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        loop.micro_splits = _smaller_micro_batch(
+                            window, loop.micro_splits, loop.global_step + 1, accumulate
+                        )
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)  # clipping and the logged norm see the true gradients
+                    if settings.gradient_clip_val is not None:
+                        step_norms[window_steps] = _clip_gradients(
+                            model, settings.gradient_clip_val, settings.gradient_clip_algorithm
+                        )
+                    if scaler is not None:
+                        scale = scaler.get_scale()  # note: a sync, as is scaler.step's own overflow check
+                        scaler.step(optimizer)
+                        scaler.update()
+                        _count_fp16_skip(loop, scaler.get_scale() < scale)
+                    else:
+                        optimizer.step()
+                    if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+                    loop.global_step += 1
+                    loop.batches_done += len(window)
+                    loop.epoch_rows += rows
+                    samples += rows
+                    epoch_loss += loss_sum
+                    step_losses[window_steps] = loss_sum / rows
+                    window_steps += 1
+                    step = loop.global_step
+                    if step % settings.log_every_n_steps == 0:
+                        read_window()
+                        values = {
+                            "train/loss": sum(loop.window_losses) / window_steps,
+                            "train/lr": current_lr(optimizer),
+                        }
+                        if settings.gradient_clip_val is not None:
+                            values["train/grad_norm"] = sum(loop.window_grad_norms) / window_steps
+                        if scaler is not None:
+                            values["train/fp16_skipped_steps"] = float(loop.fp16_skipped_steps)
+                        sink.log(values, step)
+                        progress.update(epoch, -(-loop.batches_done // accumulate), values)
+                        window_steps, loop.window_losses, loop.window_grad_norms = 0, [], []
+                    mid_epoch = loop.batches_done < num_batches or not num_batches
+                    saving = checkpoints is not None and checkpoints.wants_step_save(step) and mid_epoch
+                    if saving or received:
+                        read_window()
+                        loop.epoch_loss = epoch_loss.item()
+                        path = checkpoints.save("last.pt", checkpoint_state()) if checkpoints else None
+                        if received:
+                            raise TrainingInterrupted(received[0], step, path)
+
+                # .item() waits for the device's queued work, so the epoch's time below includes it.
+                read_window()
+                metrics = {
+                    "epoch": float(epoch + 1),
+                    "train/loss": epoch_loss.item() / max(loop.epoch_rows, 1),
                 }
-                last_path = checkpoints.save("last.pt", state)
+                train_seconds += time.perf_counter() - epoch_start
+                if val_batches is not None:
+                    metrics |= evaluate(
+                        model,
+                        val_batches,
+                        loss_fn,
+                        targets,
+                        "val",
+                        target_scale,
+                        class_names,
+                        precision=settings.precision,
+                    )[0]
+                monitored = _metric(metrics, settings.monitor)
+                if isinstance(scheduler, ReduceLROnPlateau):
+                    scheduler.step(_metric(metrics, settings.scheduler_monitor or settings.monitor))
+                loop.epoch, loop.batches_done, loop.epoch_loss, loop.epoch_rows = epoch + 1, 0, 0.0, 0
+                loop.history.append(metrics)
+                sink.log(metrics, loop.global_step)
+                progress.end_epoch(epoch, metrics)
+
+                # The first epoch is a best whatever its value, so best.pt always exists.
+                improved = loop.best_epoch == 0 or improves(monitored, loop.best_value, settings.mode)
                 if improved:
-                    best_path = checkpoints.save("best.pt", state)
-    finally:
-        progress.close()
+                    loop.best_value, loop.best_epoch, loop.best_metrics = monitored, epoch + 1, metrics
+                if early_stopping is not None:
+                    stopping = early_stopping.update(_metric(metrics, early_stopping.monitor), epoch + 1)
+                if checkpoints is not None:
+                    best, last = checkpoints.save_epoch(
+                        checkpoint_state(),
+                        epoch=epoch + 1,
+                        monitor=settings.monitor,
+                        value=monitored,
+                        improved=improved,
+                    )
+                    best_path, last_path = best or best_path, last or last_path
+                if received:
+                    path = last_path
+                    if checkpoints is not None and checkpoints.save_best_only:
+                        path = checkpoints.save("last.pt", checkpoint_state())
+                    raise TrainingInterrupted(received[0], loop.global_step, path)
+                if stopping:
+                    log.info(
+                        "Early stopping after epoch %d: %s has not improved by more than %g for %d epochs "
+                        "(best %.6g).",
+                        epoch + 1,
+                        early_stopping.monitor,
+                        early_stopping.min_delta,
+                        early_stopping.patience,
+                        early_stopping.best,
+                    )
+                    break
+        finally:
+            progress.close()
+    if checkpoints is not None and best_path is None and (checkpoints.directory / "best.pt").exists():
+        best_path = checkpoints.directory / "best.pt"  # written before a resume, nothing improved since
     return FitResult(
-        history=history,
-        best_epoch=best_epoch,
-        best_value=best_value,
-        best_metrics=best_metrics,
-        global_step=global_step,
+        history=loop.history,
+        best_epoch=loop.best_epoch,
+        best_value=loop.best_value,
+        best_metrics=loop.best_metrics,
+        global_step=loop.global_step,
         samples_per_second=samples / train_seconds if train_seconds else 0.0,
         best_checkpoint=best_path,
         last_checkpoint=last_path,
+        stopped_early=stopping,
+        micro_batch_splits=loop.micro_splits,
+        fp16_skipped_steps=loop.fp16_skipped_steps,
     )
 
 
+def _forward_backward(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], Tensor],
+    window: list[tuple[Batch, Batch]],
+    splits: int,
+    device: torch.device,
+    precision: str,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[Tensor, int]:
+    """Forward and backward over one accumulation window, each batch cut into ``splits`` micro-batches.
+
+    A micro-batch's loss is weighted by its share of its batch's rows and divided by the number of
+    batches in the window (a short last window by its own length), so the gradient is that of the
+    mean of the batch losses however the batches were cut.
+
+    Returns:
+        The sum of the row losses over the window (on the device) and its number of rows.
+    """
+    loss_sum = torch.zeros((), device=device)
+    window_rows = 0
+    for inputs, labels in window:
+        inputs, labels = move_to(inputs, device), move_to(labels, device)
+        rows = batch_size_of(labels)
+        for micro_inputs, micro_labels in zip(_split(inputs, splits), _split(labels, splits), strict=True):
+            micro_rows = batch_size_of(micro_labels)
+            with autocast(device, precision):
+                loss = loss_fn(model(micro_inputs), micro_labels)
+            weight = micro_rows / rows / len(window)
+            scaled = loss * weight if weight != 1.0 else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            loss_sum += loss.detach().float() * micro_rows
+        window_rows += rows
+    return loss_sum, window_rows
+
+
+def _smaller_micro_batch(window: list[tuple[Batch, Batch]], splits: int, step: int, accumulate: int) -> int:
+    """After a CUDA out-of-memory error: twice as many micro-batches per batch, or a clear error at one row.
+
+    Raises:
+        UserError: the micro-batch was already a single row.
+    """
+    rows = max(batch_size_of(labels) for _, labels in window)
+    micro = -(-rows // splits)
+    if micro <= 1:
+        raise UserError(
+            f"CUDA ran out of memory at step {step} even with a micro-batch of 1 row; use a smaller model "
+            "or data.max_length, device.precision=bf16, or a GPU with more memory."
+        )
+    log.warning(
+        "CUDA out of memory at step %d with micro-batch %d: halving it to %d and doubling gradient "
+        "accumulation to %d, so the effective batch stays %d rows.",
+        step,
+        micro,
+        -(-rows // (2 * splits)),
+        2 * splits * accumulate,
+        rows * accumulate,
+    )
+    return 2 * splits
+
+
+def _clip_gradients(model: nn.Module, clip_val: float, algorithm: str) -> Tensor:
+    """Clip the gradients in place; returns their total 2-norm before clipping (on the device)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if algorithm == "norm":
+        return torch.nn.utils.clip_grad_norm_(params, clip_val)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    torch.nn.utils.clip_grad_value_(params, clip_val)
+    return norm
+
+
+def _count_fp16_skip(loop: LoopState, skipped: bool) -> None:
+    """Count the steps the fp16 scaler skipped; many in a row means the loss itself is not finite.
+
+    Raises:
+        TrainingDiverged: FP16_MAX_SKIPS_IN_A_ROW skips in a row.
+    """
+    loop.fp16_skipped_steps += int(skipped)
+    loop.fp16_skip_streak = loop.fp16_skip_streak + 1 if skipped else 0
+    if loop.fp16_skip_streak >= FP16_MAX_SKIPS_IN_A_ROW:
+        raise TrainingDiverged(
+            f"under device.precision=fp16 the last {loop.fp16_skip_streak} optimizer steps (up to step {loop.global_step + 1}) "
+            "had non-finite gradients and were skipped, so the loss itself is NaN or infinite; lower "
+            "learning_rate, set trainer.gradient_clip_val=1.0, or use device.precision=bf16 or 32."
+        )
+
+
+def _diverged(step: int, last_finite: tuple[int, float] | None) -> TrainingDiverged:
+    where = f"; the last finite loss was {last_finite[1]:.6g} at step {last_finite[0]}" if last_finite else ""
+    return TrainingDiverged(
+        f"the training loss became NaN or infinite at step {step}{where}; lower learning_rate, set "
+        "trainer.gradient_clip_val=1.0, or check the data for extreme values (last.pt holds the last "
+        "weights saved before it)."
+    )
+
+
+def _restore(
+    state: dict[str, Any],
+    loop: LoopState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+    checkpoints: CheckpointManager | None,
+    early_stopping: EarlyStopping | None,
+) -> None:
+    """Put every piece of a checkpoint back, the RNG states last, just before the loop draws from them."""
+    device = next(model.parameters()).device
+    unwrap_model(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
+        # A schedule rebuilt for a new run length sets the rate; the optimizer's saved rate is the old one.
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    loop.load_state_dict(state["position"])
+    if checkpoints is not None and state.get("checkpoints"):
+        checkpoints.load_state_dict(state["checkpoints"])
+    if early_stopping is not None and state.get("early_stopping"):
+        early_stopping.load_state_dict(state["early_stopping"])
+    set_rng_state(state["rng"])
+    log.info(
+        "Resumed at epoch %d, step %d%s on %s.",
+        loop.epoch,
+        loop.global_step,
+        f" (batch {loop.batches_done} of epoch {loop.epoch + 1})" if loop.batches_done else "",
+        device,
+    )
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """Turn SIGTERM and SIGINT into a request the loop answers at its next step; yields the received list.
+
+    A second signal while the loop finishes its step interrupts at once. Only the main thread can
+    install handlers; elsewhere signals keep their usual effect.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("%s received: saving last.pt after the current step.", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _windows(batches: Iterable[tuple[Batch, Batch]], size: int) -> Iterator[list[tuple[Batch, Batch]]]:
+    """Consecutive lists of ``size`` batches; the last may be shorter."""
+    iterator = iter(batches)
+    while window := list(itertools.islice(iterator, size)):
+        yield window
+
+
+def _split(batch: Batch, parts: int) -> list[Batch]:
+    """``batch`` cut along its first dimension into ``parts`` near-equal pieces (fewer if it has fewer rows)."""
+    if parts == 1:
+        return [batch]
+    if isinstance(batch, Tensor):
+        return list(torch.tensor_split(batch, min(parts, batch.shape[0])))
+    if isinstance(batch, dict):
+        pieces = {k: _split(v, parts) for k, v in batch.items()}
+        return [dict(zip(pieces, values, strict=True)) for values in zip(*pieces.values(), strict=True)]
+    pieces = [_split(v, parts) for v in batch]
+    return [type(batch)(values) for values in zip(*pieces, strict=True)]
+
+
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[tuple[Batch, Batch]]) -> tuple[Batch, Batch]:
-    """Model outputs and labels of every batch, concatenated on the device (no host transfer here)."""
+def predict(
+    model: nn.Module, batches: Iterable[tuple[Batch, Batch]], precision: str = "32"
+) -> tuple[Batch, Batch]:
+    """Model outputs (in float32) and labels of every batch, concatenated on the device (no host transfer here)."""
     model.eval()
     device = next(model.parameters()).device
     outputs, labels = [], []
     for inputs, y in batches:
-        outputs.append(model(move_to(inputs, device)))
+        with autocast(device, precision):
+            out = model(move_to(inputs, device))
+        outputs.append(_to_float(out))
         labels.append(move_to(y, device))
     return _concat(outputs), _concat(labels)
 
@@ -213,6 +553,7 @@ def evaluate(
     split: str,
     target_scale: dict[str, tuple[float, float]] | None = None,
     class_names: dict[str, list[str]] | None = None,
+    precision: str = "32",
 ) -> tuple[dict[str, float], dict[str, dict]]:
     """Loss and metrics of ``model`` on every row of ``batches``.
 
@@ -221,7 +562,7 @@ def evaluate(
     Returns:
         Scalar metrics keyed ``{split}/...`` and the full report per target (confusion matrices included).
     """
-    outputs, labels = predict(model, batches)
+    outputs, labels = predict(model, batches, precision)
     metrics: dict[str, float] = {}
     if loss_fn is not None:
         metrics[f"{split}/loss"] = loss_fn(outputs, labels).item()
@@ -245,6 +586,14 @@ def move_to(batch: Batch, device: torch.device) -> Batch:
     if isinstance(batch, list | tuple):
         return type(batch)(move_to(v, device) for v in batch)
     return batch
+
+
+def _to_float(outputs: Batch) -> Batch:
+    if isinstance(outputs, Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {k: _to_float(v) for k, v in outputs.items()}
+    return type(outputs)(_to_float(v) for v in outputs)
 
 
 def batch_size_of(labels: Batch) -> int:

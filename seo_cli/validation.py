@@ -30,7 +30,7 @@ RUNTIME_ARGS = {
     "optimizer": {"params"},
     "scheduler": {"optimizer", "total_steps", "steps_per_epoch"},
     "loss": {"targets", "class_counts"},
-    "logger": {"log_dir"},
+    "logger": {"log_dir", "resume_step"},
 }
 
 
