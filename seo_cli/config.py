@@ -49,7 +49,7 @@ class DeviceConfig:
 class EarlyStoppingConfig:
     patience: Optional[int] = None  # epochs without improvement before stopping; null turns it off
     monitor: Optional[str] = None  # null: trainer.monitor
-    mode: Optional[str] = None  # min | max; null: trainer.mode
+    mode: Optional[str] = None  # min | max; null: from the metric (max for accuracy, min for loss)
     min_delta: float = 0.0  # an improvement must beat the best by more than this
 
 

@@ -134,3 +134,8 @@ def flatten(reports: dict[str, dict], split: str) -> dict[str, float]:
         for key, value in report.items()
         if isinstance(value, float)
     }
+
+
+def metric_mode(name: str) -> str:
+    """``max`` for a metric that grows as the model improves (``val/intent/accuracy``), ``min`` otherwise."""
+    return "max" if name.rsplit("/", 1)[-1] in HIGHER_IS_BETTER else "min"

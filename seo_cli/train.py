@@ -30,6 +30,7 @@ from seo_cli.data.spec import CLASSIFICATION
 from seo_cli.early_stopping import EarlyStopping
 from seo_cli.errors import UserError
 from seo_cli.loggers import MetricsSink
+from seo_cli.metrics import metric_mode
 from seo_cli.resume import check_resume_config, find_resume_checkpoint
 from seo_cli.runtime import check_precision, peak_memory_mb, pick_device, seed_everything, set_deterministic
 from seo_cli.trainer import FitSettings, TrainingInterrupted, evaluate, fit
@@ -135,9 +136,10 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     stop_cfg = cfg.trainer.early_stopping
     early_stopping = None
     if stop_cfg.patience is not None:
+        stop_monitor = stop_cfg.monitor or cfg.trainer.monitor
         early_stopping = EarlyStopping(
-            monitor=stop_cfg.monitor or cfg.trainer.monitor,
-            mode=stop_cfg.mode or cfg.trainer.mode,
+            monitor=stop_monitor,
+            mode=stop_cfg.mode or metric_mode(stop_monitor),
             patience=stop_cfg.patience,
             min_delta=stop_cfg.min_delta,
         )

@@ -21,6 +21,7 @@ from seo_cli.checkpoint import check_target_allowed
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
+from seo_cli.runtime import PRECISIONS
 
 ALLOWED_PREFIXES = ["seo_cli", "torch"]
 # Keys Hydra's instantiate reads itself, and arguments the entrypoint passes at the call site.
@@ -157,21 +158,27 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
         problems.append(f"device.type={cfg.device.type!r} must be auto, cpu, cuda or mps.")
     if cfg.device.fallback not in ("error", "warn"):
         problems.append(f"device.fallback={cfg.device.fallback!r} must be error or warn.")
+    if cfg.device.precision not in PRECISIONS:
+        problems.append(f"device.precision={cfg.device.precision} must be 32, bf16 or fp16.")
+    problems += _trainer_problems(cfg.trainer)
 
     targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION)]
     known = metric_names(targets, "val") + metric_names(targets, "train")[:1]
     for key, name in (("trainer.monitor", cfg.trainer.monitor), ("objective", cfg.objective)):
         if name not in known:
             problems.append(f"{key}={name!r} is not a metric this run logs; use one of: {', '.join(known)}.")
-    monitor_metric = cfg.trainer.monitor.rsplit("/", 1)[-1]
-    if cfg.trainer.mode == "min" and monitor_metric in HIGHER_IS_BETTER:
-        problems.append(
-            f"trainer.monitor={cfg.trainer.monitor} grows as the model improves; set trainer.mode=max."
-        )
-    if cfg.trainer.mode == "max" and monitor_metric not in HIGHER_IS_BETTER:
-        problems.append(
-            f"trainer.monitor={cfg.trainer.monitor} falls as the model improves; set trainer.mode=min."
-        )
+    problems += _direction_problems("trainer", cfg.trainer.monitor, cfg.trainer.mode)
+    stop = cfg.trainer.early_stopping
+    if stop.patience is not None:
+        if stop.monitor is not None and stop.monitor not in known:
+            problems.append(
+                f"trainer.early_stopping.monitor={stop.monitor!r} is not a metric this run logs; "
+                f"use one of: {', '.join(known)}."
+            )
+        elif stop.mode in ("min", "max"):
+            problems += _direction_problems(
+                "trainer.early_stopping", stop.monitor or cfg.trainer.monitor, stop.mode
+            )
     if data.numeric_scaling not in ("standard", "power"):
         problems.append(f"data.numeric_scaling={data.numeric_scaling!r} must be standard or power.")
     if cfg.scheduler and "monitor" in cfg.scheduler and cfg.scheduler.monitor not in known:
@@ -195,6 +202,68 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
             problems.append(f"loss.weights.{name} names no target; the targets are {', '.join(names)}.")
     if problems:
         raise UserError("\n".join(problems))
+
+
+def _direction_problems(prefix: str, monitor: str, mode: str) -> list[str]:
+    """A metric that grows as the model improves needs mode=max, one that falls needs min."""
+    grows = monitor.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
+    if mode in ("min", "max") and grows != (mode == "max"):
+        return [
+            f"{prefix}.monitor={monitor} {'grows' if grows else 'falls'} as the model improves; "
+            f"set {prefix}.mode={'max' if grows else 'min'}."
+        ]
+    return []
+
+
+def _trainer_problems(trainer: DictConfig) -> list[str]:
+    problems = []
+    if trainer.accumulate_grad_batches < 1:
+        problems.append(
+            f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} must be at least 1."
+        )
+    if trainer.gradient_clip_val is not None and trainer.gradient_clip_val <= 0:
+        problems.append(
+            f"trainer.gradient_clip_val={trainer.gradient_clip_val} must be positive, e.g. 1.0, or null for no clipping."
+        )
+    if trainer.gradient_clip_algorithm not in ("norm", "value"):
+        problems.append(
+            f"trainer.gradient_clip_algorithm={trainer.gradient_clip_algorithm!r} must be norm or value."
+        )
+    stop = trainer.early_stopping
+    if stop.patience is not None and stop.patience < 1:
+        problems.append(
+            f"trainer.early_stopping.patience={stop.patience} must be at least 1, or null to turn early stopping off."
+        )
+    if stop.mode is not None and stop.mode not in ("min", "max"):
+        problems.append(
+            f"trainer.early_stopping.mode={stop.mode!r} must be min, max or null (picked from the metric)."
+        )
+    if stop.min_delta < 0:
+        problems.append(f"trainer.early_stopping.min_delta={stop.min_delta} must be 0 or more.")
+    ckpt = trainer.checkpoint
+    if ckpt.save_top_k < -1:
+        problems.append(
+            f"trainer.checkpoint.save_top_k={ckpt.save_top_k} must be -1 (all), 0 (none) or a count."
+        )
+    if ckpt.every_n_epochs < 1:
+        problems.append(f"trainer.checkpoint.every_n_epochs={ckpt.every_n_epochs} must be at least 1.")
+    if ckpt.every_n_steps is not None and ckpt.every_n_steps < 1:
+        problems.append(f"trainer.checkpoint.every_n_steps={ckpt.every_n_steps} must be at least 1, or null.")
+    if ckpt.save_best_only and ckpt.every_n_steps is not None:
+        problems.append(
+            "trainer.checkpoint.save_best_only=true writes no last.pt, so every_n_steps has nothing to write; "
+            "unset one of them."
+        )
+    if ckpt.max_checkpoints is not None and ckpt.max_checkpoints < 1:
+        problems.append(
+            f"trainer.checkpoint.max_checkpoints={ckpt.max_checkpoints} must be at least 1, or null."
+        )
+    if ckpt.max_checkpoints is not None and ckpt.save_top_k != -1:
+        problems.append(
+            "trainer.checkpoint.max_checkpoints caps the files kept by save_top_k=-1 (every epoch); with "
+            f"save_top_k={ckpt.save_top_k} at most that many are kept already, so set save_top_k=-1 or unset it."
+        )
+    return problems
 
 
 def check_run_length(scheduler: DictConfig, total_steps: int) -> None:

@@ -1,0 +1,189 @@
+"""Exact resume: a run killed or stopped anywhere and resumed ends with the weights and metrics of the straight run."""
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_jsonl
+from omegaconf import OmegaConf
+
+from seo_cli.checkpoint import load_checkpoint
+from seo_cli.errors import UserError
+from seo_cli.train import train
+
+pytestmark = pytest.mark.slow
+
+HELPER = Path(__file__).parent / "helpers" / "fault_inject.py"
+# debug=smoke has 27 optimizer steps per epoch; 4 epochs are 108 steps, and dropout draws from the RNG.
+RUN = ["debug=smoke", "epochs=4", "logger=none", "trainer.progress=plain"]
+
+
+def seo_train(run_dir: Path, *overrides: str, fault: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(HELPER), *fault, "--", *RUN, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # Hydra logs to stdout; one stream keeps the order too
+        text=True,
+        timeout=300,
+    )
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_run(run_dir: Path, straight: Path) -> None:
+    expected, got = weights(straight), weights(run_dir)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert (
+        load_checkpoint(run_dir / "checkpoints" / "last.pt")["history"]
+        == (load_checkpoint(straight / "checkpoints" / "last.pt")["history"])
+    )
+    # metrics.jsonl too: rows the killed run logged past its checkpoint were dropped, then logged again.
+    assert read_jsonl(run_dir / "metrics.jsonl") == read_jsonl(straight / "metrics.jsonl")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    result = seo_train(run_dir)
+    assert result.returncode == 0, result.stdout[-3000:]
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "fault, overrides, last_step, resumes_at",
+    [
+        # Killed in epoch 3: resumes from last.pt of epoch 2 (step 54).
+        (("--kill-at-step", "60"), (), 54, "last.pt"),
+        # Checkpoints every 25 steps, killed at step 52: resumes mid-epoch 2 from step 50, batch 23 of 27.
+        (("--kill-at-step", "52"), ("trainer.checkpoint.every_n_steps=25",), 50, "last.pt"),
+        # Killed half-way through the 6th write, epoch 2's last.pt, just after best.pt: last.pt still
+        # holds step 50, and resume=auto takes the newest complete file, best.pt of step 54.
+        (("--kill-in-save", "6"), ("trainer.checkpoint.every_n_steps=25",), 50, "best.pt"),
+    ],
+    ids=["epoch-boundary", "mid-epoch", "during-checkpoint-write"],
+)
+def test_sigkill_then_resume_auto_matches_the_straight_run(
+    tmp_path, straight, fault, overrides, last_step, resumes_at
+):
+    run_dir = tmp_path / "run"
+    killed = seo_train(run_dir, *overrides, fault=fault)
+    assert killed.returncode == -signal.SIGKILL
+    files = list((run_dir / "checkpoints").iterdir())
+    # The write that was cut short left only its temp file; every .pt file under its final name loads.
+    for path in files:
+        if path.suffix == ".pt":
+            load_checkpoint(path)
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["global_step"] == last_step
+    step = load_checkpoint(run_dir / "checkpoints" / resumes_at)["global_step"]
+
+    resumed = seo_train(run_dir, *overrides, "resume=auto")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"Resumed at epoch {step // 27}, step {step}" in resumed.stdout
+    assert_same_run(run_dir, straight)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"] == str(run_dir / "checkpoints" / resumes_at)
+    assert summary["global_step"] == 108
+
+
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_mid_epoch_saves_last_pt_and_prints_the_resume_command(tmp_path, straight, name, code):
+    run_dir = tmp_path / "run"
+    stopped = seo_train(run_dir, fault=("--signal-at-step", "40", "--signal", name))
+    assert stopped.returncode == code
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    # The signal came as step 41 began: the loop finished that step, then saved, 14 steps into epoch 2,
+    # with the running sums of that epoch.
+    assert (state["epoch"], state["global_step"], state["position"]["batches_done"]) == (1, 41, 14)
+    assert state["position"]["epoch_rows"] == 14 * 16
+    assert f"{name} at step 41" in stopped.stdout
+    assert f"hydra.run.dir={run_dir} resume=auto" in stopped.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+    resumed = seo_train(run_dir, "resume=auto")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert_same_run(run_dir, straight)
+
+
+# In-process runs below: the config checks and the longer-run path need no subprocess.
+
+
+def _run(compose_train, run_dir: Path, *overrides: str) -> dict:
+    cfg = compose_train("debug=smoke", "logger=none", "trainer.progress=plain", *overrides)
+    return train(cfg, run_dir)
+
+
+def test_resume_with_a_changed_optimizer_is_refused_naming_the_keys(compose_train, tmp_path):
+    _run(compose_train, tmp_path / "a", "epochs=1")
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    with pytest.raises(UserError) as err:
+        _run(
+            compose_train,
+            tmp_path / "b",
+            "epochs=2",
+            f"resume={last}",
+            "learning_rate=1e-3",
+            "model.dropout=0.2",
+        )
+    message = str(err.value)
+    assert "optimizer.lr: 0.003 -> 0.001" in message
+    assert "model.dropout: 0.1 -> 0.2" in message
+    assert "resume_strict=false" in message and "\n" not in message
+
+
+def test_resume_strict_false_resumes_with_a_warning(compose_train, tmp_path, caplog):
+    _run(compose_train, tmp_path / "a", "epochs=1")
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    with caplog.at_level(logging.WARNING):
+        summary = _run(
+            compose_train,
+            tmp_path / "b",
+            "epochs=2",
+            f"resume={last}",
+            "learning_rate=1e-3",
+            "resume_strict=false",
+        )
+    assert "optimizer.lr: 0.003 -> 0.001" in caplog.text
+    assert summary["epochs_trained"] == 2 and summary["global_step"] == 54
+
+
+def test_resume_path_trains_longer_on_a_schedule_stretched_to_the_new_length(compose_train, tmp_path):
+    _run(compose_train, tmp_path / "a", "epochs=1", "scheduler=cosine")
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    summary = _run(compose_train, tmp_path / "b", "epochs=3", f"resume={last}", "scheduler=cosine")
+    assert summary["epochs_trained"] == 3 and summary["global_step"] == 81
+    state = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert [row["epoch"] for row in state["history"]] == [1.0, 2.0, 3.0]
+    # The cosine runs over the new 81 steps: after step 81 the rate is at its floor (0), and at the
+    # resume point (step 27) it was 3e-3 * (1 + cos(pi * 27 / 81)) / 2, not the 1-epoch schedule's 0.
+    lrs = {
+        row["step"]: row["train/lr"]
+        for row in read_jsonl(tmp_path / "b" / "metrics.jsonl")
+        if "train/lr" in row
+    }
+    import math
+
+    assert lrs[30] == pytest.approx(3e-3 * (1 + math.cos(math.pi * 30 / 81)) / 2, rel=1e-5)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-9)
+    assert OmegaConf.create(state["config"]).epochs == 3
+
+
+def test_resume_auto_without_a_checkpoint_starts_fresh(compose_train, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        summary = _run(compose_train, tmp_path / "new", "resume=auto")
+    assert "found no checkpoint" in caplog.text
+    assert summary["resumed_from"] is None and summary["global_step"] == 27
+
+
+def test_resume_from_a_missing_file_is_a_clear_error(compose_train, tmp_path):
+    with pytest.raises(UserError, match=r"resume=.*missing\.pt is not a checkpoint file"):
+        _run(compose_train, tmp_path / "a", f"resume={tmp_path / 'missing.pt'}")
