@@ -97,8 +97,13 @@ def set_deterministic(enabled: bool) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on a GPU run; peak resident memory of the process otherwise."""
+    """Peak CUDA memory allocated on a GPU run (since the last reset of the peak); peak RSS otherwise."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux

@@ -209,7 +209,10 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         "num_parameters": num_params,
         "samples_per_second": result.samples_per_second,
         "wall_time_s": time.perf_counter() - started,
-        "peak_memory_mb": peak_memory_mb(device),
+        # The trainer resets CUDA's peak each epoch to measure it per epoch; the run's peak is the largest.
+        "peak_memory_mb": max(
+            [peak_memory_mb(device)] + [row.get("memory/peak_allocated_mb", 0.0) for row in result.history]
+        ),
         "device": str(device),
     }
     write_summary(run_dir, summary)

@@ -28,7 +28,7 @@ from seo_cli.early_stopping import EarlyStopping, improves
 from seo_cli.errors import UserError
 from seo_cli.loggers import MetricsSink
 from seo_cli.metrics import as_numpy, flatten, target_reports
-from seo_cli.runtime import autocast, grad_scaler
+from seo_cli.runtime import autocast, grad_scaler, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,8 @@ def fit(
                     train_batches.set_epoch(epoch)
                 progress.start_epoch(epoch)
                 epoch_loss = torch.tensor(loop.epoch_loss, device=device)
-                epoch_start = time.perf_counter()
+                resident_bytes = _start_memory_window(device)
+                epoch_samples, epoch_start = 0, time.perf_counter()
                 # A resumed run skips the batches its checkpoint had already trained on in this epoch.
                 batches = itertools.islice(train_batches, loop.batches_done, None)
                 for window in _windows(batches, accumulate):
@@ -248,7 +249,7 @@ def fit(
                     loop.global_step += 1
                     loop.batches_done += len(window)
                     loop.epoch_rows += rows
-                    samples += rows
+                    epoch_samples += rows
                     epoch_loss += loss_sum
                     step_losses[window_steps] = loss_sum / rows
                     window_steps += 1
@@ -281,7 +282,10 @@ def fit(
                     "epoch": float(epoch + 1),
                     "train/loss": epoch_loss.item() / max(loop.epoch_rows, 1),
                 }
-                train_seconds += time.perf_counter() - epoch_start
+                epoch_seconds = time.perf_counter() - epoch_start
+                samples, train_seconds = samples + epoch_samples, train_seconds + epoch_seconds
+                metrics["speed/samples_per_second"] = epoch_samples / epoch_seconds
+                metrics |= _memory_metrics(device, resident_bytes)
                 if val_batches is not None:
                     metrics |= evaluate(
                         model,
@@ -384,6 +388,26 @@ def _forward_backward(
             loss_sum += loss.detach().float() * micro_rows
         window_rows += rows
     return loss_sum, window_rows
+
+
+def _start_memory_window(device: torch.device) -> int:
+    """Bytes the run holds on the GPU before the epoch's steps (weights, optimizer state, data); 0 off CUDA."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def _memory_metrics(device: torch.device, resident_bytes: int) -> dict[str, float]:
+    """The epoch's peak GPU memory, and how much of it the steps added on top of what stays resident
+    (activations, gradients and temporaries: what precision, micro-batch size and checkpointing change)."""
+    metrics = {"memory/rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        metrics["memory/peak_allocated_mb"] = peak / 2**20
+        metrics["memory/peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        metrics["memory/step_mb"] = (peak - resident_bytes) / 2**20
+    return metrics
 
 
 def _smaller_micro_batch(window: list[tuple[Batch, Batch]], splits: int, step: int, accumulate: int) -> int:
