@@ -38,10 +38,8 @@ class EarlyStopping:
         else:
             self.bad_epochs += 1
         # Compared afresh each time, so a run resumed with a larger patience trains on.
-        if self.bad_epochs >= self.patience:
-            self.stopped_epoch = epoch
-            return True
-        return False
+        self.stopped_epoch = epoch if self.bad_epochs >= self.patience else 0
+        return self.stopped_epoch > 0
 
     def state_dict(self) -> dict[str, float | int]:
         return {k: v for k, v in asdict(self).items() if k in ("best", "bad_epochs", "stopped_epoch")}
