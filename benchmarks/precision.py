@@ -37,7 +37,13 @@ WORKLOAD = [
     "trainer.progress=plain",
     "trainer.log_every_n_steps=100",
 ]
-QUICK = ["data.num_rows=2000", "data.max_length=32", "model.d_model=32", "model.ffn_dim=64", "model.num_layers=1"]
+QUICK = [
+    "data.num_rows=2000",
+    "data.max_length=32",
+    "model.d_model=32",
+    "model.ffn_dim=64",
+    "model.num_layers=1",
+]
 VARIANTS = {
     "32": ["device.precision=32"],
     "bf16": ["device.precision=bf16"],
@@ -79,8 +85,12 @@ def main() -> None:
             results[name] = run_variant(overrides, Path(tmp) / name)
             print(f"{name}: {results[name]}", file=sys.stderr)
     reference = results.get("32")
-    print(f"\nTransformer (d_model 256, 4 layers, sequence 256, batch 64) on {device_name}, torch {torch.__version__}")
-    print(f"{'precision':<14}{'samples/s':>12}{'x 32-bit':>10}{'step MiB':>11}{'x 32-bit':>10}{'val loss':>10}")
+    print(
+        f"\nTransformer (d_model 256, 4 layers, sequence 256, batch 64) on {device_name}, torch {torch.__version__}"
+    )
+    print(
+        f"{'precision':<14}{'samples/s':>12}{'x 32-bit':>10}{'step MiB':>11}{'x 32-bit':>10}{'val loss':>10}"
+    )
     for name, r in results.items():
         speed = r["samples_per_second"] / reference["samples_per_second"] if reference else float("nan")
         memory = (

@@ -195,3 +195,24 @@ def test_resume_auto_without_a_checkpoint_starts_fresh(compose_train, tmp_path, 
 def test_resume_from_a_missing_file_is_a_clear_error(compose_train, tmp_path):
     with pytest.raises(UserError, match=r"resume=.*missing\.pt is not a checkpoint file"):
         _run(compose_train, tmp_path / "a", f"resume={tmp_path / 'missing.pt'}")
+
+
+def test_tensorboard_hides_the_steps_a_killed_run_logged_past_its_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from seo_cli.loggers import TensorBoardLogger
+
+    killed = TensorBoardLogger(tmp_path)
+    for step in range(1, 21):  # checkpoint at step 10, killed after logging step 20
+        killed.log_metrics({"train/loss": float(step)}, step)
+    killed.close()
+    resumed = TensorBoardLogger(tmp_path, resume_step=10)
+    for step in range(11, 16):
+        resumed.log_metrics({"train/loss": 100.0 + step}, step)
+    resumed.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    scalars = events.Scalars("train/loss")
+    assert [e.step for e in scalars] == list(range(1, 16))
+    # Steps 11-20 of the killed run are gone; the resumed run's values stand in their place.
+    assert [e.value for e in scalars] == [float(s) for s in range(1, 11)] + [100.0 + s for s in range(11, 16)]
