@@ -24,7 +24,11 @@ class TargetConfig:
 class DataConfig:
     source: str = "seo_pages"  # seo_pages (built-in generator) | file (csv, tsv, jsonl or parquet at data.path)
     path: Optional[str] = None
+    test_path: Optional[str] = None  # a second file whose rows are the test split; data.path then gives train + val
     format: Optional[str] = None  # csv | tsv | jsonl | parquet; null picks by file extension
+    column_names: list[str] = field(default_factory=list)  # a CSV/TSV without a header row: its columns, in order
+    encoding: str = "utf-8"  # text encoding of CSV, TSV and JSON Lines files, e.g. latin-1, cp1252
+    missing: str = "error"  # error | impute: empty numeric inputs get the training median, rows without a target are skipped
     num_rows: int = 16000  # seo_pages only
     text_columns: list[str] = field(default_factory=list)
     numeric_columns: list[str] = field(default_factory=list)

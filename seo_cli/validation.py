@@ -105,6 +105,14 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
         problems.append(f"data.source={data.source!r} is not a data source; use seo_pages or file.")
     if data.source == "file" and not data.path:
         problems.append("data.path is required for a data file; set data.path=pages.csv.")
+    if data.source != "file":
+        for key in ("test_path", "column_names"):
+            if data[key]:
+                problems.append(f"data.{key} applies to data files only; set data=csv or remove it.")
+    if data.missing not in ("error", "impute"):
+        problems.append(f"data.missing={data.missing!r} must be error or impute.")
+    if data.test_path and data.split_column:
+        problems.append("data.test_path and data.split_column both choose the test rows; keep one of them.")
     if not data.targets:
         problems.append(
             "data.targets is empty; name at least one, e.g. data.targets=[{name:intent,type:classification}]."
@@ -131,10 +139,10 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
             "the data has no input columns; set data.text_columns, data.numeric_columns or data.categorical_columns."
         )
     if not data.split_column:
-        for key in ("val_fraction", "test_fraction"):
+        for key in ("val_fraction",) if data.test_path else ("val_fraction", "test_fraction"):
             if not 0.0 < data[key] < 1.0:
                 problems.append(f"data.{key}={data[key]} must be between 0 and 1 (exclusive), e.g. 0.15.")
-        if data.val_fraction + data.test_fraction >= 1.0:
+        if not data.test_path and data.val_fraction + data.test_fraction >= 1.0:
             problems.append(
                 "data.val_fraction + data.test_fraction must be below 1 so rows remain for training."
             )

@@ -46,6 +46,9 @@ class Preprocessor:
     tokenizer_json: str
     max_length: int
     targets: list[TargetEncoding]
+    numeric_fill: list[float] = field(
+        default_factory=list
+    )  # training median per numeric column, for empty cells
 
     @classmethod
     def fit(
@@ -65,9 +68,17 @@ class Preprocessor:
         Args:
             numeric_scaling: standard (z-score) | power (Yeo-Johnson, then z-score).
         """
-        mean, scale, power = [], [], []
+        mean, scale, power, fill = [], [], [], []
         if numeric_columns:
             x = frame[numeric_columns].to_numpy(dtype=np.float64)
+            fill = np.nanmedian(x, axis=0).tolist() if len(x) else []
+            empty = [c for c, v in zip(numeric_columns, fill, strict=True) if np.isnan(v)]
+            if empty:
+                raise UserError(
+                    f"numeric column {empty[0]!r} has no values in the training split, so there is nothing to "
+                    "learn from or impute with; fill it in or remove it from data.numeric_columns."
+                )
+            x = np.where(np.isnan(x), np.asarray(fill), x)
             if numeric_scaling == "power":
                 transformer = PowerTransformer(method="yeo-johnson", standardize=False).fit(x)
                 power = transformer.lambdas_.tolist()
@@ -100,6 +111,7 @@ class Preprocessor:
             tokenizer_json=tokenizer_json,
             max_length=max_length,
             targets=encodings,
+            numeric_fill=fill,
         )
 
     @property
@@ -130,6 +142,8 @@ class Preprocessor:
         inputs: dict[str, Tensor] = {}
         if self.numeric_columns:
             x = frame[self.numeric_columns].to_numpy(dtype=np.float64)
+            if self.numeric_fill:
+                x = np.where(np.isnan(x), np.asarray(self.numeric_fill), x)
             if self.numeric_power:
                 transformer = PowerTransformer(method="yeo-johnson", standardize=False)
                 # A fitted transformer is its lambdas: set them rather than refit on these rows.

@@ -66,7 +66,7 @@ def test_split_column_decides_and_ignores_case_and_spaces():
 def test_split_column_with_another_value_is_a_user_error():
     frame = labelled_frame(2, 2).assign(part=["train", "validation", "test", "train"])
     with pytest.raises(
-        UserError, match=r"data.split_column 'part' of t.csv holds 'validation'; .*train, val or test"
+        UserError, match=r"data.split_column 'part' of t.csv holds 'validation' at row 2; .*train, val or test"
     ):
         split_rows(frame, data_config(split_column="part"), seed=0, where="t.csv")
 
@@ -108,20 +108,20 @@ def test_non_numeric_value_names_the_column_value_and_data_row(tmp_path):
     with pytest.raises(
         UserError,
         match=r"numeric column 'backlinks' of .*pages.csv holds the non-numeric value "
-        r"'many' at data row 3;",
+        r"'many' at row 3 \(line 4\);",
     ):
         load_frame(data_config(path=str(path)), seed=0)
 
 
 def test_empty_numeric_value_names_the_data_row(tmp_path):
     path = write_csv(tmp_path, "backlinks,label\n1,a\n,b\n")
-    with pytest.raises(UserError, match=r"numeric column 'backlinks' of .*pages.csv is empty at data row 2"):
+    with pytest.raises(UserError, match=r"numeric column 'backlinks' of .*pages.csv is empty at row 2 \(line 3\)"):
         load_frame(data_config(path=str(path)), seed=0)
 
 
 def test_empty_target_names_the_data_row(tmp_path):
     path = write_csv(tmp_path, "backlinks,label\n1,a\n2,b\n3,\n")
-    with pytest.raises(UserError, match=r"target 'label' of .*pages.csv is empty at data row 3"):
+    with pytest.raises(UserError, match=r"target 'label' of .*pages.csv is empty at row 3 \(line 4\)"):
         load_frame(data_config(path=str(path)), seed=0)
 
 
@@ -131,7 +131,7 @@ def test_non_numeric_regression_target_names_the_data_row(tmp_path):
     with pytest.raises(
         UserError,
         match=r"regression target 'ctr' of .*pages.csv holds the non-numeric or infinite value "
-        r"'high' at data row 2",
+        r"'high' at row 2 \(line 3\)",
     ):
         load_frame(data, seed=0)
 
@@ -139,7 +139,7 @@ def test_non_numeric_regression_target_names_the_data_row(tmp_path):
 def test_valid_file_loads_with_its_values(tmp_path):
     path = write_csv(tmp_path, "backlinks,label,note\n1,a,x\n2.5,b,y\n")
     frame, where = load_frame(data_config(path=str(path)), seed=0)
-    assert where == str(path)
+    assert str(where) == str(path) and where.row(1) == "row 2 (line 3)"
     assert frame["backlinks"].tolist() == [1.0, 2.5]
     assert frame["label"].tolist() == ["a", "b"]
 
@@ -163,5 +163,5 @@ def test_infinite_values_name_the_column_and_row(tmp_path, column):
         numeric_columns=["backlinks"],
         targets=[TargetConfig("ctr", "regression")],
     )
-    with pytest.raises(UserError, match=rf"{column}.*inf.* at data row 8"):
+    with pytest.raises(UserError, match=rf"{column}.*inf.* at row 8 \(line 9\)"):
         load_frame(data, seed=0)

@@ -37,23 +37,23 @@ def write(frame: pd.DataFrame, path) -> None:
 def test_every_format_reads_the_same_frame(tmp_path, name):
     path = tmp_path / name
     write(FRAME, path)
-    pd.testing.assert_frame_equal(read_table(path), FRAME)
+    pd.testing.assert_frame_equal(read_table(path)[0], FRAME)
 
 
 def test_format_overrides_the_extension(tmp_path):
     path = tmp_path / "pages.txt"
     FRAME.to_csv(path, sep="\t", index=False)
-    pd.testing.assert_frame_equal(read_table(str(path), "tsv"), FRAME)
+    pd.testing.assert_frame_equal(read_table(str(path), "tsv")[0], FRAME)
 
 
 def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "nope.csv"
-    with pytest.raises(UserError, match=rf"data.path {re.escape(str(path))} does not exist"):
+    with pytest.raises(UserError, match=rf"data file {re.escape(str(path))} does not exist"):
         read_table(path)
 
 
 def test_directory_names_the_path(tmp_path):
-    with pytest.raises(UserError, match=rf"data.path {re.escape(str(tmp_path))} is a directory"):
+    with pytest.raises(UserError, match=rf"data file {re.escape(str(tmp_path))} is a directory"):
         read_table(tmp_path)
 
 
