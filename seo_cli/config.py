@@ -40,6 +40,9 @@ class DataConfig:
     numeric_scaling: str = "standard"  # standard (z-score) | power (Yeo-Johnson then z-score, for skewed counts)
     max_length: int = 64  # tokens per row after joining the text columns
     vocab_size: int = 4000  # upper bound of the tokenizer's vocabulary, fitted on the training texts
+    placement: str = "auto"  # auto (on the device when it fits) | device | stream (DataLoader from host memory)
+    num_workers: int = 2  # DataLoader workers when streaming
+    pin_memory: bool = True  # page-locked host batches when streaming to a GPU (faster, asynchronous copies)
 
 
 @dataclass

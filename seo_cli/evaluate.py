@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from seo_cli.checkpoint import check_target_allowed, load_checkpoint
 from seo_cli.config import DataConfig, config_dir, register_configs
 from seo_cli.console import confusion_table, metrics_table, print_table
-from seo_cli.data.batches import DeviceBatches
+from seo_cli.data.batches import make_batches
 from seo_cli.data.pipeline import SPLITS, load_split
 from seo_cli.data.preprocess import Preprocessor
 from seo_cli.data.spec import CLASSIFICATION, Target
@@ -63,7 +63,15 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
 
     data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), train_cfg.data))
     split = load_split(data_cfg, train_cfg.seed, pre, cfg.split)
-    batches = DeviceBatches(split.inputs, split.targets, batch_size=cfg.eval_batch_size, device=device)
+    batches = make_batches(
+        split.inputs,
+        split.targets,
+        batch_size=cfg.eval_batch_size,
+        device=device,
+        placement=data_cfg.placement,
+        num_workers=data_cfg.num_workers,
+        pin_memory=data_cfg.pin_memory,
+    )
     metrics, reports = evaluate(
         model, batches, loss_fn, targets, cfg.split, pre.target_scale, pre.class_names
     )

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from seo_cli.checkpoint import CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.config import config_dir, register_configs
 from seo_cli.console import metrics_table, print_table
-from seo_cli.data.batches import DeviceBatches
+from seo_cli.data.batches import fits_on_device, make_batches
 from seo_cli.data.pipeline import prepare_data, targets_of
 from seo_cli.data.spec import CLASSIFICATION
 from seo_cli.early_stopping import EarlyStopping
@@ -77,16 +77,30 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     model = torch.compile(model) if cfg.compile else model
     loss_fn = instantiate(cfg.loss, targets=targets, class_counts=class_counts, _convert_="object").to(device)
     optimizer = instantiate(cfg.optimizer, params=model.parameters(), _convert_="object")
-    train_batches = DeviceBatches(
+    placement = cfg.data.placement
+    if placement == "auto":
+        placement = (
+            "device"
+            if fits_on_device([t for s in data.splits.values() for t in (s.inputs, s.targets)], device)
+            else "stream"
+        )
+    log.info("Data placement: %s", "on the device" if placement == "device" else "streamed from host memory")
+    loading = {
+        "device": device,
+        "placement": placement,
+        "num_workers": cfg.data.num_workers,
+        "pin_memory": cfg.data.pin_memory,
+    }
+    train_batches = make_batches(
         train_split.inputs,
         train_split.targets,
         batch_size=cfg.batch_size,
-        device=device,
         shuffle=True,
         seed=cfg.seed,
+        **loading,
     )
     val_batches, test_batches = (
-        DeviceBatches(split.inputs, split.targets, batch_size=cfg.eval_batch_size, device=device)
+        make_batches(split.inputs, split.targets, batch_size=cfg.eval_batch_size, **loading)
         for split in (val_split, test_split)
     )
     accumulate = cfg.trainer.accumulate_grad_batches

@@ -109,6 +109,10 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
         for key in ("test_path", "column_names"):
             if data[key]:
                 problems.append(f"data.{key} applies to data files only; set data=csv or remove it.")
+    if data.placement not in ("auto", "device", "stream"):
+        problems.append(f"data.placement={data.placement!r} must be auto, device or stream.")
+    if data.num_workers < 0:
+        problems.append(f"data.num_workers={data.num_workers} must be 0 or more.")
     if data.missing not in ("error", "impute"):
         problems.append(f"data.missing={data.missing!r} must be error or impute.")
     if data.test_path and data.split_column:

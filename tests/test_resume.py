@@ -74,11 +74,18 @@ def straight(tmp_path_factory) -> Path:
         (("--kill-at-step", "60"), (), 54, "last.pt"),
         # Checkpoints every 25 steps, killed at step 52: resumes mid-epoch 2 from step 50, batch 23 of 27.
         (("--kill-at-step", "52"), ("trainer.checkpoint.every_n_steps=25",), 50, "last.pt"),
+        # The same with the data streamed by DataLoader workers instead of kept on the device.
+        (
+            ("--kill-at-step", "52"),
+            ("trainer.checkpoint.every_n_steps=25", "data.placement=stream", "data.num_workers=1"),
+            50,
+            "last.pt",
+        ),
         # Killed half-way through the 6th write, epoch 2's last.pt, just after best.pt: last.pt still
         # holds step 50, and resume=auto takes the newest complete file, best.pt of step 54.
         (("--kill-in-save", "6"), ("trainer.checkpoint.every_n_steps=25",), 50, "best.pt"),
     ],
-    ids=["epoch-boundary", "mid-epoch", "during-checkpoint-write"],
+    ids=["epoch-boundary", "mid-epoch", "mid-epoch-streamed", "during-checkpoint-write"],
 )
 def test_sigkill_then_resume_auto_matches_the_straight_run(
     tmp_path, straight, fault, overrides, last_step, resumes_at

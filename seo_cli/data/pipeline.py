@@ -55,7 +55,7 @@ def _missing(column: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(column):
         return column.isna()
     as_text = column.astype(str).str.strip().str.lower()
-    return column.isna() | as_text.isin(NA_TOKENS)
+    return column.isna() | as_text.isin(NA_TOKENS) | as_text.eq("")
 
 
 def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> None:

@@ -1,9 +1,11 @@
-"""DeviceBatches: every row once per epoch, orders fixed by (seed, epoch), rows kept aligned."""
+"""DeviceBatches and StreamedBatches: every row once per epoch, orders fixed by (seed, epoch), rows kept aligned,
+the same batches whichever the placement."""
 
 import pytest
 import torch
 
-from seo_cli.data.batches import DeviceBatches
+from seo_cli.data import batches as batching
+from seo_cli.data.batches import DeviceBatches, StreamedBatches, fits_on_device
 
 NUM_ROWS = 10
 
@@ -64,3 +66,68 @@ def test_len_is_the_number_of_batches(batch_size, expected):
     batches = make_batches(batch_size=batch_size)
     assert len(batches) == expected
     assert sum(1 for _ in batches) == expected
+
+
+def _split_tensors(rows: int = 50):
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"numeric": torch.randn(rows, 3, generator=generator), "tokens": torch.randint(0, 9, (rows, 4))}
+    return inputs, {"y": torch.arange(rows)}
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_streamed_batches_are_the_device_batches(shuffle, num_workers):
+    inputs, targets = _split_tensors()
+    device = DeviceBatches(inputs, targets, batch_size=8, device=torch.device("cpu"), shuffle=shuffle, seed=5)
+    streamed = StreamedBatches(
+        inputs, targets, batch_size=8, shuffle=shuffle, seed=5, num_workers=num_workers
+    )
+    assert len(streamed) == len(device) == 7
+    for epoch in (0, 1):
+        device.set_epoch(epoch)
+        streamed.set_epoch(epoch)
+        pairs = list(zip(device, streamed, strict=True))
+        assert len(pairs) == 7
+        for (x1, y1), (x2, y2) in pairs:
+            assert torch.equal(y1["y"], y2["y"]) and torch.equal(x1["tokens"], x2["tokens"])
+            assert torch.equal(x1["numeric"], x2["numeric"])
+    if shuffle:  # epochs differ from each other, and not in file order
+        streamed.set_epoch(0)
+        first = torch.cat([y["y"] for _, y in streamed])
+        streamed.set_epoch(1)
+        assert not torch.equal(first, torch.cat([y["y"] for _, y in streamed]))
+        assert sorted(first.tolist()) == list(range(50))
+
+
+def test_streaming_does_not_draw_from_the_global_rng():
+    # Dropout draws from the global RNG: iterating the loader must leave it alone, or the results
+    # (and an exact resume) would depend on the placement.
+    inputs, targets = _split_tensors()
+    streamed = StreamedBatches(inputs, targets, batch_size=8, shuffle=True, seed=1, num_workers=0)
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    list(streamed)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_auto_placement_streams_what_does_not_fit_in_half_the_free_gpu_memory(monkeypatch):
+    inputs, targets = _split_tensors()  # 50 x 3 floats + 50 x 4 int64 + 50 int64 = 2,600 bytes
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5_200, 80_000))
+    assert fits_on_device([inputs, targets], cuda)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5_199, 80_000))
+    assert not fits_on_device([inputs, targets], cuda)
+    streamed = batching.make_batches(
+        inputs, targets, batch_size=8, device=cuda, placement="auto", num_workers=0
+    )
+    assert isinstance(streamed, StreamedBatches)
+    assert fits_on_device([inputs, targets], torch.device("cpu"))
+
+
+def test_a_streamed_run_trains_to_the_same_weights_as_a_device_run(train_run):
+    _, on_device = train_run("data.placement=device")
+    _, streamed = train_run("data.placement=stream", "data.num_workers=1")
+    a = torch.load(on_device / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(streamed / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

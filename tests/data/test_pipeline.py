@@ -66,7 +66,8 @@ def test_split_column_decides_and_ignores_case_and_spaces():
 def test_split_column_with_another_value_is_a_user_error():
     frame = labelled_frame(2, 2).assign(part=["train", "validation", "test", "train"])
     with pytest.raises(
-        UserError, match=r"data.split_column 'part' of t.csv holds 'validation' at row 2; .*train, val or test"
+        UserError,
+        match=r"data.split_column 'part' of t.csv holds 'validation' at row 2; .*train, val or test",
     ):
         split_rows(frame, data_config(split_column="part"), seed=0, where="t.csv")
 
@@ -115,7 +116,9 @@ def test_non_numeric_value_names_the_column_value_and_data_row(tmp_path):
 
 def test_empty_numeric_value_names_the_data_row(tmp_path):
     path = write_csv(tmp_path, "backlinks,label\n1,a\n,b\n")
-    with pytest.raises(UserError, match=r"numeric column 'backlinks' of .*pages.csv is empty at row 2 \(line 3\)"):
+    with pytest.raises(
+        UserError, match=r"numeric column 'backlinks' of .*pages.csv is empty at row 2 \(line 3\)"
+    ):
         load_frame(data_config(path=str(path)), seed=0)
 
 
