@@ -108,12 +108,41 @@ class TrainConfig:
 
 
 @dataclass
+class EvalDataConfig:
+    path: Optional[str] = None  # a new file to score, with the checkpoint's column mapping; null: its own split
+    format: Optional[str] = None  # null: the extension
+    column_names: Optional[list[str]] = None  # null: the checkpoint's
+    encoding: Optional[str] = None  # null: the checkpoint's
+
+
+@dataclass
 class EvalConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
     task_name: str = "eval"
-    checkpoint: str = MISSING
+    checkpoint: Any = MISSING  # a .pt file, a list of them, or a run or sweep directory (its best.pt files)
     split: str = "test"  # train | val | test
     eval_batch_size: int = 1024
+    allowed_targets: list[str] = field(default_factory=list)
+    bootstrap: int = 1000  # resamples of the evaluated rows for confidence intervals; 0 turns them off
+    confidence: float = 0.95
+    seed: int = 0  # of the bootstrap resamples
+    report: bool = True  # PNG plots and report.md next to metrics.json
+
+
+@dataclass
+class PredictConfig:
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    task_name: str = "predict"
+    checkpoint: str = MISSING
+    input: str = MISSING  # CSV, TSV, JSON Lines or Parquet with the checkpoint's input columns
+    output: str = MISSING  # .csv, .tsv, .jsonl or .parquet
+    id_column: Optional[str] = None  # an input column copied to the output (e.g. url); null: the row number
+    strict: bool = False  # true: stop at the first invalid row instead of writing it to the rejects file
+    format: Optional[str] = None  # of the input; null: its extension
+    column_names: list[str] = field(default_factory=list)  # a header-less input: its columns, in order
+    encoding: str = "utf-8"
+    batch_size: int = 1024
     allowed_targets: list[str] = field(default_factory=list)
 
 
@@ -122,6 +151,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
 
 
 def config_dir() -> str:

@@ -4,10 +4,13 @@ Keys are slash-named: ``<split>/<target>/<metric>``, e.g. ``val/intent/accuracy`
 """
 
 import math
+import warnings
 
 import numpy as np
 import torch
+from scipy import stats
 from sklearn import metrics as skm
+from sklearn.preprocessing import label_binarize
 from torch import Tensor
 
 from seo_cli.data.spec import CLASSIFICATION, Target
@@ -22,11 +25,12 @@ CLASSIFICATION_METRICS = (
     "recall_macro",
     "f1_macro",
     "roc_auc",
+    "average_precision",
     "log_loss",
 )
-REGRESSION_METRICS = ("mse", "rmse", "mae", "r2")
+REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "spearman")
 # Direction of each metric, for best-checkpoint selection and sweep ranking.
-HIGHER_IS_BETTER = {m for m in CLASSIFICATION_METRICS if m != "log_loss"} | {"r2"}
+HIGHER_IS_BETTER = {m for m in CLASSIFICATION_METRICS if m != "log_loss"} | {"r2", "spearman"}
 
 
 def metric_names(targets: list[Target], split: str) -> list[str]:
@@ -69,6 +73,7 @@ def classification_report(
         )
         result |= {f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f}
     result["roc_auc"] = _roc_auc(y_true, proba, labels)
+    result["average_precision"] = _average_precision(y_true, proba, labels)
     # Clip so a confidently wrong float32 probability of exactly 0 gives a large, finite loss.
     result["log_loss"] = skm.log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=labels)
     result = {k: float(v) for k, v in result.items()}
@@ -82,13 +87,30 @@ def classification_report(
 
 
 def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """MSE, RMSE, MAE, R^2 and Spearman's rank correlation (what matters for ranking positions)."""
     mse = skm.mean_squared_error(y_true, y_pred)
+    with warnings.catch_warnings():
+        # Constant predictions (an untrained model) have no rank correlation: NaN, not a warning.
+        warnings.simplefilter("ignore")
+        spearman = stats.spearmanr(y_true, y_pred).statistic if len(y_true) > 1 else math.nan
     return {
         "mse": float(mse),
         "rmse": math.sqrt(mse),
         "mae": float(skm.mean_absolute_error(y_true, y_pred)),
         "r2": float(skm.r2_score(y_true, y_pred)),
+        "spearman": float(spearman),
     }
+
+
+def _average_precision(y_true: np.ndarray, proba: np.ndarray, labels: list[int]) -> float:
+    """Area under the precision-recall curve: of the positive class, or one-vs-rest macro over present classes."""
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return float("nan")
+    if len(labels) == 2:
+        return float(skm.average_precision_score(y_true, proba[:, 1]))
+    onehot = label_binarize(y_true, classes=labels)[:, present]
+    return float(skm.average_precision_score(onehot, proba[:, present], average="macro"))
 
 
 def _roc_auc(y_true: np.ndarray, proba: np.ndarray, labels: list[int]) -> float:

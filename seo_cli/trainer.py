@@ -569,6 +569,16 @@ def predict(
     return _concat(outputs), _concat(labels)
 
 
+@dataclass
+class Evaluation:
+    """Scalar metrics, full reports, and the host arrays they came from (standardised regression units)."""
+
+    metrics: dict[str, float]
+    reports: dict[str, dict]
+    predictions: dict[str, Any]  # class probabilities [N, K], or values [N]
+    labels: dict[str, Any]
+
+
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[Batch, Batch]],
@@ -586,6 +596,21 @@ def evaluate(
     Returns:
         Scalar metrics keyed ``{split}/...`` and the full report per target (confusion matrices included).
     """
+    result = evaluation(model, batches, loss_fn, targets, split, target_scale, class_names, precision)
+    return result.metrics, result.reports
+
+
+def evaluation(
+    model: nn.Module,
+    batches: Iterable[tuple[Batch, Batch]],
+    loss_fn: Callable[[Any, Any], Tensor] | None,
+    targets: list[Target],
+    split: str,
+    target_scale: dict[str, tuple[float, float]] | None = None,
+    class_names: dict[str, list[str]] | None = None,
+    precision: str = "32",
+) -> Evaluation:
+    """``evaluate``, keeping the predictions and labels (moved to the host once) for reports and intervals."""
     outputs, labels = predict(model, batches, precision)
     metrics: dict[str, float] = {}
     if loss_fn is not None:
@@ -599,7 +624,7 @@ def evaluate(
     label_arrays = {name: y.reshape(-1).cpu().numpy() for name, y in labels.items()}
     predictions = as_numpy(outputs, targets)
     reports = target_reports(predictions, label_arrays, targets, target_scale, class_names)
-    return metrics | flatten(reports, split), reports
+    return Evaluation(metrics | flatten(reports, split), reports, predictions, label_arrays)
 
 
 def move_to(batch: Batch, device: torch.device) -> Batch:

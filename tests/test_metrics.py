@@ -136,7 +136,26 @@ def test_roc_auc_is_nan_with_a_single_class():
 def test_regression_report():
     result = regression_report(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.0, 3.0, 6.0]))
     # errors 0, 0, 0, 2; total sum of squares around the mean 2.5 is 5.
-    assert result == pytest.approx({"mse": 1.0, "rmse": 1.0, "mae": 0.5, "r2": 1 - 4 / 5})
+    # Predictions rank the rows exactly as the truth does: Spearman 1 despite the error.
+    assert result == pytest.approx({"mse": 1.0, "rmse": 1.0, "mae": 0.5, "r2": 1 - 4 / 5, "spearman": 1.0})
+
+
+def test_spearman_measures_rank_agreement_only():
+    y = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert regression_report(y, np.array([5.0, 4.0, 3.0, 2.0, 1.0]))["spearman"] == pytest.approx(-1.0)
+    # Ranks 1,3,2,4,5 against 1..5: 1 - 6 * (1 + 1) / (5 * 24) = 0.9.
+    assert regression_report(y, np.array([10.0, 30.0, 20.0, 40.0, 50.0]))["spearman"] == pytest.approx(0.9)
+    assert math.isnan(regression_report(y, np.full(5, 3.0))["spearman"])
+
+
+def test_average_precision_binary_and_one_vs_rest_macro():
+    y = np.array([0, 1, 1, 0])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    # Positives ranked by score: 0.8 (pos), 0.7 (neg), 0.4 (pos), 0.1 (neg): AP = (1/1 + 2/3) / 2.
+    assert classification_report(y, proba)["average_precision"] == pytest.approx((1 + 2 / 3) / 2)
+    y3 = np.array([0, 1, 2, 2])
+    perfect = np.eye(3)[y3] * 0.8 + 0.2 / 3
+    assert classification_report(y3, perfect)["average_precision"] == pytest.approx(1.0)
 
 
 def test_target_reports_map_regression_back_to_original_units():
@@ -152,12 +171,12 @@ def test_target_reports_map_regression_back_to_original_units():
         target_scale={"ctr": (mean, std)},
         class_names={"intent": ["a", "b", "c"]},
     )
-    assert reports["ctr"] == pytest.approx({"mse": 1.0, "rmse": 1.0, "mae": 0.5, "r2": 0.2})
+    assert reports["ctr"] == pytest.approx({"mse": 1.0, "rmse": 1.0, "mae": 0.5, "r2": 0.2, "spearman": 1.0})
     assert reports["intent"]["accuracy"] == pytest.approx(4 / 6)
     assert reports["intent"]["class_names"] == ["a", "b", "c"]
     # Without the scale the same arrays are read as standardised units: errors shrink by std.
     unscaled = target_reports(predictions, labels, targets)
-    assert unscaled["ctr"] == pytest.approx({"mse": 0.25, "rmse": 0.5, "mae": 0.25, "r2": 0.2})
+    assert unscaled["ctr"] == pytest.approx({"mse": 0.25, "rmse": 0.5, "mae": 0.25, "r2": 0.2, "spearman": 1.0})
     assert unscaled["intent"]["class_names"] == ["0", "1", "2"]
 
 
@@ -172,6 +191,7 @@ def test_metric_names():
         "val/ctr/rmse",
         "val/ctr/mae",
         "val/ctr/r2",
+        "val/ctr/spearman",
     ]
     assert "val/intent/f1_macro" in metric_names(targets, "val")
     assert metric_names([Target("ctr", REGRESSION)], "train")[:2] == ["train/loss", "train/ctr/loss"]

@@ -1,0 +1,163 @@
+"""seo-predict: score new rows with a trained checkpoint, as the training run's preprocessing would.
+
+    seo-predict checkpoint=outputs/train/<date>/<time>/checkpoints/best.pt input=new_pages.csv output=scores.csv
+    seo-predict checkpoint=... input=pages.parquet output=scores.parquet id_column=url strict=true
+
+The output has the id column (or the input row number), then per target the predicted class and one
+probability column per class, or the predicted value in the target's units. Rows that cannot be
+scored are written, with their row number and the reason, to ``<output stem>.rejects.csv`` instead of
+stopping the batch (``strict=true`` stops at the first one).
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from seo_cli.config import config_dir, register_configs
+from seo_cli.data.batches import DeviceBatches
+from seo_cli.data.pipeline import _missing
+from seo_cli.data.spec import CLASSIFICATION
+from seo_cli.data.tables import FORMATS, Source, read_table
+from seo_cli.errors import UserError
+from seo_cli.evaluate import TrainedModel, load_trained
+from seo_cli.metrics import as_numpy
+from seo_cli.runtime import pick_device
+from seo_cli.trainer import predict
+
+log = logging.getLogger(__name__)
+
+register_configs()
+
+
+def run_predict(cfg: DictConfig) -> dict:
+    """Score ``cfg.input`` with ``cfg.checkpoint``; write ``cfg.output`` and, if any, the rejects file.
+
+    Returns:
+        ``{"rows", "scored", "rejected", "output", "rejects"}``.
+
+    Raises:
+        UserError: an unreadable input, a missing input column, an unknown output format, or (under
+            ``strict``) the first invalid row.
+    """
+    output = Path(cfg.output)
+    if FORMATS.get(output.suffix.lower()) is None:
+        raise UserError(f"output={output} has no known extension; end it in .csv, .tsv, .jsonl or .parquet.")
+    device = pick_device(cfg.device.type, cfg.device.fallback)
+    trained = load_trained(Path(cfg.checkpoint), device, cfg.allowed_targets)
+    frame, source = read_table(cfg.input, cfg.format, list(cfg.column_names), cfg.encoding)
+    pre = trained.preprocessor
+    needed = pre.text_columns + pre.numeric_columns + pre.categorical_columns
+    needed += [cfg.id_column] if cfg.id_column else []
+    absent = [c for c in needed if c not in frame.columns]
+    if absent:
+        raise UserError(
+            f"{source} has no column {absent[0]!r}, which the checkpoint's model reads; its columns are: "
+            f"{', '.join(map(str, frame.columns))}."
+        )
+    reasons = row_problems(frame, trained, source)
+    if cfg.strict and reasons.notna().any():
+        first = int(np.flatnonzero(reasons.notna().to_numpy())[0])
+        raise UserError(f"{source} {source.row(first)}: {reasons.iloc[first]}; fix it, or drop strict=true.")
+    valid = frame[reasons.isna()]
+    scored = score(trained, valid, cfg.batch_size, device) if len(valid) else pd.DataFrame()
+    ids = valid[cfg.id_column] if cfg.id_column else pd.Series(valid.index + 1, index=valid.index, name="row")
+    result = pd.concat([ids.reset_index(drop=True), scored], axis=1)
+    write_table(result, output)
+    rejects = None
+    if reasons.notna().any():
+        rejects = output.with_name(f"{output.stem}.rejects.csv")
+        bad = frame[reasons.notna()]
+        rows = pd.DataFrame({"row": bad.index + 1, "reason": reasons[reasons.notna()]})
+        pd.concat([rows, bad], axis=1).to_csv(rejects, index=False)
+        log.warning(
+            "%d of %d rows could not be scored; they are in %s with the reason.",
+            len(bad),
+            len(frame),
+            rejects,
+        )
+    log.info("Wrote %d predictions to %s", len(result), output)
+    return {
+        "rows": len(frame),
+        "scored": len(valid),
+        "rejected": len(frame) - len(valid),
+        "output": str(output),
+        "rejects": str(rejects) if rejects else None,
+    }
+
+
+def row_problems(frame: pd.DataFrame, trained: TrainedModel, source: Source) -> pd.Series:
+    """Per row, the first reason it cannot be scored (NaN where it can): numbers that are not numbers,
+    infinite, or missing where the model was trained without imputation."""
+    pre = trained.preprocessor
+    reasons = pd.Series(np.nan, index=frame.index, dtype=object)
+    for col in pre.numeric_columns:
+        empty = _missing(frame[col])
+        values = pd.to_numeric(frame[col].mask(empty), errors="coerce")
+        text = frame[col].astype(str)
+        problems = [
+            (values.isna() & ~empty, "numeric column {col!r} holds the non-numeric value {value!r}"),
+            (
+                pd.Series(np.isinf(values.to_numpy(dtype=float)), index=frame.index),
+                "numeric column {col!r} holds {value!r}",
+            ),
+        ]
+        if not pre.numeric_fill:
+            problems.append((empty, "numeric column {col!r} is empty"))
+        for mask, template in problems:
+            new = mask & reasons.isna()
+            reasons[new] = [template.format(col=col, value=v) for v in text[new]]
+        frame[col] = values.astype(float)
+    return reasons
+
+
+@torch.no_grad()
+def score(trained: TrainedModel, frame: pd.DataFrame, batch_size: int, device: torch.device) -> pd.DataFrame:
+    """Per target: the predicted class and its probabilities, or the value in the target's units."""
+    pre = trained.preprocessor
+    inputs = pre.transform_inputs(frame)
+    rows = {"row": torch.arange(len(frame))}
+    outputs, _ = predict(trained.model, DeviceBatches(inputs, rows, batch_size=batch_size, device=device))
+    arrays = as_numpy(outputs, trained.targets)
+    columns: dict[str, np.ndarray] = {}
+    for t in trained.targets:
+        if t.type == CLASSIFICATION:
+            names = pre.class_names[t.name]
+            proba = arrays[t.name]
+            columns[t.name] = np.asarray(names, dtype=object)[proba.argmax(axis=1)]
+            columns |= {f"{t.name}_proba_{name}": proba[:, k] for k, name in enumerate(names)}
+        else:
+            mean, std = pre.target_scale[t.name]
+            columns[t.name] = arrays[t.name] * std + mean
+    return pd.DataFrame(columns)
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = FORMATS[path.suffix.lower()]
+    if fmt == "parquet":
+        frame.to_parquet(path, index=False)
+    elif fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, sep="," if fmt == "csv" else "\t", index=False)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_predict(cfg)
+    except UserError as err:
+        log.error("%s", err)
+        sys.exit(1)
+    log.info("Run log in %s", HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
