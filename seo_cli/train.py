@@ -302,6 +302,14 @@ def main(cfg: DictConfig) -> float | None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return float("nan")  # one bad job is a row in the sweep's table, not the end of the sweep
         sys.exit(1)
+    except Exception as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise  # our bug: the traceback says where
+        # In a sweep the other jobs still run; the traceback goes to this job's log.
+        log.exception("The job failed")
+        first_line = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        write_summary(run_dir, {"status": "failed", "error": first_line, "overrides": overrides})
+        return float("nan")
     summary["overrides"] = overrides
     write_summary(run_dir, summary)
     return summary["objective_value"]

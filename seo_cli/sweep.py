@@ -1,0 +1,133 @@
+"""The table of a sweep: one row per job, ranked by the objective, written at the sweep root.
+
+Registered in ``train.yaml`` as a Hydra callback, so every ``seo-train -m ...`` ends with
+``summary.csv``, ``summary.md`` and a rich table, whatever the launcher or sweeper.
+"""
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.table import Table
+
+from seo_cli.console import print_table
+from seo_cli.metrics import metric_mode
+
+log = logging.getLogger(__name__)
+
+RUN_COLUMNS = ["num_parameters", "wall_time_s", "samples_per_second", "peak_memory_mb", "best_epoch"]
+SHOWN_METRICS = 2  # metric columns besides the objective in the terminal table; the files have them all
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: summarise the jobs' ``summary.json`` files; fail if every job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        frame = summarize(sweep_dir, config.objective)
+        if frame.empty:
+            log.warning("No job of the sweep in %s wrote a summary.json.", sweep_dir)
+            return
+        frame.to_csv(sweep_dir / "summary.csv", index=False)
+        (sweep_dir / "summary.md").write_text(to_markdown(frame, config.objective))
+        print_table(summary_table(frame, config.objective))
+        log.info("Sweep summary: %s and %s", sweep_dir / "summary.csv", sweep_dir / "summary.md")
+        if (frame["status"] == "failed").all():
+            # SystemExit, not an exception: Hydra would print a traceback for the latter.
+            raise SystemExit(
+                f"every job of the sweep failed; see the error column of {sweep_dir / 'summary.md'}."
+            )
+
+
+def summarize(sweep_dir: Path, objective: str) -> pd.DataFrame:
+    """One row per job directory with a ``summary.json``: the overrides that differ between jobs, status,
+    objective, run figures and every final metric, best objective first and failed jobs last."""
+    rows = []
+    for path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: _job_order(p.parent.name)):
+        summary = json.loads(path.read_text())
+        overrides = dict(o.split("=", 1) for o in summary.get("overrides", []) if "=" in o)
+        rows.append(
+            {
+                "job": path.parent.name,
+                "overrides": overrides,
+                "status": summary.get("status", "unknown"),
+                "objective": _number(summary.get("objective_value")),
+                **{k: summary.get(k) for k in RUN_COLUMNS},
+                **summary.get("metrics", {}),
+                "error": summary.get("error", ""),
+            }
+        )
+    if not rows:
+        return pd.DataFrame()
+    # Only the overrides that differ between jobs say what the sweep varied.
+    keys = sorted({k for r in rows for k in r["overrides"]})
+    varied = [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
+    for row in rows:
+        overrides = row.pop("overrides")
+        row |= {k: overrides.get(k, "") for k in varied}
+    frame = pd.DataFrame(rows)
+    for column in ("num_parameters", "best_epoch"):  # integers, also next to the empty cells of failed jobs
+        frame[column] = pd.array(frame[column], dtype="Int64")
+    frame = frame[["job", *varied, "status", "objective", *RUN_COLUMNS, *_metric_columns(frame), "error"]]
+    ascending = metric_mode(objective) == "min"
+    frame["_failed"] = frame["status"] == "failed"
+    return frame.sort_values(["_failed", "objective"], ascending=[True, ascending], na_position="last").drop(
+        columns="_failed"
+    )
+
+
+def summary_table(frame: pd.DataFrame, objective: str) -> Table:
+    """The terminal's view: the varied overrides, status, objective, two more metrics, size and time."""
+    headline = [
+        c for c in _metric_columns(frame) if c.startswith("val/") and c.endswith(("/accuracy", "/r2"))
+    ]
+    metrics = [c for c in headline if c != objective][:SHOWN_METRICS]
+    varied = list(frame.columns[1 : frame.columns.get_loc("status")])
+    columns = ["job", *varied, "status", "objective", *metrics, "num_parameters", "wall_time_s", "error"]
+    headers = {"num_parameters": "params", "wall_time_s": "time (s)", "objective": objective}
+    table = Table(title=f"Sweep ranked by {objective} ({metric_mode(objective)}); all columns in summary.csv")
+    for column in columns:
+        header = headers.get(column, column.rsplit(".", 1)[-1])
+        left = column in ("job", "status", "error", *varied)
+        table.add_column(
+            header,
+            justify="left" if left else "right",
+            no_wrap=column == "error",
+            max_width=48 if column == "error" else None,
+        )
+    for _, row in frame.iterrows():
+        table.add_row(*(_fmt(row[c]) for c in columns))
+    return table
+
+
+def to_markdown(frame: pd.DataFrame, objective: str) -> str:
+    header = f"# Sweep summary\n\nRanked by `{objective}` ({metric_mode(objective)} is best); failed jobs last.\n\n"
+    lines = ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(_fmt(row[c]).replace("|", "\\|") for c in frame.columns) + " |")
+    return header + "\n".join(lines) + "\n"
+
+
+def _metric_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith(("val/", "test/"))]
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _fmt(value: Any) -> str:
+    if value is pd.NA:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _job_order(name: str) -> tuple[int, str]:
+    return (int(name), name) if name.isdigit() else (10**9, name)
