@@ -83,10 +83,21 @@ class TrainerConfig:
 
 
 @dataclass
+class TuningConfig:
+    """Set by the Optuna sweeper for each trial (seo_cli/tuning.py), not by hand."""
+
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    trial_id: Optional[int] = None
+    pruner: str = "median"
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     model: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = field(default_factory=dict)
@@ -147,7 +158,14 @@ class PredictConfig:
 
 
 def register_configs() -> None:
-    """Store the schemas; primary configs list them first in their defaults."""
+    """Store the schemas (primary configs list them first in their defaults) and register the Optuna
+    sweeper: Hydra discovers plugins by scanning the ``hydra_plugins`` package, which an editable install
+    does not expose to that scan."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.seo_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)

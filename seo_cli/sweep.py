@@ -50,7 +50,10 @@ def summarize(sweep_dir: Path, objective: str) -> pd.DataFrame:
     rows = []
     for path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: _job_order(p.parent.name)):
         summary = json.loads(path.read_text())
-        overrides = dict(o.split("=", 1) for o in summary.get("overrides", []) if "=" in o)
+        # tuning.* are the Optuna sweeper's bookkeeping, not choices of the user.
+        overrides = dict(
+            o.split("=", 1) for o in summary.get("overrides", []) if "=" in o and not o.startswith("tuning.")
+        )
         rows.append(
             {
                 "job": path.parent.name,

@@ -157,6 +157,15 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             patience=stop_cfg.patience,
             min_delta=stop_cfg.min_delta,
         )
+    trial = None
+    if cfg.tuning.trial_id is not None:
+        from seo_cli.tuning import TrialReporter  # imports optuna: only tuning runs pay for it
+
+        # A test-split objective is known only at the end; the trial reports its validation twin.
+        monitor = cfg.objective.replace("test/", "val/", 1)
+        trial = TrialReporter(
+            cfg.tuning.storage, cfg.tuning.study_name, cfg.tuning.trial_id, cfg.tuning.pruner, monitor
+        )
     settings = FitSettings(
         epochs=cfg.epochs,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
@@ -182,6 +191,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             sink=sink,
             checkpoints=checkpoints,
             early_stopping=early_stopping,
+            trial=trial,
             resume_from=resume_state,
             target_scale=pre.target_scale,
             class_names=pre.class_names,
@@ -205,10 +215,13 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
 
     val_metrics = {k: v for k, v in result.best_metrics.items() if k.startswith("val/")}
     final = val_metrics | test_metrics
+    objective_value = final.get(cfg.objective, result.best_metrics.get(cfg.objective))
+    if result.pruned:  # a pruned trial is judged by where it stood when it stopped
+        objective_value = result.history[-1].get(trial.monitor)
     summary = {
-        "status": "ok",
+        "status": "pruned" if result.pruned else "ok",
         "objective": cfg.objective,
-        "objective_value": final.get(cfg.objective, result.best_metrics.get(cfg.objective)),
+        "objective_value": objective_value,
         "best_epoch": result.best_epoch,
         "epochs_trained": len(result.history),
         "stopped_early": result.stopped_early,

@@ -104,6 +104,7 @@ class FitResult:
     best_checkpoint: Any = None
     last_checkpoint: Any = None
     stopped_early: bool = False
+    pruned: bool = False  # stopped by a tuning trial's pruner
     micro_batch_splits: int = 1
     fp16_skipped_steps: int = 0
 
@@ -121,6 +122,7 @@ def fit(
     sink: MetricsSink | None = None,
     checkpoints: CheckpointManager | None = None,
     early_stopping: EarlyStopping | None = None,
+    trial: Any = None,
     resume_from: dict[str, Any] | None = None,
     target_scale: dict[str, tuple[float, float]] | None = None,
     class_names: dict[str, list[str]] | None = None,
@@ -134,6 +136,8 @@ def fit(
         targets: names and task types of the outputs, for the metrics.
         checkpoints: writes last.pt / best.pt / top-k files; None writes nothing.
         early_stopping: stops the run when its metric stops improving; None trains every epoch.
+        trial: a tuning trial (``seo_cli.tuning.TrialReporter``): told ``trial.monitor`` after each
+            epoch; the run stops (pruned) when it answers that the trial should stop.
         resume_from: a checkpoint written by this loop; training continues exactly where it stopped.
             Its ``scheduler`` entry may be None to keep the scheduler as built (a schedule stretched
             to a new length by the caller).
@@ -179,7 +183,7 @@ def fit(
 
     progress = TrainProgress(settings.progress, settings.epochs, steps_per_epoch)
     best_path = last_path = None
-    samples, train_seconds = 0, 0.0
+    samples, train_seconds, pruned = 0, 0.0, False
     # Per-step losses (and pre-clip gradient norms) since the last log line, written on the device and
     # read at the next sync point: the host learns the exact step a loss went NaN without a sync per step.
     step_losses = torch.zeros(settings.log_every_n_steps, device=device)
@@ -325,6 +329,12 @@ def fit(
                     if checkpoints is not None and checkpoints.save_best_only:
                         path = checkpoints.save("last.pt", checkpoint_state())
                     raise TrainingInterrupted(received[0], loop.global_step, path)
+                if trial is not None and trial.should_prune(epoch + 1, _metric(metrics, trial.monitor)):
+                    log.info(
+                        "The tuner pruned this trial after epoch %d: its %s lags.", epoch + 1, trial.monitor
+                    )
+                    pruned = True
+                    break
                 if stopping:
                     log.info(
                         "Early stopping after epoch %d: %s has not improved by more than %g for %d epochs "
@@ -350,6 +360,7 @@ def fit(
         best_checkpoint=best_path,
         last_checkpoint=last_path,
         stopped_early=stopping,
+        pruned=pruned,
         micro_batch_splits=loop.micro_splits,
         fp16_skipped_steps=loop.fp16_skipped_steps,
     )
