@@ -145,6 +145,9 @@ def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch
             finished,
             settings.n_trials,
         )
+        if settings.seed is not None:
+            # Re-seeded as it was, the sampler would draw the first run's random trials again.
+            study.sampler = make_sampler(settings.sampler, settings.seed + finished, space)
     while finished < settings.n_trials:
         if settings.sampler == "grid" and _grid_exhausted(study):
             break
