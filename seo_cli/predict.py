@@ -108,7 +108,7 @@ def row_problems(frame: pd.DataFrame, trained: TrainedModel, source: Source) -> 
                 "numeric column {col!r} holds {value!r}",
             ),
         ]
-        if not pre.numeric_fill:
+        if trained.data.missing != "impute":  # numeric_fill is fitted either way; only impute uses it
             problems.append((empty, "numeric column {col!r} is empty"))
         for mask, template in problems:
             new = mask & reasons.isna()

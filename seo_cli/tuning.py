@@ -10,6 +10,7 @@ to the study (``TrialReporter``) and stops early when the pruner says so. The Hy
 ``hydra_plugins/seo_optuna_sweeper`` is a thin shim over ``run_study``.
 """
 
+import itertools
 import json
 import logging
 import math
@@ -33,8 +34,8 @@ PRUNERS = ("median", "hyperband", "none")
 def make_pruner(name: str, max_epochs: int | None = None) -> optuna.pruners.BasePruner:
     """The same pruner in the sweeper and in each trial's process (Optuna does not store it in the study)."""
     if name == "median":
-        # No verdict on the first trials or epochs: early epochs of any trial look bad.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        # Steps are 1-based epochs: no verdict before epoch 2, nor before 3 trials have finished.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs or "auto")
     if name == "none":
@@ -64,7 +65,8 @@ def _distribution(override: Override) -> optuna.distributions.BaseDistribution:
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
         if all(isinstance(v, int) for v in (start, stop, step)):
-            return optuna.distributions.IntDistribution(start, stop - step, step=step)
+            last = start + step * ((stop - 1 - start) // step)  # range() excludes stop
+            return optuna.distributions.IntDistribution(start, last, step=step)
         return optuna.distributions.CategoricalDistribution(list(override.sweep_iterator()))
     if isinstance(value, IntervalSweep):
         log_scale = "log" in value.tags
@@ -83,19 +85,30 @@ def make_sampler(name: str, seed: int | None, space: dict) -> optuna.samplers.Ba
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        grid = {}
-        for key, dist in space.items():
-            if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                grid[key] = list(dist.choices)
-            elif isinstance(dist, optuna.distributions.IntDistribution) and not dist.log:
-                grid[key] = list(range(dist.low, dist.high + 1, dist.step))
-            else:
-                raise UserError(
-                    f"sampler=grid needs a finite set of values, but hydra.sweeper.params.{key} is an interval; "
-                    "use choice(...) or range(...), or sampler=tpe."
-                )
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        grid_points(space)  # checks the space is finite; run_study enqueues the points themselves
+        # Optuna's GridSampler stops the study from inside tell(), which ask-and-tell cannot use.
+        return optuna.samplers.RandomSampler(seed=seed)
     raise UserError(f"hydra.sweeper.sampler={name!r} is not a sampler; use one of {', '.join(SAMPLERS)}.")
+
+
+def grid_points(space: dict) -> list[dict[str, Any]]:
+    """Every combination of a finite search space, in a fixed order.
+
+    Raises:
+        UserError: a parameter is an interval.
+    """
+    grid = {}
+    for key, dist in space.items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            grid[key] = list(dist.choices)
+        elif isinstance(dist, optuna.distributions.IntDistribution) and not dist.log:
+            grid[key] = list(range(dist.low, dist.high + 1, dist.step))
+        else:
+            raise UserError(
+                f"sampler=grid needs a finite set of values, but hydra.sweeper.params.{key} is an interval; "
+                "use choice(...) or range(...), or sampler=tpe."
+            )
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
 @dataclass
@@ -148,9 +161,13 @@ def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch
         if settings.seed is not None:
             # Re-seeded as it was, the sampler would draw the first run's random trials again.
             study.sampler = make_sampler(settings.sampler, settings.seed + finished, space)
+    done = [t.params for t in study.get_trials(deepcopy=False)]
+    grid = [p for p in grid_points(space) if p not in done] if settings.sampler == "grid" else None
     while finished < settings.n_trials:
-        if settings.sampler == "grid" and _grid_exhausted(study):
-            break
+        if grid is not None:
+            if not grid:
+                break  # every point of the grid has been tried
+            study.enqueue_trial(grid.pop(0))
         trial = study.ask(space)
         overrides = [
             *fixed,
@@ -204,11 +221,6 @@ def job_outcome(job_dir: Path) -> tuple[str, float]:
 
 def _override_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
-
-
-def _grid_exhausted(study: optuna.Study) -> bool:
-    sampler = study.sampler
-    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
 def _log_best(study: optuna.Study) -> None:

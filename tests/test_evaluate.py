@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from conftest import CONF_DIR
 from seo_cli.bootstrap import interval, metric_samples, resample_indices
 from seo_cli.config import register_configs
 from seo_cli.data import seo_pages
@@ -33,9 +33,9 @@ CPU = torch.device("cpu")
 
 
 def headline_keys(split: str) -> set[str]:
-    return {f"{split}/{t}/{m}" for t in CLASSIFICATION_TARGETS for m in ("accuracy", "f1_macro", "roc_auc")} | {
-        f"{split}/{t}/{m}" for t in REGRESSION_TARGETS for m in ("r2", "mae", "rmse")
-    }
+    return {
+        f"{split}/{t}/{m}" for t in CLASSIFICATION_TARGETS for m in ("accuracy", "f1_macro", "roc_auc")
+    } | {f"{split}/{t}/{m}" for t in REGRESSION_TARGETS for m in ("r2", "mae", "rmse")}
 
 
 def compose_eval(*overrides: str) -> DictConfig:
@@ -48,26 +48,29 @@ def quoted(path: Path) -> str:
     return f"'{path}'"
 
 
-def train_smoke(run_dir: Path, *overrides: str) -> Path:
-    """One in-process ``seo-train debug=smoke`` run; returns its best.pt."""
+def smoke_checkpoint(tmp_path_factory, name: str, *overrides: str) -> Path:
+    """best.pt of an in-process ``seo-train debug=smoke`` run, trained once per session: the test modules
+    that ask for the same ``name`` (with the same overrides) share it."""
     from seo_cli.train import train
 
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["debug=smoke", "logger=none", "trainer.progress=plain", "device=cpu", *overrides]
-        )
-    train(cfg, run_dir)
+    run_dir = tmp_path_factory.getbasetemp() / "smoke_runs" / name
+    if not (run_dir / "summary.json").is_file():  # written last: a run that failed is trained again
+        register_configs()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=["debug=smoke", "logger=none", "trainer.progress=plain", "device=cpu", *overrides],
+            )
+        train(cfg, run_dir)
     return run_dir / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """best.pt of two smoke runs on the same data and seed: the default model (2 epochs) and the MLP."""
-    root = tmp_path_factory.mktemp("train")
     return {
-        "multitask": train_smoke(root / "multitask", "epochs=2"),
-        "mlp": train_smoke(root / "mlp", "model=mlp"),
+        "multitask": smoke_checkpoint(tmp_path_factory, "multitask", "epochs=2"),
+        "mlp": smoke_checkpoint(tmp_path_factory, "mlp", "model=mlp"),
     }
 
 
@@ -90,7 +93,9 @@ def test_val_split_reproduces_the_metrics_training_logged(runs, tmp_path):
     [logged] = [row for row in state["history"] if row["epoch"] == best_epoch]
     logged_val = {k: v for k, v in logged.items() if k.startswith("val/")}
 
-    result = run_eval(compose_eval(f"checkpoint={quoted(best)}", "split=val", "bootstrap=0", "report=false"), tmp_path)
+    result = run_eval(
+        compose_eval(f"checkpoint={quoted(best)}", "split=val", "bootstrap=0", "report=false"), tmp_path
+    )
 
     assert result["epoch"] == best_epoch
     assert result["split"] == "val" and result["rows"] == 90
@@ -163,7 +168,10 @@ def test_report_writes_markdown_and_plots(runs, tmp_path):
 
 def test_new_labelled_file_is_scored_row_by_row(runs, new_file, tmp_path):
     cfg = compose_eval(
-        f"checkpoint={quoted(runs['multitask'])}", f"data.path={quoted(new_file)}", "bootstrap=100", "report=false"
+        f"checkpoint={quoted(runs['multitask'])}",
+        f"data.path={quoted(new_file)}",
+        "bootstrap=100",
+        "report=false",
     )
     result = run_eval(cfg, tmp_path)
     assert result["rows"] == 200
@@ -232,7 +240,9 @@ def test_comparison_differences_are_exact_and_paired(compared, runs):
     for trained in models:
         pre = trained.preprocessor
         tensors = tensorize(pre, frame, split)
-        batches = make_batches(tensors.inputs, tensors.targets, batch_size=1024, device=CPU, placement="device")
+        batches = make_batches(
+            tensors.inputs, tensors.targets, batch_size=1024, device=CPU, placement="device"
+        )
         scored = evaluation(trained.model, batches, trained.loss_fn, trained.targets, split, pre.target_scale)
         per_model = {}
         for t in trained.targets:
@@ -240,7 +250,9 @@ def test_comparison_differences_are_exact_and_paired(compared, runs):
             if t.type != "classification":
                 mean, std = pre.target_scale[t.name]
                 y, pred = y * std + mean, pred * std + mean
-            per_model |= {f"test/{t.name}/{m}": v for m, v in metric_samples(t.type, y, pred, indices).items()}
+            per_model |= {
+                f"test/{t.name}/{m}": v for m, v in metric_samples(t.type, y, pred, indices).items()
+            }
         samples.append(per_model)
     for key, entry in other["metrics"].items():
         paired = interval(samples[1][key] - samples[0][key], 0.95)
@@ -251,7 +263,9 @@ def test_comparison_differences_are_exact_and_paired(compared, runs):
 def test_a_checkpoint_compared_with_itself_differs_by_exactly_zero(runs, tmp_path):
     best = quoted(runs["mlp"])
     result = run_eval(compose_eval(f"checkpoint=[{best},{best}]", "bootstrap=100", "report=false"), tmp_path)
-    assert (tmp_path / "00_mlp" / "metrics.json").is_file() and (tmp_path / "01_mlp" / "metrics.json").is_file()
+    assert (tmp_path / "00_mlp" / "metrics.json").is_file() and (
+        tmp_path / "01_mlp" / "metrics.json"
+    ).is_file()
     _, again = result["comparison"]["checkpoints"]
     assert set(again["metrics"]) == headline_keys("test")
     for key, entry in again["metrics"].items():
@@ -298,7 +312,9 @@ def test_directory_without_best_pt_is_a_user_error(tmp_path):
 
 def test_unknown_split_is_a_user_error(runs, tmp_path):
     cfg = compose_eval(f"checkpoint={quoted(runs['mlp'])}", "split=bogus", "bootstrap=0")
-    with pytest.raises(UserError, match=re.escape("split='bogus' is not a split; use one of train, val, test.")):
+    with pytest.raises(
+        UserError, match=re.escape("split='bogus' is not a split; use one of train, val, test.")
+    ):
         run_eval(cfg, tmp_path)
     assert not (tmp_path / "metrics.json").exists()
 

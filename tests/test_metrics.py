@@ -176,7 +176,9 @@ def test_target_reports_map_regression_back_to_original_units():
     assert reports["intent"]["class_names"] == ["a", "b", "c"]
     # Without the scale the same arrays are read as standardised units: errors shrink by std.
     unscaled = target_reports(predictions, labels, targets)
-    assert unscaled["ctr"] == pytest.approx({"mse": 0.25, "rmse": 0.5, "mae": 0.25, "r2": 0.2, "spearman": 1.0})
+    assert unscaled["ctr"] == pytest.approx(
+        {"mse": 0.25, "rmse": 0.5, "mae": 0.25, "r2": 0.2, "spearman": 1.0}
+    )
     assert unscaled["intent"]["class_names"] == ["0", "1", "2"]
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from conftest import CONF_DIR
 from seo_cli.config import register_configs
 from seo_cli.data import seo_pages
 from seo_cli.data.batches import make_batches
@@ -42,28 +42,32 @@ def compose_predict(checkpoint: Path, input: Path, output: Path, *overrides: str
         )
 
 
-def train_smoke(run_dir: Path, *overrides: str) -> Path:
-    """One in-process ``seo-train debug=smoke`` run; returns its best.pt."""
+def smoke_checkpoint(tmp_path_factory, name: str, *overrides: str) -> Path:
+    """best.pt of an in-process ``seo-train debug=smoke`` run, trained once per session: the test modules
+    that ask for the same ``name`` (with the same overrides) share it."""
     from seo_cli.train import train
 
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["debug=smoke", "logger=none", "trainer.progress=plain", "device=cpu", *overrides]
-        )
-    train(cfg, run_dir)
+    run_dir = tmp_path_factory.getbasetemp() / "smoke_runs" / name
+    if not (run_dir / "summary.json").is_file():  # written last: a run that failed is trained again
+        register_configs()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=["debug=smoke", "logger=none", "trainer.progress=plain", "device=cpu", *overrides],
+            )
+        train(cfg, run_dir)
     return run_dir / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """The default model, trained with data.missing=error (the default)."""
-    return train_smoke(tmp_path_factory.mktemp("train_error"))
+    """The default model, trained with data.missing=error (the default); the one test_evaluate.py uses."""
+    return smoke_checkpoint(tmp_path_factory, "multitask", "epochs=2")
 
 
 @pytest.fixture(scope="module")
 def impute_checkpoint(tmp_path_factory) -> Path:
-    return train_smoke(tmp_path_factory.mktemp("train_impute"), "model=mlp", "data.missing=impute")
+    return smoke_checkpoint(tmp_path_factory, "mlp_impute", "model=mlp", "data.missing=impute")
 
 
 @pytest.fixture(scope="module")

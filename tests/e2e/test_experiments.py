@@ -30,7 +30,10 @@ def test_every_experiment_composes(compose_train, name):
         ("phishing", {"path": "phishing_urls/dataset_phishing.csv"}, "val/status/accuracy", 0.85),
         (
             "webkb",
-            {"path": "webkb_pages/webkb-train-stemmed.txt", "test_path": "webkb_pages/webkb-test-stemmed.txt"},
+            {
+                "path": "webkb_pages/webkb-train-stemmed.txt",
+                "test_path": "webkb_pages/webkb-test-stemmed.txt",
+            },
             "val/page_type/accuracy",
             0.39,  # the majority class (student) is 39%: one short epoch must at least find it
         ),
@@ -41,7 +44,12 @@ def test_experiment_trains_one_epoch_on_its_dataset(compose_train, tmp_path, nam
         pytest.skip(f"{SHARED_DATA} is absent (the public datasets are not in the repository)")
     paths = [f"data.{key}={SHARED_DATA / rel}" for key, rel in files.items()]
     cfg = compose_train(
-        f"experiment={name}", *paths, "epochs=1", "scheduler.warmup_steps=5", "logger=none", "trainer.progress=plain"
+        f"experiment={name}",
+        *paths,
+        "epochs=1",
+        "scheduler.warmup_steps=5",
+        "logger=none",
+        "trainer.progress=plain",
     )
     summary = train(cfg, tmp_path)
     assert summary["status"] == "ok"
