@@ -98,6 +98,8 @@ def checkpoint_paths(checkpoint: Any) -> list[Path]:
         UserError: a directory without any best.pt below it.
     """
     entries = list(checkpoint) if isinstance(checkpoint, ListConfig | list | tuple) else [checkpoint]
+    if not entries:
+        raise UserError("checkpoint=[] names no checkpoint; give a .pt file, a list of them, or a directory.")
     paths: list[Path] = []
     for entry in map(Path, entries):
         if not entry.is_dir():
@@ -126,7 +128,10 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
         overrides = {
             k: cfg.data[k] for k in ("format", "column_names", "encoding") if cfg.data[k] is not None
         }
-        data = DataConfig(**{**data.__dict__, "source": "file", **overrides})
+        # The whole file is scored: the training run's split column or test file do not apply to it.
+        data = DataConfig(
+            **{**data.__dict__, "source": "file", "split_column": None, "test_path": None, **overrides}
+        )
         frame, source = load_frame(data, first.config.seed, cfg.data.path)
         return _drop_rows_without_target(frame, data, source), "eval"
     if cfg.split not in SPLITS:
@@ -142,6 +147,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     """
     if cfg.bootstrap < 0 or not 0 < cfg.confidence < 1:
         raise UserError("bootstrap must be 0 (off) or a number of resamples, and confidence between 0 and 1.")
+    if cfg.eval_batch_size < 1:
+        raise UserError(f"eval_batch_size={cfg.eval_batch_size} must be at least 1.")
     device = pick_device(cfg.device.type, cfg.device.fallback)
     models = [load_trained(path, device, cfg.allowed_targets) for path in checkpoint_paths(cfg.checkpoint)]
     frame, split = evaluation_rows(models[0], cfg)
@@ -190,8 +197,17 @@ def evaluate_checkpoint(
         num_workers=trained.data.num_workers,
         pin_memory=trained.data.pin_memory,
     )
+    # In the precision it was trained in, so split=val gives exactly the numbers training logged.
+    precision = trained.config.device.get("precision", "32")
     scored = evaluation(
-        trained.model, batches, trained.loss_fn, trained.targets, split, pre.target_scale, pre.class_names
+        trained.model,
+        batches,
+        trained.loss_fn,
+        trained.targets,
+        split,
+        pre.target_scale,
+        pre.class_names,
+        precision,
     )
     # Plots and intervals in the targets' own units: regression outputs are standardised.
     predictions = {}

@@ -46,12 +46,26 @@ def run_predict(cfg: DictConfig) -> dict:
         UserError: an unreadable input, a missing input column, an unknown output format, or (under
             ``strict``) the first invalid row.
     """
+    if cfg.batch_size < 1:
+        raise UserError(f"batch_size={cfg.batch_size} must be at least 1.")
     output = Path(cfg.output)
     if FORMATS.get(output.suffix.lower()) is None:
         raise UserError(f"output={output} has no known extension; end it in .csv, .tsv, .jsonl or .parquet.")
     device = pick_device(cfg.device.type, cfg.device.fallback)
     trained = load_trained(Path(cfg.checkpoint), device, cfg.allowed_targets)
-    frame, source = read_table(cfg.input, cfg.format, list(cfg.column_names), cfg.encoding)
+    # Ids and text as written: "000123" stays "000123", a date stays the text it was.
+    as_text = [
+        c
+        for c in [
+            cfg.id_column,
+            *trained.preprocessor.text_columns,
+            *trained.preprocessor.categorical_columns,
+        ]
+        if c
+    ]
+    frame, source = read_table(
+        cfg.input, cfg.format, list(cfg.column_names), cfg.encoding, text_columns=as_text
+    )
     pre = trained.preprocessor
     needed = pre.text_columns + pre.numeric_columns + pre.categorical_columns
     needed += [cfg.id_column] if cfg.id_column else []
@@ -61,6 +75,7 @@ def run_predict(cfg: DictConfig) -> dict:
             f"{source} has no column {absent[0]!r}, which the checkpoint's model reads; its columns are: "
             f"{', '.join(map(str, frame.columns))}."
         )
+    original = frame.copy()  # row_problems converts numeric columns; the rejects file keeps what was read
     reasons = row_problems(frame, trained, source)
     if cfg.strict and reasons.notna().any():
         first = int(np.flatnonzero(reasons.notna().to_numpy())[0])
@@ -73,7 +88,7 @@ def run_predict(cfg: DictConfig) -> dict:
     rejects = None
     if reasons.notna().any():
         rejects = output.with_name(f"{output.stem}.rejects.csv")
-        bad = frame[reasons.notna()]
+        bad = original[reasons.notna()]
         rows = pd.DataFrame({"row": bad.index + 1, "reason": reasons[reasons.notna()]})
         pd.concat([rows, bad], axis=1).to_csv(rejects, index=False)
         log.warning(

@@ -50,6 +50,10 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
+# Where the data sits and how it is loaded: the same batches either way (tested), so free to change.
+FREE_KEYS = ("data.placement", "data.num_workers", "data.pin_memory")
+
+
 def config_differences(
     saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...] = RESUME_KEYS
 ) -> list[str]:
@@ -58,7 +62,7 @@ def config_differences(
     return [
         f"{key}: {old.get(key, '<unset>')} -> {new.get(key, '<unset>')}"
         for key in sorted(old.keys() | new.keys())
-        if old.get(key) != new.get(key)
+        if old.get(key) != new.get(key) and key not in FREE_KEYS
     ]
 
 

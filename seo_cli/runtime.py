@@ -5,6 +5,7 @@ import logging
 import os
 import random
 import resource
+import signal
 import sys
 
 import numpy as np
@@ -81,6 +82,9 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+    # Ctrl-C reaches the whole process group: the main process saves and stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def set_deterministic(enabled: bool) -> None:

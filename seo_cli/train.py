@@ -115,6 +115,8 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     if resume_state is not None and scheduler is not None and resume_state.get("total_steps") != total_steps:
         resume_state = _stretch_schedule(resume_state, scheduler, total_steps)
     resume_step = resume_state["global_step"] if resume_state is not None else None
+    if cfg.resume and resume_state is None:
+        resume_step = 0  # a run killed before its first checkpoint: its logged rows go
     loggers = [
         instantiate(node, log_dir=run_dir / name, resume_step=resume_step)
         for name, node in (cfg.logger or {}).items()
@@ -196,8 +198,14 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             target_scale=pre.target_scale,
             class_names=pre.class_names,
         )
-        # The test split is scored once, with the best weights, as the final word on the run.
-        best = load_checkpoint(result.best_checkpoint, map_location=device)
+        # The test split is scored once, with the best weights, as the final word on the run. A run
+        # resumed into a new directory whose best epoch came before the resume has its best.pt there.
+        best_path = result.best_checkpoint
+        if best_path is None and resume_path is not None:
+            best_path = resume_path.parent / "best.pt"
+            if not best_path.exists() or load_checkpoint(best_path)["epoch"] != result.best_epoch:
+                best_path = resume_path  # the resumed file is the best there is in this run
+        best = load_checkpoint(best_path, map_location=device)
         unwrap_model(model).load_state_dict(best["model"])
         test_metrics, _ = evaluate(
             model,
@@ -231,7 +239,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         "fp16_skipped_steps": result.fp16_skipped_steps,
         "resumed_from": str(resume_path) if resume_path is not None else None,
         "monitor": cfg.trainer.monitor,
-        "best_checkpoint": str(result.best_checkpoint),
+        "best_checkpoint": str(best_path),
         "metrics": final,
         "num_parameters": num_params,
         "samples_per_second": result.samples_per_second,
@@ -249,8 +257,8 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             {"val": _strip(val_metrics, "val/"), "test": _strip(test_metrics, "test/")},
         )
     )
-    log.info("Best checkpoint: %s", result.best_checkpoint)
-    log.info("Evaluate it with: seo-eval checkpoint=%s", result.best_checkpoint)
+    log.info("Best checkpoint: %s", best_path)
+    log.info("Evaluate it with: seo-eval checkpoint=%s", best_path)
     return summary
 
 

@@ -186,14 +186,25 @@ def fit(
     samples, train_seconds, pruned = 0, 0.0, False
     # Per-step losses (and pre-clip gradient norms) since the last log line, written on the device and
     # read at the next sync point: the host learns the exact step a loss went NaN without a sync per step.
-    step_losses = torch.zeros(settings.log_every_n_steps, device=device)
-    step_norms = torch.zeros(settings.log_every_n_steps, device=device)
+    # A resumed window longer than a new, shorter interval still fits; it is logged at the next line.
+    window_size = max(settings.log_every_n_steps, len(loop.window_losses) + 1)
+    step_losses = torch.zeros(window_size, device=device)
+    step_norms = torch.zeros(window_size, device=device)
     step_losses[: len(loop.window_losses)] = torch.tensor(loop.window_losses, device=device)
     step_norms[: len(loop.window_grad_norms)] = torch.tensor(loop.window_grad_norms, device=device)
     window_steps = len(loop.window_losses)
     stopping = early_stopping is not None and early_stopping.bad_epochs >= early_stopping.patience
     if stopping:
         log.info("Early stopping had ended this run after epoch %d; nothing is left to train.", loop.epoch)
+
+    def check_weights() -> None:
+        """Before a checkpoint: a finite loss can still be followed by a step that overflows the weights."""
+        finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+        if not finite.item():  # note: a sync, at a checkpoint, which syncs anyway
+            raise TrainingDiverged(
+                f"the model's weights became NaN or infinite by step {loop.global_step}; lower learning_rate or "
+                "set trainer.gradient_clip_val=1.0 (no checkpoint was written with those weights)."
+            )
 
     def read_window() -> None:
         """Copy the window's step values to the host (a sync) and stop the run at a non-finite loss."""
@@ -258,7 +269,7 @@ def fit(
                     step_losses[window_steps] = loss_sum / rows
                     window_steps += 1
                     step = loop.global_step
-                    if step % settings.log_every_n_steps == 0:
+                    if step % settings.log_every_n_steps == 0 or window_steps == window_size:
                         read_window()
                         values = {
                             "train/loss": sum(loop.window_losses) / window_steps,
@@ -275,6 +286,7 @@ def fit(
                     saving = checkpoints is not None and checkpoints.wants_step_save(step) and mid_epoch
                     if saving or received:
                         read_window()
+                        check_weights()
                         loop.epoch_loss = epoch_loss.item()
                         path = checkpoints.save("last.pt", checkpoint_state()) if checkpoints else None
                         if received:
@@ -316,6 +328,7 @@ def fit(
                 if early_stopping is not None:
                     stopping = early_stopping.update(_metric(metrics, early_stopping.monitor), epoch + 1)
                 if checkpoints is not None:
+                    check_weights()
                     best, last = checkpoints.save_epoch(
                         checkpoint_state(),
                         epoch=epoch + 1,
@@ -493,8 +506,18 @@ def _restore(
 ) -> None:
     """Put every piece of a checkpoint back, the RNG states last, just before the loop draws from them."""
     device = next(model.parameters()).device
-    unwrap_model(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        unwrap_model(model).load_state_dict(state["model"])
+        saved_keys = set(state["optimizer"]["param_groups"][0]) - {"params"}
+        if saved_keys != set(optimizer.param_groups[0]) - {"params"}:
+            raise ValueError(f"the saved optimizer has the settings {', '.join(sorted(saved_keys))}")
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:200]
+        raise UserError(
+            f"the checkpoint's weights or optimizer state do not fit this run's model or optimizer ({reason}); "
+            "resume with the checkpoint's model and optimizer settings."
+        ) from err
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):

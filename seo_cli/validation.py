@@ -155,6 +155,12 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
     if data.source == "seo_pages" and data.num_rows < 50:
         problems.append(f"data.num_rows={data.num_rows} is too few to split; use at least 50.")
 
+    if cfg.seed < 0:
+        problems.append(f"seed={cfg.seed} must be 0 or more.")
+    if data.vocab_size < 8:
+        problems.append(
+            f"data.vocab_size={data.vocab_size} must be at least 8 (the tokenizer keeps 3 special tokens)."
+        )
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if cfg[key] < 1:
             problems.append(f"{key}={cfg[key]} must be at least 1.")

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from seo_cli.config import DataConfig
 from seo_cli.data import seo_pages
-from seo_cli.data.preprocess import Preprocessor
+from seo_cli.data.preprocess import Preprocessor, as_text_values
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.data.tables import Source, read_table
 from seo_cli.errors import UserError
@@ -158,7 +158,7 @@ def split_rows(
     positions = np.arange(len(frame))
     names = SPLITS if with_test else SPLITS[:2]
     if data.split_column:
-        column = frame[data.split_column].astype(str).str.strip().str.lower()
+        column = as_text_values(frame[data.split_column]).str.strip().str.lower()
         unknown = sorted(set(column) - set(names))
         if unknown:
             row = int(np.flatnonzero(column.to_numpy() == unknown[0])[0])
@@ -169,7 +169,7 @@ def split_rows(
             )
         return {name: positions[(column == name).to_numpy()] for name in names}
     stratify_on = next((t.name for t in data.targets if t.type == CLASSIFICATION), None)
-    labels = frame[stratify_on].astype(str).to_numpy() if stratify_on else None
+    labels = as_text_values(frame[stratify_on]).to_numpy() if stratify_on else None
     held_out = data.val_fraction + data.test_fraction if with_test else data.val_fraction
     try:
         train, rest = train_test_split(positions, test_size=held_out, random_state=seed, stratify=labels)
@@ -247,10 +247,10 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
                 f"({train_frame[target.name].iloc[0]!r}) in the training split of {train_source}; a classifier "
                 "needs at least two: check the column, or declare it type: regression."
             )
-        trained = set(train_frame[target.name].astype(str))
+        trained = set(as_text_values(train_frame[target.name]))
         for name in ("val", "test"):
             frame, source = splits[name]
-            unseen = ~frame[target.name].astype(str).isin(trained)
+            unseen = ~as_text_values(frame[target.name]).isin(trained)
             if unseen.any():
                 row = int(frame.index[np.flatnonzero(unseen.to_numpy())[0]])
                 raise UserError(

@@ -87,7 +87,9 @@ class Preprocessor:
                 x = transformer.transform(x)
             scaler = StandardScaler().fit(x)
             mean, scale = scaler.mean_.tolist(), scaler.scale_.tolist()
-        categories = {col: sorted(frame[col].astype(str).unique().tolist()) for col in categorical_columns}
+        categories = {
+            col: sorted(as_text_values(frame[col]).unique().tolist()) for col in categorical_columns
+        }
         tokenizer_json = ""
         if text_columns:
             # The vocabulary's statistics settle long before a million texts; a seeded sample keeps
@@ -162,7 +164,7 @@ class Preprocessor:
         if self.categorical_columns:
             codes = [
                 # Unseen categories map to 0, the unknown slot; known ones to 1..n.
-                pd.Index(self.categories[col]).get_indexer(frame[col].astype(str)).astype(np.int64) + 1
+                pd.Index(self.categories[col]).get_indexer(as_text_values(frame[col])).astype(np.int64) + 1
                 for col in self.categorical_columns
             ]
             inputs["categorical"] = torch.from_numpy(np.stack(codes, axis=1))
@@ -192,7 +194,7 @@ class Preprocessor:
         for t in self.targets:
             values = frame[t.name]
             if t.type == CLASSIFICATION:
-                labels = values.astype(str)
+                labels = as_text_values(values)
                 # get_indexer, not pd.Categorical: there values outside the categories are deprecated.
                 codes = pd.Index(t.classes).get_indexer(labels).astype(np.int64)
                 if (codes < 0).any():
@@ -217,6 +219,17 @@ class Preprocessor:
         return cls(**state)
 
 
+def as_text_values(values: pd.Series) -> pd.Series:
+    """Values as the strings that name classes and categories, the same in every file: a column pandas
+    read as float because a cell was empty keeps its whole numbers as integers ("1", not "1.0"), and a
+    missing value is "" (its own category)."""
+    if pd.api.types.is_float_dtype(values):
+        present = values.dropna()
+        if (present == np.floor(present)).all():
+            return values.astype("Int64").astype(object).where(values.notna(), "").astype(str)
+    return values.astype(object).where(values.notna(), "").astype(str)
+
+
 def _joined_text(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     # Column-wise string concatenation: a row-wise join is ~10x slower on a million rows.
     parts = [frame[c].fillna("").astype(str) for c in columns]
@@ -224,7 +237,7 @@ def _joined_text(frame: pd.DataFrame, columns: list[str]) -> list[str]:
 
 
 def _class_names(values: pd.Series) -> list[str]:
-    names = values.astype(str).unique().tolist()
+    names = as_text_values(values).unique().tolist()
     # Integer-looking labels sort numerically (2 before 10), the rest alphabetically.
     try:
         return sorted(names, key=float)

@@ -41,12 +41,14 @@ def read_table(
     fmt: str | None = None,
     column_names: list[str] | None = None,
     encoding: str = "utf-8",
+    text_columns: list[str] | None = None,
 ) -> tuple[pd.DataFrame, Source]:
     """Read a table file by its extension, or by ``fmt`` (csv | tsv | jsonl | parquet).
 
     Args:
         column_names: for a CSV or TSV without a header row, the names of its columns in order.
         encoding: the text encoding of CSV, TSV and JSON Lines files.
+        text_columns: columns read as text, not guessed as numbers or dates (ids such as "000123").
 
     Returns:
         The rows, with a 0-based index that numbers them as they are in the file, and their source.
@@ -86,13 +88,24 @@ def read_table(
                 keep_default_na=False,
                 na_values=[""],
                 low_memory=False,
+                dtype={c: str for c in text_columns or []} or None,
             )
         elif fmt == "jsonl":
-            frame = pd.read_json(path, lines=True, encoding=encoding)
+            frame = pd.read_json(
+                path,
+                lines=True,
+                encoding=encoding,
+                convert_dates=False,
+                dtype={c: str for c in text_columns or []} or None,
+            )
         else:
             frame = pd.read_parquet(path)
     except UnicodeDecodeError as err:
         raise UserError(_encoding_message(path, encoding)) from err
+    except LookupError as err:
+        raise UserError(
+            f"data.encoding={encoding} is not a text encoding Python knows; use e.g. utf-8, latin-1 or cp1252."
+        ) from err
     except (ValueError, OSError, pd.errors.ParserError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
