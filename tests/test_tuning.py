@@ -232,3 +232,10 @@ def test_cli_tuning_sweep_summarises_and_a_rerun_continues_it(tmp_path):
         assert summary["status"] in ("ok", "pruned")
         if summary["status"] == "ok":
             assert math.isclose(values[int(job)], summary["objective_value"])
+
+
+def test_pruner_names_build_optunas_pruners():
+    assert isinstance(make_pruner("median"), optuna.pruners.MedianPruner)
+    hyperband = make_pruner("hyperband", max_epochs=9)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner) and hyperband._max_resource == 9
+    assert isinstance(make_pruner("none"), optuna.pruners.NopPruner)
