@@ -4,6 +4,7 @@ import logging
 import sys
 
 from rich.console import Console
+from rich.panel import Panel
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -67,9 +68,11 @@ class TrainProgress:
             )
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        shown = {k: v for k, v in metrics.items() if k.count("/") <= 1 or k.endswith(("/accuracy", "/r2"))}
         if self.bars is not None:
             self.bars.update(self.task, completed=self.steps_per_epoch or 0)
-        shown = {k: v for k, v in metrics.items() if k.count("/") <= 1 or k.endswith(("/accuracy", "/r2"))}
+            self.bars.console.print(epoch_table(epoch, self.epochs, metrics))
+            return
         log.info(
             "epoch %d/%d done  %s",
             epoch + 1,
@@ -80,6 +83,21 @@ class TrainProgress:
     def close(self) -> None:
         if self.bars is not None:
             self.bars.stop()
+
+
+def epoch_table(epoch: int, epochs: int, metrics: dict[str, float]) -> Table:
+    """Train and validation side by side: the losses, and each target's accuracy or R^2."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        split, _, name = key.partition("/")
+        if split in ("train", "val") and (name == "loss" or name.endswith(("/loss", "/accuracy", "/r2"))):
+            rows.setdefault(name, {})[split] = value
+    table = Table(title=f"epoch {epoch + 1}/{epochs}")
+    for column in ("metric", "train", "val"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, values in rows.items():
+        table.add_row(name, *(_fmt(values[s]) if s in values else "" for s in ("train", "val")))
+    return table
 
 
 def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
@@ -106,7 +124,19 @@ def confusion_table(name: str, report: dict) -> Table:
     return table
 
 
-def print_table(table: Table) -> None:
+def run_panel(
+    best_epoch: int, epochs: int, monitor: str, best_value: float, checkpoint: str, status: str
+) -> Panel:
+    """The end of a run at a glance: where the best epoch is, and the command to evaluate it."""
+    lines = [
+        f"[bold]{status}[/bold]: best epoch {best_epoch} of {epochs} by {monitor} = {_fmt(best_value)}",
+        f"checkpoint  {checkpoint}",
+        f"next        seo-eval checkpoint={checkpoint}",
+    ]
+    return Panel("\n".join(lines), title="seo-train", expand=False)
+
+
+def print_table(table: Table | Panel) -> None:
     Console(soft_wrap=True).print(table)
 
 

@@ -4,6 +4,7 @@
 A logger is any object with ``log_metrics(metrics, step)`` and ``close()``.
 """
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -37,8 +38,58 @@ class TensorBoardLogger:
     def log_text(self, name: str, text: str) -> None:
         self.writer.add_text(name, text)
 
+    def log_config(self, yaml_text: str) -> None:
+        # Markdown code block: TensorBoard's text tab would otherwise reflow the YAML.
+        self.writer.add_text("config", "```\n" + yaml_text + "\n```")
+
+    def log_hparams(self, params: dict[str, float | str], metrics: dict[str, float]) -> None:
+        """The run's knobs and final metrics, so runs line up in TensorBoard's HParams tab."""
+        finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        self.writer.add_hparams(params, finite, run_name=".")  # ".": into this run's own event files
+
     def close(self) -> None:
         self.writer.close()
+
+
+class CSVLogger:
+    """Every logged value in ``log_dir/metrics.csv``: one row per logging call, one column per metric.
+
+    A metric seen for the first time widens the table, so the file is rewritten with the new header.
+    """
+
+    def __init__(self, log_dir: str | Path, resume_step: int | None = None) -> None:
+        self.path = Path(log_dir) / "metrics.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.columns: list[str] = ["step"]
+        self.rows: list[dict[str, float]] = []
+        if resume_step is not None and self.path.exists():
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns = list(reader.fieldnames or ["step"])
+                self.rows = [r for r in reader if r["step"] and float(r["step"]) <= resume_step]
+            self._rewrite()
+        else:
+            self._rewrite()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        row = {"step": step, **metrics}
+        self.rows.append(row)
+        new = [k for k in metrics if k not in self.columns]
+        if new:
+            self.columns += new
+            self._rewrite()
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, self.columns).writerow(row)
+
+    def _rewrite(self) -> None:
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def close(self) -> None:
+        pass
 
 
 class MetricsSink:
@@ -69,6 +120,16 @@ class MetricsSink:
             self._file.flush()
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
+
+    def log_config(self, yaml_text: str) -> None:
+        for logger in self.loggers:
+            if hasattr(logger, "log_config"):
+                logger.log_config(yaml_text)
+
+    def log_hparams(self, params: dict[str, float | str], metrics: dict[str, float]) -> None:
+        for logger in self.loggers:
+            if hasattr(logger, "log_hparams"):
+                logger.log_hparams(params, metrics)
 
     def close(self) -> None:
         if self._file is not None:

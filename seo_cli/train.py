@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.checkpoint import CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.config import config_dir, register_configs
-from seo_cli.console import metrics_table, print_table
+from seo_cli.console import metrics_table, print_table, run_panel
 from seo_cli.data.batches import fits_on_device, make_batches
 from seo_cli.data.pipeline import prepare_data, targets_of
 from seo_cli.data.spec import CLASSIFICATION
@@ -122,6 +122,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         for name, node in (cfg.logger or {}).items()
     ]
     sink = MetricsSink(run_dir / "metrics.jsonl", loggers, resume_step=resume_step)
+    sink.log_config(OmegaConf.to_yaml(cfg, resolve=True))
     num_params = sum(p.numel() for p in model.parameters())
     log.info(
         "Model %s: %s parameters, on %s in precision %s; %d optimizer steps per epoch of %d x %d rows",
@@ -218,6 +219,8 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             precision=cfg.device.precision,
         )
         sink.log(test_metrics, result.global_step)
+        best_val = {k: v for k, v in result.best_metrics.items() if k.startswith("val/")}
+        sink.log_hparams(hparams_of(cfg), best_val | test_metrics)
     finally:
         sink.close()
 
@@ -257,6 +260,17 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             {"val": _strip(val_metrics, "val/"), "test": _strip(test_metrics, "test/")},
         )
     )
+    status = "pruned by the tuner" if result.pruned else "stopped early" if result.stopped_early else "done"
+    print_table(
+        run_panel(
+            result.best_epoch,
+            len(result.history),
+            cfg.trainer.monitor,
+            result.best_value,
+            str(best_path),
+            status,
+        )
+    )
     log.info("Best checkpoint: %s", best_path)
     log.info("Evaluate it with: seo-eval checkpoint=%s", best_path)
     return summary
@@ -280,6 +294,25 @@ def _stretch_schedule(state: dict, scheduler, total_steps: int) -> dict:
         state["global_step"],
     )
     return {**state, "scheduler": None}
+
+
+def hparams_of(cfg: DictConfig) -> dict[str, float | int | str | bool]:
+    """The knobs that tell runs apart, flat and scalar, for TensorBoard's HParams tab."""
+    flat: dict[str, float | int | str | bool] = {}
+    for key in ("epochs", "batch_size", "learning_rate", "weight_decay", "seed"):
+        flat[key] = cfg[key]
+    flat["precision"] = cfg.device.precision
+    flat["accumulate_grad_batches"] = cfg.trainer.accumulate_grad_batches
+    for group in ("model", "optimizer", "scheduler", "loss"):
+        node = OmegaConf.to_container(cfg[group], resolve=True) if cfg[group] else {}
+        for key, value in node.items():
+            name = f"{group}.{key}" if key != "_target_" else group
+            flat[name] = (
+                value.rsplit(".", 1)[-1]
+                if key == "_target_"
+                else (value if isinstance(value, int | float | str | bool) else str(value))
+            )
+    return flat
 
 
 def resume_command(overrides: list[str], run_dir: Path) -> str:
