@@ -37,6 +37,7 @@ from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
 from seo_cli.report import write_report
 from seo_cli.runtime import pick_device
+from seo_cli.sweep import job_order
 from seo_cli.trainer import evaluation
 from seo_cli.validation import allowed_prefixes
 
@@ -106,7 +107,7 @@ def checkpoint_paths(checkpoint: Any) -> list[Path]:
             paths.append(entry)
             continue
         found = sorted(entry.glob("checkpoints/best.pt")) or sorted(
-            entry.glob("*/checkpoints/best.pt"), key=lambda p: _job_order(p.parent.parent.name)
+            entry.glob("*/checkpoints/best.pt"), key=lambda p: job_order(p.parent.parent.name)
         )
         if not found:
             raise UserError(
@@ -319,10 +320,6 @@ def _cell(entry: dict | None, sep: str = "\n") -> str:
         low, high = entry["difference_interval"]
         text += f"{sep}Δ {entry['difference']:+.4g} [{low:+.4g}, {high:+.4g}]"
     return text
-
-
-def _job_order(name: str) -> tuple[int, str]:
-    return (int(name), name) if name.isdigit() else (10**9, name)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")

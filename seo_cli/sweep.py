@@ -48,7 +48,7 @@ def summarize(sweep_dir: Path, objective: str) -> pd.DataFrame:
     """One row per job directory with a ``summary.json``: the overrides that differ between jobs, status,
     objective, run figures and every final metric, best objective first and failed jobs last."""
     rows = []
-    for path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: _job_order(p.parent.name)):
+    for path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: job_order(p.parent.name)):
         summary = json.loads(path.read_text())
         # tuning.* are the Optuna sweeper's bookkeeping, not choices of the user.
         overrides = dict(
@@ -132,5 +132,6 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _job_order(name: str) -> tuple[int, str]:
+def job_order(name: str) -> tuple[int, str]:
+    """Sort key of job folders: 0, 1, 2, 10 (numerically), then any other name."""
     return (int(name), name) if name.isdigit() else (10**9, name)

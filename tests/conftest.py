@@ -42,3 +42,20 @@ def read_jsonl(path: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def smoke_checkpoint(tmp_path_factory, name: str, *overrides: str) -> Path:
+    """best.pt of an in-process ``seo-train debug=smoke`` run, trained once per session: the test modules
+    that ask for the same ``name`` (with the same overrides) share it."""
+    from seo_cli.train import train
+
+    run_dir = tmp_path_factory.getbasetemp() / "smoke_runs" / name
+    if not (run_dir / "summary.json").is_file():  # written last: a run that failed is trained again
+        register_configs()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=["debug=smoke", "logger=none", "trainer.progress=plain", "device=cpu", *overrides],
+            )
+        train(cfg, run_dir)
+    return run_dir / "checkpoints" / "best.pt"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CONF_DIR
+from conftest import CONF_DIR, smoke_checkpoint
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -40,23 +40,6 @@ def compose_predict(checkpoint: Path, input: Path, output: Path, *overrides: str
                 *overrides,
             ],
         )
-
-
-def smoke_checkpoint(tmp_path_factory, name: str, *overrides: str) -> Path:
-    """best.pt of an in-process ``seo-train debug=smoke`` run, trained once per session: the test modules
-    that ask for the same ``name`` (with the same overrides) share it."""
-    from seo_cli.train import train
-
-    run_dir = tmp_path_factory.getbasetemp() / "smoke_runs" / name
-    if not (run_dir / "summary.json").is_file():  # written last: a run that failed is trained again
-        register_configs()
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=["debug=smoke", "logger=none", "trainer.progress=plain", "device=cpu", *overrides],
-            )
-        train(cfg, run_dir)
-    return run_dir / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")
