@@ -80,6 +80,7 @@ class TrainerConfig:
     gradient_clip_algorithm: str = "norm"  # norm (total 2-norm) | value (each element)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    profile: bool = False  # trace optimizer steps 3-5 with torch.profiler into <run dir>/profile (debug=profile)
 
 
 @dataclass

@@ -180,6 +180,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         accumulate_grad_batches=accumulate,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
+        profile_dir=run_dir / "profile" if cfg.trainer.profile else None,
     )
     try:
         result = fit(

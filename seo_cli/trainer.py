@@ -63,6 +63,7 @@ class FitSettings:
     accumulate_grad_batches: int = 1  # batches per optimizer step
     gradient_clip_val: float | None = None
     gradient_clip_algorithm: str = "norm"  # norm | value
+    profile_dir: Any = None  # a directory: profile a few steps with torch.profiler and write the trace there
 
 
 @dataclass
@@ -217,7 +218,7 @@ def fit(
             elif scaler is None:
                 raise _diverged(step, loop.last_finite_loss)
 
-    with _stop_on_signals() as received:
+    with _stop_on_signals() as received, _profiler(settings.profile_dir) as profiler:
         try:
             for epoch in range(loop.epoch, settings.epochs if not stopping else loop.epoch):
                 model.train()
@@ -227,9 +228,10 @@ def fit(
                 epoch_loss = torch.tensor(loop.epoch_loss, device=device)
                 resident_bytes = _start_memory_window(device)
                 epoch_samples, epoch_start = 0, time.perf_counter()
+                speed = _SpeedWindow(epoch_start)
                 # A resumed run skips the batches its checkpoint had already trained on in this epoch.
                 batches = itertools.islice(train_batches, loop.batches_done, None)
-                for window in _windows(batches, accumulate):
+                for window in speed.timed(_windows(batches, accumulate)):
                     while True:
                         try:
                             loss_sum, rows = _forward_backward(
@@ -260,8 +262,11 @@ def fit(
                     if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
                         scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    if profiler is not None:
+                        profiler.step()
 
                     loop.global_step += 1
+                    speed.count(window, rows)
                     loop.batches_done += len(window)
                     loop.epoch_rows += rows
                     epoch_samples += rows
@@ -279,6 +284,9 @@ def fit(
                             values["train/grad_norm"] = sum(loop.window_grad_norms) / window_steps
                         if scaler is not None:
                             values["train/fp16_skipped_steps"] = float(loop.fp16_skipped_steps)
+                        values |= (
+                            speed.read()
+                        )  # after read_window's sync: the time includes the device's work
                         sink.log(values, step)
                         progress.update(epoch, -(-loop.batches_done // accumulate), values)
                         window_steps, loop.window_losses, loop.window_grad_norms = 0, [], []
@@ -377,6 +385,65 @@ def fit(
         micro_batch_splits=loop.micro_splits,
         fp16_skipped_steps=loop.fp16_skipped_steps,
     )
+
+
+class _SpeedWindow:
+    """Throughput since the last log line, and the share of that time spent waiting for batches
+    (high: the input pipeline, not the model, sets the pace). Host clocks only: no device sync."""
+
+    def __init__(self, start: float) -> None:
+        self._reset(start)
+
+    def _reset(self, start: float) -> None:
+        self.start, self.rows, self.tokens, self.steps, self.waiting = start, 0, 0, 0, 0.0
+
+    def timed(self, windows: Iterable[list]) -> Iterator[list]:
+        iterator = iter(windows)
+        while True:
+            asked = time.perf_counter()
+            window = next(iterator, None)
+            self.waiting += time.perf_counter() - asked
+            if window is None:
+                return
+            yield window
+
+    def count(self, window: list, rows: int) -> None:
+        self.rows += rows
+        self.steps += 1
+        # Token ids' shape is host metadata: counting them costs no sync (padding included).
+        self.tokens += sum(x["tokens"].numel() for x, _ in window if isinstance(x, dict) and "tokens" in x)
+
+    def read(self) -> dict[str, float]:
+        now = time.perf_counter()
+        seconds = max(now - self.start, 1e-9)
+        values = {
+            "speed/samples_per_second": self.rows / seconds,
+            "speed/step_ms": 1000 * seconds / max(self.steps, 1),
+            "speed/data_wait_fraction": self.waiting / seconds,
+        }
+        if self.tokens:
+            values["speed/tokens_per_second"] = self.tokens / seconds
+        self._reset(now)
+        return values
+
+
+@contextmanager
+def _profiler(directory: Any) -> Iterator[Any]:
+    """torch.profiler over steps 3-5 (after a step of warm-up), trace written to ``directory``; None: off."""
+    if directory is None:
+        yield None
+        return
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(
+        activities=activities,
+        schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
+        on_trace_ready=torch.profiler.tensorboard_trace_handler(str(directory)),
+        record_shapes=True,
+        profile_memory=True,
+    ) as profiler:
+        yield profiler
 
 
 def _forward_backward(

@@ -2,6 +2,7 @@
 
 import csv
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seo_cli.loggers import CSVLogger, TensorBoardLogger
@@ -98,3 +99,33 @@ def test_run_panel_names_the_best_epoch_checkpoint_and_next_command():
     text = _render(run_panel(4, 6, "val/loss", 0.4321, "runs/a/checkpoints/best.pt", "stopped early"))
     assert "stopped early: best epoch 4 of 6 by val/loss = 0.4321" in text
     assert "seo-eval checkpoint=runs/a/checkpoints/best.pt" in text
+
+
+def test_each_log_line_carries_throughput_step_time_and_data_wait(train_run):
+    from conftest import read_jsonl
+
+    _, run_dir = train_run("trainer.log_every_n_steps=5")
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train/lr" in r]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25]
+    for row in rows:
+        assert row["speed/samples_per_second"] > 0 and row["speed/step_ms"] > 0
+        assert 0 <= row["speed/data_wait_fraction"] <= 1
+        # Every row has data.max_length=48 token ids (padding included): tokens/s is 48 x rows/s.
+        assert row["speed/tokens_per_second"] / row["speed/samples_per_second"] == pytest.approx(48)
+        # rows/s x seconds/step is the 16 rows of a step: the two figures come from one clock.
+        assert row["speed/samples_per_second"] * row["speed/step_ms"] / 1000 == pytest.approx(16, rel=1e-6)
+
+
+def test_debug_profile_writes_a_trace_of_steps_3_to_5(compose_train, tmp_path):
+    import json
+
+    from seo_cli.train import train
+
+    cfg = compose_train(
+        "debug=profile", "data.num_rows=600", "batch_size=16", "scheduler.warmup_steps=5", "logger=none"
+    )
+    train(cfg, tmp_path)
+    [trace] = list((tmp_path / "profile").glob("*.pt.trace.json"))
+    names = {event.get("name") for event in json.loads(trace.read_text())["traceEvents"]}
+    assert {"ProfilerStep#2", "ProfilerStep#3", "ProfilerStep#4"} <= names
+    assert "ProfilerStep#5" not in names and "ProfilerStep#1" not in names
