@@ -284,9 +284,8 @@ def fit(
                             values["train/grad_norm"] = sum(loop.window_grad_norms) / window_steps
                         if scaler is not None:
                             values["train/fp16_skipped_steps"] = float(loop.fp16_skipped_steps)
-                        values |= (
-                            speed.read()
-                        )  # after read_window's sync: the time includes the device's work
+                        # After read_window's sync, so the interval's time includes the device's work.
+                        values |= speed.read()
                         sink.log(values, step)
                         progress.update(epoch, -(-loop.batches_done // accumulate), values)
                         window_steps, loop.window_losses, loop.window_grad_norms = 0, [], []
