@@ -18,6 +18,14 @@ from rich.table import Table
 log = logging.getLogger(__name__)
 
 
+STATUS_KEYS = {
+    "train/loss": "train/loss",
+    "train/lr": "lr",
+    "train/grad_norm": "grad_norm",
+    "speed/samples_per_second": "rows/s",
+}
+
+
 def use_rich(mode: str) -> bool:
     """``auto`` shows bars only when stdout is a terminal (not in CI, files or SLURM logs)."""
     return mode == "rich" or (mode == "auto" and sys.stdout.isatty())
@@ -54,7 +62,8 @@ class TrainProgress:
             )
 
     def update(self, epoch: int, step_in_epoch: int, values: dict[str, float]) -> None:
-        status = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+        # The bar keeps to what fits a line; metrics.jsonl and the loggers have every value.
+        status = "  ".join(f"{STATUS_KEYS[k]} {_fmt(v)}" for k, v in values.items() if k in STATUS_KEYS)
         if self.bars is not None:
             self.bars.update(self.task, completed=step_in_epoch, status=status)
         else:
@@ -71,8 +80,9 @@ class TrainProgress:
         shown = {k: v for k, v in metrics.items() if k.count("/") <= 1 or k.endswith(("/accuracy", "/r2"))}
         if self.bars is not None:
             self.bars.update(self.task, completed=self.steps_per_epoch or 0)
-            self.bars.console.print(epoch_table(epoch, self.epochs, metrics))
-            return
+            if self.bars.console.is_terminal:  # a live display: the table goes above the bars
+                self.bars.console.print(epoch_table(epoch, self.epochs, metrics))
+                return
         log.info(
             "epoch %d/%d done  %s",
             epoch + 1,
