@@ -23,7 +23,7 @@ from seo_cli.data.batches import DeviceBatches
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, Target
 from seo_cli.loggers import MetricsSink
 from seo_cli.runtime import check_precision, pick_device, seed_worker
-from seo_cli.trainer import FitResult, FitSettings, evaluate, fit
+from seo_cli.trainer import FitResult, FitSettings, evaluation, fit
 
 DataLike = DataLoader | Dataset | Iterable | tuple[Tensor, Tensor]
 
@@ -138,7 +138,8 @@ class ModelEvaluator:
         batches = _batches(data, batch_size, self.device)
         target = Target("target", task_type)
         names = {"target": class_names} if class_names else None
-        metrics, reports = evaluate(self.model, batches, loss_fn, [target], "eval", class_names=names)
+        scored = evaluation(self.model, batches, loss_fn, [target], "eval", class_names=names)
+        metrics, reports = scored.metrics, scored.reports
         result: dict[str, Any] = dict(reports["target"])
         if "eval/loss" in metrics:
             result["loss"] = metrics["eval/loss"]

@@ -33,7 +33,7 @@ from seo_cli.loggers import MetricsSink
 from seo_cli.metrics import metric_mode
 from seo_cli.resume import check_resume_config, find_resume_checkpoint
 from seo_cli.runtime import check_precision, peak_memory_mb, pick_device, seed_everything, set_deterministic
-from seo_cli.trainer import FitSettings, TrainingInterrupted, evaluate, fit
+from seo_cli.trainer import FitSettings, TrainingInterrupted, evaluation, fit
 from seo_cli.validation import check_run_length, check_train_config
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
                 best_path = resume_path  # the resumed file is the best there is in this run
         best = load_checkpoint(best_path, map_location=device)
         unwrap_model(model).load_state_dict(best["model"])
-        test_metrics, _ = evaluate(
+        test_metrics = evaluation(
             model,
             test_batches,
             loss_fn,
@@ -217,8 +217,8 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             "test",
             pre.target_scale,
             pre.class_names,
-            precision=cfg.device.precision,
-        )
+            cfg.device.precision,
+        ).metrics
         sink.log(test_metrics, result.global_step)
         best_val = {k: v for k, v in result.best_metrics.items() if k.startswith("val/")}
         sink.log_hparams(hparams_of(cfg), best_val | test_metrics)

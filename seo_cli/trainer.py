@@ -310,7 +310,7 @@ def fit(
                 metrics["speed/samples_per_second"] = epoch_samples / epoch_seconds
                 metrics |= _memory_metrics(device, resident_bytes)
                 if val_batches is not None:
-                    metrics |= evaluate(
+                    metrics |= evaluation(
                         model,
                         val_batches,
                         loss_fn,
@@ -318,8 +318,8 @@ def fit(
                         "val",
                         target_scale,
                         class_names,
-                        precision=settings.precision,
-                    )[0]
+                        settings.precision,
+                    ).metrics
                 monitored = _metric(metrics, settings.monitor)
                 if isinstance(scheduler, ReduceLROnPlateau):
                     scheduler.step(_metric(metrics, settings.scheduler_monitor or settings.monitor))
@@ -679,27 +679,6 @@ class Evaluation:
     labels: dict[str, Any]
 
 
-def evaluate(
-    model: nn.Module,
-    batches: Iterable[tuple[Batch, Batch]],
-    loss_fn: Callable[[Any, Any], Tensor] | None,
-    targets: list[Target],
-    split: str,
-    target_scale: dict[str, tuple[float, float]] | None = None,
-    class_names: dict[str, list[str]] | None = None,
-    precision: str = "32",
-) -> tuple[dict[str, float], dict[str, dict]]:
-    """Loss and metrics of ``model`` on every row of ``batches``.
-
-    The loss is computed once over all rows, so it is the exact mean, not a mean of batch means.
-
-    Returns:
-        Scalar metrics keyed ``{split}/...`` and the full report per target (confusion matrices included).
-    """
-    result = evaluation(model, batches, loss_fn, targets, split, target_scale, class_names, precision)
-    return result.metrics, result.reports
-
-
 def evaluation(
     model: nn.Module,
     batches: Iterable[tuple[Batch, Batch]],
@@ -710,7 +689,11 @@ def evaluation(
     class_names: dict[str, list[str]] | None = None,
     precision: str = "32",
 ) -> Evaluation:
-    """``evaluate``, keeping the predictions and labels (moved to the host once) for reports and intervals."""
+    """Loss and metrics of ``model`` on every row of ``batches``, with the predictions and labels they came from.
+
+    The loss is computed once over all rows, so it is the exact mean, not a mean of batch means; the
+    outputs move to the host once.
+    """
     outputs, labels = predict(model, batches, precision)
     metrics: dict[str, float] = {}
     if loss_fn is not None:

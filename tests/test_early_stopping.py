@@ -144,11 +144,11 @@ def _fit(monkeypatch, script, *, epochs, early_stopping=None, checkpoints=None, 
 
     calls = iter(range(start, len(script)))
 
-    def scripted_evaluate(*args, **kwargs):
+    def scripted_evaluation(*args, **kwargs):
         i = next(calls)
-        return {"val/loss": script[i], "val/y/accuracy": 1.0 - script[i] / 10}, {}
+        return trainer.Evaluation({"val/loss": script[i], "val/y/accuracy": 1.0 - script[i] / 10}, {}, {}, {})
 
-    monkeypatch.setattr(trainer, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(trainer, "evaluation", scripted_evaluation)
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     x, y = torch.randn(32, 3), torch.randn(32, 1)

@@ -50,6 +50,11 @@ def load_frame(data: DataConfig, seed: int, path: str | None = None) -> tuple[pd
     return frame, source
 
 
+def _first(mask: pd.Series | np.ndarray) -> int:
+    """Position of the first True: the row a message names."""
+    return int(np.flatnonzero(np.asarray(mask))[0])
+
+
 def _missing(column: pd.Series) -> pd.Series:
     """True where a cell is empty or holds a missing-value word."""
     if pd.api.types.is_numeric_dtype(column):
@@ -78,7 +83,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
         values = pd.to_numeric(frame[col].mask(empty), errors="coerce")
         bad = values.isna() & ~empty
         if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
+            row = _first(bad)
             raise UserError(
                 f"numeric column {col!r} of {source} holds the non-numeric value {frame[col].iloc[row]!r} "
                 f"at {source.row(row)}; fix the value or move the column to data.categorical_columns."
@@ -88,14 +93,14 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
                 f"numeric column {col!r} of {source} has no values; fill it in or remove it from data.numeric_columns."
             )
         if empty.any() and data.missing == "error":
-            row = int(np.flatnonzero(empty.to_numpy())[0])
+            row = _first(empty)
             raise UserError(
                 f"numeric column {col!r} of {source} is empty at {source.row(row)}; fill it in, or set "
                 "data.missing=impute to use the training median."
             )
         infinite = np.isinf(values.to_numpy(dtype=np.float64))
         if infinite.any():
-            row = int(np.flatnonzero(infinite)[0])
+            row = _first(infinite)
             raise UserError(
                 f"numeric column {col!r} of {source} holds {frame[col].iloc[row]!r} at {source.row(row)}; "
                 "replace it with a finite number."
@@ -114,7 +119,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
                 f"target {target.name!r} of {source} is empty in every row; check the column name and the file."
             )
         if empty.any() and data.missing == "error":
-            row = int(np.flatnonzero(empty.to_numpy())[0])
+            row = _first(empty)
             raise UserError(
                 f"target {target.name!r} of {source} is empty at {source.row(row)}; fill it in, or set "
                 "data.missing=impute to skip rows without a target."
@@ -125,7 +130,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
             values = pd.to_numeric(frame[target.name], errors="coerce").to_numpy(dtype=np.float64)
             bad = ~np.isfinite(values) & ~empty.to_numpy()
             if bad.any():
-                row = int(np.flatnonzero(bad)[0])
+                row = _first(bad)
                 raise UserError(
                     f"regression target {target.name!r} of {source} holds the non-numeric or infinite value "
                     f"{frame[target.name].iloc[row]!r} at {source.row(row)}; fix the value or make it a "
@@ -161,7 +166,7 @@ def split_rows(
         column = as_text_values(frame[data.split_column]).str.strip().str.lower()
         unknown = sorted(set(column) - set(names))
         if unknown:
-            row = int(np.flatnonzero(column.to_numpy() == unknown[0])[0])
+            row = _first(column.to_numpy() == unknown[0])
             at = where.row(int(frame.index[row])) if isinstance(where, Source) else f"row {row + 1}"
             raise UserError(
                 f"data.split_column {data.split_column!r} of {where} holds {unknown[0]!r} at {at}; "
