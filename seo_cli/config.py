@@ -50,6 +50,7 @@ class DeviceConfig:
     type: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     fallback: str = "error"  # error | warn: what to do when the requested device is missing
     precision: str = "32"  # 32 | bf16 (autocast, no scaler) | fp16 (autocast with a GradScaler)
+    peak_tflops: Optional[float] = None  # the device's peak for MFU; null: known GPUs' data-sheet figure
 
 
 @dataclass
@@ -178,3 +179,20 @@ def config_dir() -> str:
     package = Path(__file__).resolve().parent
     installed = package / "conf"
     return str(installed if installed.is_dir() else package.parent / "conf")
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, except that a ``UserError`` the built class raises (a bad
+    ``model.num_heads``, a missing optional package) reaches the user as its one sentence, not inside
+    Hydra's multi-line InstantiationException."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from seo_cli.errors import UserError
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise

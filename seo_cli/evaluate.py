@@ -22,13 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.table import Table
 
 from seo_cli.bootstrap import HEADLINE, interval, metric_samples, resample_indices
 from seo_cli.checkpoint import check_target_allowed, load_checkpoint
-from seo_cli.config import DataConfig, config_dir, register_configs
+from seo_cli.config import DataConfig, build, config_dir, register_configs
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches
 from seo_cli.data.pipeline import SPLITS, _drop_rows_without_target, load_frame, load_splits, tensorize
@@ -81,11 +80,9 @@ def load_trained(path: Path, device: torch.device, allowed_targets: list[str]) -
         )
     pre = Preprocessor.from_state(state["preprocessing"])
     targets = [Target(t.name, t.type) for t in pre.targets]
-    model = instantiate(train_cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object")
+    model = build(train_cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object")
     model.load_state_dict(state["model"])
-    loss_fn = instantiate(
-        train_cfg.loss, targets=targets, class_counts=state["class_counts"], _convert_="object"
-    )
+    loss_fn = build(train_cfg.loss, targets=targets, class_counts=state["class_counts"], _convert_="object")
     data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), train_cfg.data))
     return TrainedModel(
         Path(path), state, train_cfg, data, pre, targets, model.to(device), loss_fn.to(device)

@@ -7,8 +7,13 @@ A logger is any object with ``log_metrics(metrics, step)`` and ``close()``.
 import csv
 import json
 import math
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import yaml
+
+from seo_cli.errors import UserError
 
 
 class Logger(Protocol):
@@ -90,6 +95,140 @@ class CSVLogger:
 
     def close(self) -> None:
         pass
+
+
+class WandbLogger:
+    """Weights & Biases: one W&B run per seo-train run (so one per multirun job), written under ``log_dir``.
+
+    ``mode=offline`` (the default) needs no network or account: ``wandb sync <log_dir>/wandb/offline-run-*``
+    uploads a run later. A resumed run continues the W&B run it started (its id is kept in ``log_dir``).
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        resume_step: int | None = None,
+        project: str = "seo-cli",
+        entity: str | None = None,
+        mode: str = "offline",
+        tags: list[str] | None = None,
+    ) -> None:
+        wandb = _optional_import("wandb", "wandb")
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        id_file = log_dir / "run_id"
+        run_id = id_file.read_text().strip() if resume_step is not None and id_file.exists() else None
+        self.run = wandb.init(
+            dir=str(log_dir),
+            project=project,
+            entity=entity,
+            mode=mode,
+            tags=list(tags or []),
+            name=_run_name(log_dir),
+            id=run_id,
+            resume="allow" if run_id else None,
+            reinit="create_new",  # a multirun's jobs share the process: each gets its own W&B run
+            settings=wandb.Settings(console="off", quiet=True),
+        )
+        id_file.write_text(self.run.id + "\n")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_config(self, yaml_text: str) -> None:
+        self.run.config.update(yaml.safe_load(yaml_text), allow_val_change=True)
+
+    def log_hparams(self, params: dict[str, float | str], metrics: dict[str, float]) -> None:
+        self.run.summary.update({f"final/{k}": v for k, v in metrics.items()})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MLflowLogger:
+    """MLflow tracking: one MLflow run per seo-train run, in ``tracking_uri`` (a local SQLite file by
+    default, so ``mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`` compares every run).
+
+    Metrics keep their slash names; the config is an artifact (``config.yaml``) and the knobs of
+    ``hparams_of`` are the run's params. A resumed run continues its MLflow run (id kept in ``log_dir``).
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        resume_step: int | None = None,
+        tracking_uri: str = "sqlite:///outputs/mlflow.db",
+        experiment: str = "seo-cli",
+        artifact_location: str | None = None,
+    ) -> None:
+        mlflow = _optional_import("mlflow", "mlflow")
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if tracking_uri.startswith("sqlite:///"):
+            # SQLite needs the folder of its file; a relative path is relative to where seo-train runs.
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            # Artifacts default to ./mlruns of the working directory; keep them next to the tracking file.
+            location = artifact_location or _default_artifacts(tracking_uri)
+            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        id_file = log_dir / "run_id"
+        if resume_step is not None and id_file.exists():
+            self.run_id = id_file.read_text().strip()
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.run_id = self.client.create_run(experiment_id, run_name=_run_name(log_dir)).info.run_id
+            id_file.write_text(self.run_id + "\n")
+        self._metric = mlflow.entities.Metric
+        self._param = mlflow.entities.Param
+        self._tag = mlflow.entities.RunTag
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[self._metric(k, float(v), now, step) for k, v in metrics.items()]
+        )
+
+    def log_config(self, yaml_text: str) -> None:
+        self.client.log_text(self.run_id, yaml_text, "config.yaml")
+
+    def log_hparams(self, params: dict[str, float | str], metrics: dict[str, float]) -> None:
+        # MLflow params are write-once: a resumed run that changed one (epochs raised, say) records the new
+        # value as the tag ``resumed.<key>``.
+        logged = self.client.get_run(self.run_id).data.params
+        values = {k: str(v)[:6000] for k, v in params.items()}
+        fresh = [self._param(k, v) for k, v in values.items() if k not in logged]
+        changed = [self._tag(f"resumed.{k}", v) for k, v in values.items() if k in logged and logged[k] != v]
+        self.client.log_batch(self.run_id, params=fresh, tags=changed)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+def _optional_import(module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise UserError(
+            f"logger={extra} needs the {module} package, which is not installed; install it with "
+            f"pip install 'seo-cli[{extra}]' or choose another logger (logger=tensorboard)."
+        ) from err
+
+
+def _run_name(log_dir: Path) -> str:
+    """The run directory's last two parts: ``<date>/<time>`` for a run, ``<time>/<job>`` in a multirun."""
+    return "/".join(log_dir.resolve().parent.parts[-2:])
+
+
+def _default_artifacts(tracking_uri: str) -> str | None:
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return None
 
 
 class MetricsSink:

@@ -70,6 +70,46 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
+# Dense (no sparsity) peak TFLOP/s from the vendors' data sheets: (bf16/fp16 tensor cores, fp32 matmuls).
+# fp32 is the TF32 tensor-core figure where torch lets matmuls use TF32, the plain FP32 one otherwise.
+# Searched in this order, so "H100 PCIe" is found before "H100" and "L40S" before "L4".
+_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0, 378.0, 51.2),
+    ("H100 NVL", 835.0, 418.0, 60.0),
+    ("H100", 989.4, 494.7, 66.9),
+    ("H200", 989.4, 494.7, 66.9),
+    ("GH200", 989.4, 494.7, 66.9),
+    ("B200", 2250.0, 1100.0, 80.0),
+    ("A100", 312.0, 156.0, 19.5),
+    ("L40S", 362.1, 183.0, 91.6),
+    ("L4", 121.0, 60.0, 30.3),
+    ("A10G", 70.0, 35.0, 31.2),
+    ("A10", 125.0, 62.5, 31.2),
+    ("V100", 125.0, 15.7, 15.7),
+    ("T4", 65.0, 8.1, 8.1),
+)
+
+
+def peak_flops(device: torch.device, precision: str, peak_tflops: float | None = None) -> float | None:
+    """The device's peak FLOP/s for ``precision``, the denominator of MFU.
+
+    ``peak_tflops`` (``device.peak_tflops``) overrides the table; None where neither knows the device
+    (the CPU, Apple MPS, an unlisted GPU): MFU is then not logged.
+    """
+    if peak_tflops is not None:
+        return peak_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for model, half, tf32, fp32 in _PEAK_TFLOPS:
+        if model in name:
+            if precision != "32":
+                return half * 1e12
+            return (tf32 if torch.backends.cuda.matmul.allow_tf32 else fp32) * 1e12
+    log.info("No known peak FLOP/s for %s: set device.peak_tflops to log speed/mfu.", name)
+    return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

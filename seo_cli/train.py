@@ -4,7 +4,7 @@
     seo-train model=mlp optimizer=sgd epochs=5
     seo-train -m learning_rate=1e-3,5e-4          # a sweep
 
-Only this module, ``evaluate.py`` and ``predict.py`` read ``cfg`` or call ``instantiate``.
+Only this module, ``evaluate.py`` and ``predict.py`` read ``cfg`` or build components from it (``config.build``).
 """
 
 import json
@@ -18,11 +18,10 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.checkpoint import CheckpointManager, load_checkpoint, unwrap_model
-from seo_cli.config import config_dir, register_configs
+from seo_cli.config import build, config_dir, register_configs
 from seo_cli.console import metrics_table, print_table, run_panel
 from seo_cli.data.batches import fits_on_device, make_batches
 from seo_cli.data.pipeline import prepare_data, targets_of
@@ -32,7 +31,14 @@ from seo_cli.errors import UserError
 from seo_cli.loggers import MetricsSink
 from seo_cli.metrics import metric_mode
 from seo_cli.resume import check_resume_config, find_resume_checkpoint
-from seo_cli.runtime import check_precision, peak_memory_mb, pick_device, seed_everything, set_deterministic
+from seo_cli.runtime import (
+    check_precision,
+    peak_flops,
+    peak_memory_mb,
+    pick_device,
+    seed_everything,
+    set_deterministic,
+)
 from seo_cli.trainer import FitSettings, TrainingInterrupted, evaluation, fit
 from seo_cli.validation import check_run_length, check_train_config
 
@@ -72,11 +78,11 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         if t.type == CLASSIFICATION
     }
 
-    model = instantiate(cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object").to(device)
+    model = build(cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object").to(device)
     # Checkpoints store the module under the wrapper (unwrap_model), so they load with or without compile.
     model = torch.compile(model) if cfg.compile else model
-    loss_fn = instantiate(cfg.loss, targets=targets, class_counts=class_counts, _convert_="object").to(device)
-    optimizer = instantiate(cfg.optimizer, params=model.parameters(), _convert_="object")
+    loss_fn = build(cfg.loss, targets=targets, class_counts=class_counts, _convert_="object").to(device)
+    optimizer = build(cfg.optimizer, params=model.parameters(), _convert_="object")
     placement = cfg.data.placement
     if placement == "auto":
         placement = (
@@ -109,7 +115,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     check_run_length(cfg.scheduler, total_steps)
     scheduler = None
     if cfg.scheduler:
-        scheduler = instantiate(
+        scheduler = build(
             cfg.scheduler, optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
         )
     if resume_state is not None and scheduler is not None and resume_state.get("total_steps") != total_steps:
@@ -118,7 +124,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     if cfg.resume and resume_state is None:
         resume_step = 0  # a run killed before its first checkpoint: its logged rows go
     loggers = [
-        instantiate(node, log_dir=run_dir / name, resume_step=resume_step)
+        build(node, log_dir=run_dir / name, resume_step=resume_step)
         for name, node in (cfg.logger or {}).items()
     ]
     sink = MetricsSink(run_dir / "metrics.jsonl", loggers, resume_step=resume_step)
@@ -181,6 +187,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
         profile_dir=run_dir / "profile" if cfg.trainer.profile else None,
+        peak_flops=peak_flops(device, cfg.device.precision, cfg.device.peak_tflops),
     )
     try:
         result = fit(

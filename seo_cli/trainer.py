@@ -64,6 +64,7 @@ class FitSettings:
     gradient_clip_val: float | None = None
     gradient_clip_algorithm: str = "norm"  # norm | value
     profile_dir: Any = None  # a directory: profile a few steps with torch.profiler and write the trace there
+    peak_flops: float | None = None  # device peak FLOP/s: logs speed/mfu (models with flops_per_token)
 
 
 @dataclass
@@ -183,6 +184,7 @@ def fit(
         }
 
     progress = TrainProgress(settings.progress, settings.epochs, steps_per_epoch)
+    flops_per_token = getattr(unwrap_model(model), "flops_per_token", None)
     best_path = last_path = None
     samples, train_seconds, pruned = 0, 0.0, False
     # Per-step losses (and pre-clip gradient norms) since the last log line, written on the device and
@@ -228,7 +230,7 @@ def fit(
                 epoch_loss = torch.tensor(loop.epoch_loss, device=device)
                 resident_bytes = _start_memory_window(device)
                 epoch_samples, epoch_start = 0, time.perf_counter()
-                speed = _SpeedWindow(epoch_start)
+                speed = _SpeedWindow(epoch_start, flops_per_token, settings.peak_flops)
                 # A resumed run skips the batches its checkpoint had already trained on in this epoch.
                 batches = itertools.islice(train_batches, loop.batches_done, None)
                 for window in speed.timed(_windows(batches, accumulate)):
@@ -388,13 +390,26 @@ def fit(
 
 class _SpeedWindow:
     """Throughput since the last log line, and the share of that time spent waiting for batches
-    (high: the input pipeline, not the model, sets the pace). Host clocks only: no device sync."""
+    (high: the input pipeline, not the model, sets the pace). Host clocks only: no device sync.
 
-    def __init__(self, start: float) -> None:
+    With the model's ``flops_per_token(seq_len)`` and the device's peak FLOP/s it also gives MFU: the
+    share of the peak the training steps achieve (padding tokens count: the device computes them).
+    """
+
+    def __init__(
+        self,
+        start: float,
+        flops_per_token: Callable[[int], float] | None = None,
+        peak_flops: float | None = None,
+    ) -> None:
+        self.flops_per_token = flops_per_token if peak_flops else None
+        self.peak_flops = peak_flops
+        self._flops_at: dict[int, float] = {}  # per sequence length: flops_per_token sums the parameters
         self._reset(start)
 
     def _reset(self, start: float) -> None:
         self.start, self.rows, self.tokens, self.steps, self.waiting = start, 0, 0, 0, 0.0
+        self.flops = 0.0
 
     def timed(self, windows: Iterable[list]) -> Iterator[list]:
         iterator = iter(windows)
@@ -410,7 +425,13 @@ class _SpeedWindow:
         self.rows += rows
         self.steps += 1
         # Token ids' shape is host metadata: counting them costs no sync (padding included).
-        self.tokens += sum(x["tokens"].numel() for x, _ in window if isinstance(x, dict) and "tokens" in x)
+        for tokens in (x["tokens"] for x, _ in window if isinstance(x, dict) and "tokens" in x):
+            self.tokens += tokens.numel()
+            if self.flops_per_token is not None:
+                seq_len = tokens.shape[-1]
+                if seq_len not in self._flops_at:
+                    self._flops_at[seq_len] = self.flops_per_token(seq_len)
+                self.flops += self._flops_at[seq_len] * tokens.numel()
 
     def read(self) -> dict[str, float]:
         now = time.perf_counter()
@@ -422,6 +443,8 @@ class _SpeedWindow:
         }
         if self.tokens:
             values["speed/tokens_per_second"] = self.tokens / seconds
+        if self.flops:
+            values["speed/mfu"] = self.flops / seconds / self.peak_flops
         self._reset(now)
         return values
 

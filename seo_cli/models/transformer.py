@@ -158,6 +158,16 @@ class Transformer(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.heads(self.encoder(batch["tokens"]))
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward and backward) for MFU, as PaLM's appendix counts them:
+        6 x the non-embedding parameters (the matmuls), plus 12 x layers x width x sequence (attention)."""
+        embedding = (
+            self.encoder.token_embedding.weight.numel() + self.encoder.position_embedding.weight.numel()
+        )
+        non_embedding = sum(p.numel() for p in self.parameters()) - embedding
+        layers, width = len(self.encoder.blocks), self.encoder.out_features
+        return 6 * non_embedding + 12 * layers * width * seq_len
+
 
 def check_heads_divide(d_model: int, num_heads: int, d_model_key: str, num_heads_key: str) -> None:
     """Raises a UserError naming both config keys unless ``num_heads`` divides ``d_model``."""
