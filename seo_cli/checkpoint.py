@@ -181,6 +181,7 @@ class CheckpointManager:
 
     ``extra`` holds what does not change during the run (resolved config, preprocessing). The
     manager's own state (the numbered files and their values) goes into every checkpoint it writes.
+    ``write=False`` (DDP ranks other than 0) makes every decision and returns every path but touches no file.
     """
 
     def __init__(
@@ -194,8 +195,10 @@ class CheckpointManager:
         every_n_steps: int | None = None,
         save_best_only: bool = False,
         max_checkpoints: int | None = None,
+        write: bool = True,
     ) -> None:
         self.directory = Path(directory)
+        self.write = write
         self.extra = dict(extra or {})
         self.mode = mode
         self.save_top_k = save_top_k
@@ -216,6 +219,8 @@ class CheckpointManager:
         return bool(self.every_n_steps) and not self.save_best_only and global_step % self.every_n_steps == 0
 
     def save(self, name: str, state: dict[str, Any]) -> Path:
+        if not self.write:
+            return self.directory / name
         return save_checkpoint(
             {**self.extra, **state, "checkpoints": self.state_dict()}, self.directory / name
         )
@@ -238,7 +243,7 @@ class CheckpointManager:
                 self.save(entry["name"], state)
         if improved:
             best = self.save("best.pt", state)
-        for entry in evicted:
+        for entry in evicted if self.write else []:
             (self.directory / entry["name"]).unlink(missing_ok=True)
         if not self.save_best_only:
             last = self.save("last.pt", state)

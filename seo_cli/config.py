@@ -51,6 +51,9 @@ class DeviceConfig:
     fallback: str = "error"  # error | warn: what to do when the requested device is missing
     precision: str = "32"  # 32 | bf16 (autocast, no scaler) | fp16 (autocast with a GradScaler)
     peak_tflops: Optional[float] = None  # the device's peak for MFU; null: known GPUs' data-sheet figure
+    strategy: str = "single"  # single | ddp (device=ddp: one process per device, PyTorch DDP)
+    num_devices: int = 1  # ddp: processes on this machine, one per GPU (CPU: gloo processes sharing the cores)
+    timeout_s: float = 300.0  # ddp: how long a collective waits for a rank before the job fails
 
 
 @dataclass

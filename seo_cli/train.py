@@ -19,7 +19,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
+from seo_cli import distributed
 from seo_cli.checkpoint import CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.config import build, config_dir, register_configs
 from seo_cli.console import metrics_table, print_table, run_panel
@@ -64,6 +66,9 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         resume_state = load_checkpoint(resume_path)
         check_resume_config(resume_state["config"], cfg, cfg.resume_strict, resume_path)
     device = pick_device(cfg.device.type, cfg.device.fallback)
+    ddp, rank, world = distributed.enabled(), distributed.rank(), distributed.world_size()
+    if ddp and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     check_precision(cfg.device.precision, device)
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed)
@@ -79,7 +84,11 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     }
 
     model = build(cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object").to(device)
-    # Checkpoints store the module under the wrapper (unwrap_model), so they load with or without compile.
+    if ddp:
+        # DDP copies rank 0's initial weights to every rank; each rank then draws its own dropout masks.
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(cfg.seed + rank)
+    # Checkpoints store the module under the wrappers (unwrap_model), so they load with or without them.
     model = torch.compile(model) if cfg.compile else model
     loss_fn = build(cfg.loss, targets=targets, class_counts=class_counts, _convert_="object").to(device)
     optimizer = build(cfg.optimizer, params=model.parameters(), _convert_="object")
@@ -96,6 +105,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         "placement": placement,
         "num_workers": cfg.data.num_workers,
         "pin_memory": cfg.data.pin_memory,
+        "shard": (rank, world) if ddp else None,
     }
     train_batches = make_batches(
         train_split.inputs,
@@ -123,13 +133,23 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     resume_step = resume_state["global_step"] if resume_state is not None else None
     if cfg.resume and resume_state is None:
         resume_step = 0  # a run killed before its first checkpoint: its logged rows go
+    main_rank = rank == 0  # alone writes metrics, logger files and checkpoints
     loggers = [
         build(node, log_dir=run_dir / name, resume_step=resume_step)
         for name, node in (cfg.logger or {}).items()
+        if main_rank
     ]
-    sink = MetricsSink(run_dir / "metrics.jsonl", loggers, resume_step=resume_step)
+    sink = MetricsSink(run_dir / "metrics.jsonl" if main_rank else None, loggers, resume_step=resume_step)
     sink.log_config(OmegaConf.to_yaml(cfg, resolve=True))
     num_params = sum(p.numel() for p in model.parameters())
+    if ddp:
+        log.info(
+            "DDP: %d processes (%s) x batch_size %d = a global batch of %d rows per optimizer step",
+            world,
+            torch.distributed.get_backend(),
+            cfg.batch_size,
+            cfg.batch_size * accumulate * world,
+        )
     log.info(
         "Model %s: %s parameters, on %s in precision %s; %d optimizer steps per epoch of %d x %d rows",
         cfg.model._target_.rsplit(".", 1)[-1],
@@ -155,6 +175,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         every_n_steps=policy.every_n_steps,
         save_best_only=policy.save_best_only,
         max_checkpoints=policy.max_checkpoints,
+        write=main_rank,  # the other ranks make the same decisions, so every rank syncs at the same steps
     )
     stop_cfg = cfg.trainer.early_stopping
     early_stopping = None
@@ -167,7 +188,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
             min_delta=stop_cfg.min_delta,
         )
     trial = None
-    if cfg.tuning.trial_id is not None:
+    if cfg.tuning.trial_id is not None and main_rank:
         from seo_cli.tuning import TrialReporter  # imports optuna: only tuning runs pay for it
 
         # A test-split objective is known only at the end; the trial reports its validation twin.
@@ -181,13 +202,14 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         monitor=cfg.trainer.monitor,
         mode=cfg.trainer.mode,
         scheduler_monitor=cfg.scheduler.get("monitor") if cfg.scheduler else None,
-        progress=cfg.trainer.progress,
+        progress=cfg.trainer.progress if main_rank else "plain",
         precision=cfg.device.precision,
         accumulate_grad_batches=accumulate,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
         profile_dir=run_dir / "profile" if cfg.trainer.profile else None,
         peak_flops=peak_flops(device, cfg.device.precision, cfg.device.peak_tflops),
+        seed=cfg.seed,
     )
     try:
         result = fit(
@@ -209,6 +231,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         )
         # The test split is scored once, with the best weights, as the final word on the run. A run
         # resumed into a new directory whose best epoch came before the resume has its best.pt there.
+        distributed.barrier()  # rank 0 has finished writing best.pt
         best_path = result.best_checkpoint
         if best_path is None and resume_path is not None:
             best_path = resume_path.parent / "best.pt"
@@ -261,6 +284,8 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         ),
         "device": str(device),
     }
+    if not main_rank:
+        return summary
     write_summary(run_dir, summary)
     print_table(
         metrics_table(
@@ -344,37 +369,142 @@ def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {k.removeprefix(prefix): v for k, v in metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = list(hydra_cfg.overrides.task)
+def run_job(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], *, multirun: bool, user_config_dir: bool
+) -> tuple[int, float | None]:
+    """Train, turning what can go wrong into a log line, a ``summary.json`` status and an exit code.
+
+    Returns:
+        (exit code, objective value): 0 and the objective; 1 and NaN for a user error (a sweep goes on);
+        128 + signal number for an interrupted run.
+
+    Raises:
+        Exception: our bug, outside a sweep: the traceback says where.
+    """
+    writes = distributed.is_main()
     try:
-        summary = train(cfg, run_dir, user_config_dir=user_config_dir_given())
+        summary = train(cfg, run_dir, user_config_dir=user_config_dir)
     except TrainingInterrupted as stop:
         where = f"{stop.checkpoint} is saved" if stop.checkpoint else "no checkpoint was written"
         log.error("%s; %s. Resume with: %s", stop, where, resume_command(overrides, run_dir))
-        write_summary(run_dir, {"status": "interrupted", "error": str(stop), "overrides": overrides})
-        sys.exit(128 + stop.signum)
+        if writes:
+            write_summary(run_dir, {"status": "interrupted", "error": str(stop), "overrides": overrides})
+        return 128 + stop.signum, None
+    except UserError as err:
+        log.error("%s", err)
+        if writes:
+            write_summary(
+                run_dir, {"status": "failed", "error": str(err).splitlines()[0], "overrides": overrides}
+            )
+        return 1, float("nan")
+    except Exception as err:
+        if not multirun:
+            raise
+        # In a sweep the other jobs still run; the traceback goes to this job's log.
+        log.exception("The job failed")
+        first_line = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        if writes:
+            write_summary(run_dir, {"status": "failed", "error": first_line, "overrides": overrides})
+        return 1, float("nan")
+    summary["overrides"] = overrides
+    if writes:
+        write_summary(run_dir, summary)
+    return 0, summary["objective_value"]
+
+
+def train_as_rank(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], *, multirun: bool, user_config_dir: bool
+) -> tuple[int, float | None]:
+    """``run_job`` as one rank of a DDP job (started by torchrun or by ``launch_ddp``)."""
+    distributed.init_process_group(cfg.device.type, cfg.device.timeout_s)
+    try:
+        return run_job(cfg, run_dir, overrides, multirun=multirun, user_config_dir=user_config_dir)
+    except Exception as err:
+        if not distributed.is_collective_failure(err):
+            raise
+        # Another rank died or hung: the launcher names it; this rank only says it stopped.
+        log.error(
+            "DDP rank %d stopped: it lost contact with another rank (%s).",
+            distributed.rank(),
+            str(err).strip().splitlines()[0][:200],
+        )
+        return 1, float("nan")
+    finally:
+        distributed.destroy()
+
+
+def launch_ddp(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], user_config_dir: bool
+) -> tuple[int, float | None]:
+    """Check the config, freeze it into the run directory and run it on ``device.num_devices`` workers.
+
+    Returns:
+        (exit code, objective value), read from the ``summary.json`` rank 0 wrote.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        check_train_config(cfg, user_config_dir)
+        gpus = torch.cuda.device_count()
+        if cfg.device.type == "cuda" and not gpus:
+            raise UserError(
+                "device=ddp with device.type=cuda needs a GPU and this machine has none; use device.type=cpu."
+            )
+        if cfg.device.type != "cpu" and gpus and cfg.device.num_devices > gpus:
+            raise UserError(
+                f"device.num_devices={cfg.device.num_devices} but this machine has {gpus} GPU(s); "
+                f"use device.num_devices={gpus} or fewer (one process per GPU)."
+            )
     except UserError as err:
         log.error("%s", err)
         write_summary(
             run_dir, {"status": "failed", "error": str(err).splitlines()[0], "overrides": overrides}
         )
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            return float("nan")  # one bad job is a row in the sweep's table, not the end of the sweep
-        sys.exit(1)
-    except Exception as err:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            raise  # our bug: the traceback says where
-        # In a sweep the other jobs still run; the traceback goes to this job's log.
-        log.exception("The job failed")
-        first_line = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-        write_summary(run_dir, {"status": "failed", "error": first_line, "overrides": overrides})
-        return float("nan")
-    summary["overrides"] = overrides
-    write_summary(run_dir, summary)
-    return summary["objective_value"]
+        return 1, float("nan")
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra" / distributed.FROZEN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if not (run_dir / ".hydra" / "overrides.yaml").exists():
+        OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+    log.info("Starting %d DDP workers for %s", cfg.device.num_devices, run_dir)
+    summary_path = run_dir / "summary.json"
+    summary_path.unlink(missing_ok=True)
+    try:
+        distributed.launch(run_dir, cfg.device.num_devices, cfg.device.timeout_s)
+    except ChildFailedError as err:
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        if summary.get("status") == "interrupted":
+            return err.get_first_failure()[1].exitcode, None
+        if summary.get("status") != "failed":  # a worker died without a word: say which one
+            last = run_dir / "checkpoints" / "last.pt"
+            after = (
+                f"; resume from its last checkpoint with: {resume_command(overrides, run_dir)}"
+                if last.exists()
+                else ""
+            )
+            message = f"{distributed.describe_failure(err)}, so the job was stopped{after}."
+            log.error("%s", message)
+            write_summary(run_dir, {"status": "failed", "error": message, "overrides": overrides})
+        return 1, float("nan")
+    summary = json.loads(summary_path.read_text())
+    return 0, summary["objective_value"]
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    user_dir = user_config_dir_given()
+    if distributed.in_worker():  # started by torchrun on one of several machines
+        code, objective = train_as_rank(cfg, run_dir, overrides, multirun=multirun, user_config_dir=user_dir)
+    elif cfg.device.strategy == "ddp":
+        code, objective = launch_ddp(cfg, run_dir, overrides, user_dir)
+    else:
+        code, objective = run_job(cfg, run_dir, overrides, multirun=multirun, user_config_dir=user_dir)
+    if code >= 128 or (code and not multirun):
+        sys.exit(code)  # a user error in a sweep is a row in the sweep's table, not the end of the sweep
+    return objective
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ are called in plain sight, with no callbacks. Values stay on the device between 
 the loop reads them (a host sync) only there, at the end of an epoch and before a checkpoint.
 """
 
+import contextlib
 import itertools
 import logging
 import math
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from seo_cli import distributed
 from seo_cli.checkpoint import CheckpointManager, rng_state, set_rng_state, unwrap_model
 from seo_cli.console import TrainProgress
 from seo_cli.data.spec import Target
@@ -28,7 +30,7 @@ from seo_cli.early_stopping import EarlyStopping, improves
 from seo_cli.errors import UserError
 from seo_cli.loggers import MetricsSink
 from seo_cli.metrics import as_numpy, flatten, target_reports
-from seo_cli.runtime import autocast, grad_scaler, peak_rss_mb
+from seo_cli.runtime import autocast, grad_scaler, peak_rss_mb, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class FitSettings:
     gradient_clip_algorithm: str = "norm"  # norm | value
     profile_dir: Any = None  # a directory: profile a few steps with torch.profiler and write the trace there
     peak_flops: float | None = None  # device peak FLOP/s: logs speed/mfu (models with flops_per_token)
+    seed: int = 0  # re-seeds the ranks of a DDP run resumed on a different number of processes
 
 
 @dataclass
@@ -163,11 +166,17 @@ def fit(
     num_batches = len(train_batches) if hasattr(train_batches, "__len__") else 0
     steps_per_epoch = -(-num_batches // accumulate)
     scaler = grad_scaler(device, settings.precision)
+    ddp, world = _ddp_of(model), distributed.world_size()
     loop = LoopState()
     if resume_from is not None:
-        _restore(resume_from, loop, model, optimizer, scheduler, scaler, checkpoints, early_stopping)
+        _restore(
+            resume_from, loop, model, optimizer, scheduler, scaler, checkpoints, early_stopping, settings.seed
+        )
+    # Under DDP the first step settles the micro-batch size collectively (see the step below).
+    probed = ddp is None
 
-    def checkpoint_state() -> dict[str, Any]:
+    def checkpoint_state(collective: bool = True) -> dict[str, Any]:
+        """``collective``: every rank is here (not a signal, which one rank may see first)."""
         return {
             "model": unwrap_model(model).state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -175,13 +184,27 @@ def fit(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": loop.epoch,
             "global_step": loop.global_step,
-            "position": loop.state_dict(),
+            "position": loop.state_dict() | epoch_partial(collective),
             "metrics": loop.history[-1] if loop.history else {},
             "history": loop.history,
             "best": {"monitor": settings.monitor, "value": loop.best_value, "epoch": loop.best_epoch},
             "early_stopping": early_stopping.state_dict() if early_stopping is not None else None,
             "rng": rng_state(),
+            # Under DDP every rank's own generators, so dropout continues as it would have.
+            "rng_ranks": distributed.gather_objects(rng_state()) if ddp is not None and collective else None,
+            "world_size": world,
         }
+
+    def epoch_partial(collective: bool = True) -> dict[str, Any]:
+        """The current epoch's running loss sum and rows (a sync): under DDP summed over the ranks, which
+        rank 0 alone carries on after a resume, except when a signal stops one rank on its own."""
+        if loop.batches_done == 0:  # at an epoch boundary (on every rank at once)
+            return {"epoch_loss": 0.0, "epoch_rows": 0}
+        loss, rows = epoch_loss.detach().clone(), torch.tensor(loop.epoch_rows, device=device)
+        if collective:
+            distributed.all_reduce_sum(loss)
+            distributed.all_reduce_sum(rows)
+        return {"epoch_loss": loss.item(), "epoch_rows": int(rows.item())}
 
     progress = TrainProgress(settings.progress, settings.epochs, steps_per_epoch)
     flops_per_token = getattr(unwrap_model(model), "flops_per_token", None)
@@ -210,7 +233,15 @@ def fit(
             )
 
     def read_window() -> None:
-        """Copy the window's step values to the host (a sync) and stop the run at a non-finite loss."""
+        """Copy the window's step values to the host (a sync) and stop the run at a non-finite loss.
+
+        Under DDP the step losses are first averaged over the ranks, so every rank logs the same loss
+        and stops at the same NaN step (averaging values already averaged changes nothing).
+        """
+        if world > 1:
+            window = step_losses[:window_steps]
+            distributed.all_reduce_sum(window)
+            window /= world
         loop.window_losses = step_losses[:window_steps].tolist()
         loop.window_grad_norms = step_norms[:window_steps].tolist() if settings.gradient_clip_val else []
         first_step = loop.global_step - window_steps + 1
@@ -230,18 +261,38 @@ def fit(
                 epoch_loss = torch.tensor(loop.epoch_loss, device=device)
                 resident_bytes = _start_memory_window(device)
                 epoch_samples, epoch_start = 0, time.perf_counter()
-                speed = _SpeedWindow(epoch_start, flops_per_token, settings.peak_flops)
+                speed = _SpeedWindow(epoch_start, flops_per_token, settings.peak_flops, world)
                 # A resumed run skips the batches its checkpoint had already trained on in this epoch.
                 batches = itertools.islice(train_batches, loop.batches_done, None)
                 for window in speed.timed(_windows(batches, accumulate)):
                     while True:
+                        # Under DDP a rank that runs out of memory must not leave the others waiting in
+                        # the gradient all-reduce: the first step (where the memory peak is set) runs
+                        # without DDP's sync, the ranks agree on whether any ran out, and its gradients
+                        # are averaged by hand. Later steps' shapes are the same, so they fit.
+                        probing, out_of_memory = not probed, False
                         try:
                             loss_sum, rows = _forward_backward(
-                                model, loss_fn, window, loop.micro_splits, device, settings.precision, scaler
+                                model,
+                                loss_fn,
+                                window,
+                                loop.micro_splits,
+                                device,
+                                settings.precision,
+                                scaler,
+                                sync=not probing,
                             )
-                            break
                         except torch.cuda.OutOfMemoryError:
-                            pass  # handled below, once the exception's references to activations are gone
+                            out_of_memory = True  # handled below, once the exception's frames are gone
+                        if probing:
+                            out_of_memory = distributed.any_rank(out_of_memory, device)
+                            if not out_of_memory:
+                                distributed.average_gradients(list(model.parameters()))
+                                probed = True
+                        if not out_of_memory:
+                            break
+                        if ddp is not None and not probing:
+                            _out_of_memory_under_ddp(loop.global_step + 1)
                         optimizer.zero_grad(set_to_none=True)
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
@@ -271,7 +322,7 @@ def fit(
                     speed.count(window, rows)
                     loop.batches_done += len(window)
                     loop.epoch_rows += rows
-                    epoch_samples += rows
+                    epoch_samples += rows * world
                     epoch_loss += loss_sum
                     step_losses[window_steps] = loss_sum / rows
                     window_steps += 1
@@ -296,16 +347,20 @@ def fit(
                     if saving or received:
                         read_window()
                         check_weights()
-                        loop.epoch_loss = epoch_loss.item()
-                        path = checkpoints.save("last.pt", checkpoint_state()) if checkpoints else None
+                        path = (
+                            checkpoints.save("last.pt", checkpoint_state(collective=not received))
+                            if checkpoints
+                            else None
+                        )
                         if received:
                             raise TrainingInterrupted(received[0], step, path)
 
                 # .item() waits for the device's queued work, so the epoch's time below includes it.
                 read_window()
+                totals = epoch_partial()  # under DDP: summed over the ranks
                 metrics = {
                     "epoch": float(epoch + 1),
-                    "train/loss": epoch_loss.item() / max(loop.epoch_rows, 1),
+                    "train/loss": totals["epoch_loss"] / max(totals["epoch_rows"], 1),
                 }
                 epoch_seconds = time.perf_counter() - epoch_start
                 samples, train_seconds = samples + epoch_samples, train_seconds + epoch_seconds
@@ -349,12 +404,12 @@ def fit(
                 if received:
                     path = last_path
                     if checkpoints is not None and checkpoints.save_best_only:
-                        path = checkpoints.save("last.pt", checkpoint_state())
+                        path = checkpoints.save("last.pt", checkpoint_state(collective=False))
                     raise TrainingInterrupted(received[0], loop.global_step, path)
-                if trial is not None and trial.should_prune(epoch + 1, _metric(metrics, trial.monitor)):
-                    log.info(
-                        "The tuner pruned this trial after epoch %d: its %s lags.", epoch + 1, trial.monitor
-                    )
+                # Under DDP only rank 0 holds the trial; its answer goes to every rank.
+                prune = trial is not None and trial.should_prune(epoch + 1, _metric(metrics, trial.monitor))
+                if distributed.from_main(prune) if ddp is not None else prune:
+                    log.info("The tuner pruned this trial after epoch %d.", epoch + 1)
                     pruned = True
                     break
                 if stopping:
@@ -394,6 +449,7 @@ class _SpeedWindow:
 
     With the model's ``flops_per_token(seq_len)`` and the device's peak FLOP/s it also gives MFU: the
     share of the peak the training steps achieve (padding tokens count: the device computes them).
+    Under DDP rows and tokens are the whole job's (this rank's x ranks) and MFU is per device.
     """
 
     def __init__(
@@ -401,9 +457,11 @@ class _SpeedWindow:
         start: float,
         flops_per_token: Callable[[int], float] | None = None,
         peak_flops: float | None = None,
+        world_size: int = 1,
     ) -> None:
         self.flops_per_token = flops_per_token if peak_flops else None
         self.peak_flops = peak_flops
+        self.world_size = world_size  # DDP ranks: each counts its own batches, all take the same steps
         self._flops_at: dict[int, float] = {}  # per sequence length: flops_per_token sums the parameters
         self._reset(start)
 
@@ -437,12 +495,12 @@ class _SpeedWindow:
         now = time.perf_counter()
         seconds = max(now - self.start, 1e-9)
         values = {
-            "speed/samples_per_second": self.rows / seconds,
+            "speed/samples_per_second": self.rows * self.world_size / seconds,
             "speed/step_ms": 1000 * seconds / max(self.steps, 1),
             "speed/data_wait_fraction": self.waiting / seconds,
         }
         if self.tokens:
-            values["speed/tokens_per_second"] = self.tokens / seconds
+            values["speed/tokens_per_second"] = self.tokens * self.world_size / seconds
         if self.flops:
             values["speed/mfu"] = self.flops / seconds / self.peak_flops
         self._reset(now)
@@ -476,31 +534,54 @@ def _forward_backward(
     device: torch.device,
     precision: str,
     scaler: torch.amp.GradScaler | None,
+    sync: bool = True,
 ) -> tuple[Tensor, int]:
     """Forward and backward over one accumulation window, each batch cut into ``splits`` micro-batches.
 
     A micro-batch's loss is weighted by its share of its batch's rows and divided by the number of
     batches in the window (a short last window by its own length), so the gradient is that of the
-    mean of the batch losses however the batches were cut.
+    mean of the batch losses however the batches were cut. Under DDP only the last micro-batch's
+    backward all-reduces the gradients (``no_sync`` before it); none does with ``sync=False``.
 
     Returns:
         The sum of the row losses over the window (on the device) and its number of rows.
     """
     loss_sum = torch.zeros((), device=device)
     window_rows = 0
-    for inputs, labels in window:
+    ddp = _ddp_of(model)
+    for index, (inputs, labels) in enumerate(window):
         inputs, labels = move_to(inputs, device), move_to(labels, device)
         rows = batch_size_of(labels)
-        for micro_inputs, micro_labels in zip(_split(inputs, splits), _split(labels, splits), strict=True):
+        micro_batches = list(zip(_split(inputs, splits), _split(labels, splits), strict=True))
+        for micro_index, (micro_inputs, micro_labels) in enumerate(micro_batches):
+            last = index == len(window) - 1 and micro_index == len(micro_batches) - 1
+            no_sync = ddp.no_sync() if ddp is not None and not (sync and last) else contextlib.nullcontext()
             micro_rows = batch_size_of(micro_labels)
-            with autocast(device, precision):
-                loss = loss_fn(model(micro_inputs), micro_labels)
-            weight = micro_rows / rows / len(window)
-            scaled = loss * weight if weight != 1.0 else loss
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            with no_sync:
+                with autocast(device, precision):
+                    loss = loss_fn(model(micro_inputs), micro_labels)
+                weight = micro_rows / rows / len(window)
+                scaled = loss * weight if weight != 1.0 else loss
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach().float() * micro_rows
         window_rows += rows
     return loss_sum, window_rows
+
+
+def _ddp_of(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The DDP wrapper of ``model`` (under torch.compile's, if any); None in a single process."""
+    inner = getattr(model, "_orig_mod", model)
+    return inner if isinstance(inner, nn.parallel.DistributedDataParallel) else None
+
+
+def _out_of_memory_under_ddp(step: int) -> None:
+    """Raises:
+    UserError: always; past the first step the other ranks are already in the gradient all-reduce.
+    """
+    raise UserError(
+        f"CUDA ran out of memory on DDP rank {distributed.rank()} at step {step}, after the first step "
+        "had settled the micro-batch size; lower batch_size or raise trainer.accumulate_grad_batches."
+    )
 
 
 def _start_memory_window(device: torch.device) -> int:
@@ -592,8 +673,13 @@ def _restore(
     scaler: torch.amp.GradScaler | None,
     checkpoints: CheckpointManager | None,
     early_stopping: EarlyStopping | None,
+    seed: int,
 ) -> None:
-    """Put every piece of a checkpoint back, the RNG states last, just before the loop draws from them."""
+    """Put every piece of a checkpoint back, the RNG states last, just before the loop draws from them.
+
+    Under DDP each rank takes its own RNG state back; a checkpoint from another number of processes
+    re-seeds the ranks instead and, mid-epoch, continues after the same share of the epoch's rows.
+    """
     device = next(model.parameters()).device
     try:
         unwrap_model(model).load_state_dict(state["model"])
@@ -620,7 +706,24 @@ def _restore(
         checkpoints.load_state_dict(state["checkpoints"])
     if early_stopping is not None and state.get("early_stopping"):
         early_stopping.load_state_dict(state["early_stopping"])
-    set_rng_state(state["rng"])
+    saved_world, world, rank = state.get("world_size", 1), distributed.world_size(), distributed.rank()
+    if rank > 0:  # rank 0 carries the interrupted epoch's loss sum, already summed over the ranks
+        loop.epoch_loss, loop.epoch_rows = 0.0, 0
+    ranks = state.get("rng_ranks")
+    if not distributed.enabled():
+        set_rng_state(state["rng"])
+    elif ranks is not None and len(ranks) == world:
+        set_rng_state(ranks[rank])
+    else:
+        seed_everything(seed + rank + loop.global_step)
+        log.info(
+            "The checkpoint was written by %d process(es) and this run has %d: the ranks' random number "
+            "generators are re-seeded, so dropout draws differ from an uninterrupted run.",
+            saved_world,
+            world,
+        )
+        if loop.batches_done and saved_world != world:
+            loop.batches_done = loop.batches_done * saved_world // world  # the same share of the epoch
     log.info(
         "Resumed at epoch %d, step %d%s on %s.",
         loop.epoch,
@@ -715,9 +818,14 @@ def evaluation(
     """Loss and metrics of ``model`` on every row of ``batches``, with the predictions and labels they came from.
 
     The loss is computed once over all rows, so it is the exact mean, not a mean of batch means; the
-    outputs move to the host once.
+    outputs move to the host once. Under DDP each rank predicts its shard of ``batches`` and the rows
+    of all ranks are gathered first (``batches.total_rows``: the split's rows), so every rank computes
+    the metrics of the whole split.
     """
     outputs, labels = predict(model, batches, precision)
+    if distributed.enabled():
+        outputs = distributed.gather_rows(outputs, batches.total_rows)
+        labels = distributed.gather_rows(labels, batches.total_rows)
     metrics: dict[str, float] = {}
     if loss_fn is not None:
         metrics[f"{split}/loss"] = loss_fn(outputs, labels).item()

@@ -176,6 +176,14 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
         problems.append(f"device.type={cfg.device.type!r} must be auto, cpu, cuda or mps.")
     if cfg.device.fallback not in ("error", "warn"):
         problems.append(f"device.fallback={cfg.device.fallback!r} must be error or warn.")
+    if cfg.device.strategy not in ("single", "ddp"):
+        problems.append(f"device.strategy={cfg.device.strategy!r} must be single or ddp.")
+    if cfg.device.num_devices < 1:
+        problems.append(f"device.num_devices={cfg.device.num_devices} must be 1 or more.")
+    if cfg.device.timeout_s <= 0:
+        problems.append(f"device.timeout_s={cfg.device.timeout_s} must be a positive number of seconds.")
+    if cfg.device.strategy == "ddp" and cfg.device.type == "mps":
+        problems.append("device.type=mps cannot run DDP; use device.type=cuda or cpu with device=ddp.")
     if cfg.device.precision not in PRECISIONS:
         problems.append(f"device.precision={cfg.device.precision} must be 32, bf16 or fp16.")
     problems += _trainer_problems(cfg.trainer)

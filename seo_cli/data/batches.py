@@ -5,7 +5,8 @@ Small tables fit on the device whole: indexing them there is one gather per batc
 per-sample ``__getitem__``, no collation and no host-to-device copy in the loop. Larger ones stay in
 (pinned) host memory; DataLoader workers gather each batch and the copy overlaps with compute.
 Both draw the order of epoch ``e`` from a generator seeded with ``seed + e``, so a resumed run sees
-the batches the uninterrupted run would have.
+the batches the uninterrupted run would have. Under DDP (``shard=(rank, world_size)``) the rows of each
+rank come from ``DistributedSampler``, epoch by epoch through its ``set_epoch``.
 """
 
 import logging
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from seo_cli.runtime import seed_worker
 
@@ -39,6 +40,7 @@ class DeviceBatches:
         device: torch.device,
         shuffle: bool = False,
         seed: int = 0,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.inputs = {k: v.to(device) for k, v in inputs.items()}
         self.targets = {k: v.to(device) for k, v in targets.items()}
@@ -47,7 +49,9 @@ class DeviceBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
-        self.num_rows = len(next(iter(self.targets.values())))
+        self.total_rows = len(next(iter(self.targets.values())))  # of the split, before sharding
+        self.sampler = _shard_sampler(self.total_rows, shard, shuffle, seed)
+        self.num_rows = len(self.sampler) if self.sampler is not None else self.total_rows
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -56,7 +60,15 @@ class DeviceBatches:
         return -(-self.num_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
-        if self.shuffle:
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+            order = torch.tensor(list(self.sampler), device=self.device)
+            for index in torch.split(order, self.batch_size):
+                yield (
+                    {k: v[index] for k, v in self.inputs.items()},
+                    {k: v[index] for k, v in self.targets.items()},
+                )
+        elif self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.num_rows, generator=generator).to(self.device)
             for start in range(0, self.num_rows, self.batch_size):
@@ -85,22 +97,24 @@ class _RowBatches(Dataset):
 
 
 class _IndexBatches(Sampler):
-    """Index tensors of ``batch_size`` rows, in a seeded random order (``seed + epoch``) or in order."""
+    """Index tensors of ``batch_size`` rows, in a seeded random order (``seed + epoch``) or in order;
+    under DDP, this rank's rows as ``DistributedSampler`` deals them."""
 
-    def __init__(self, num_rows: int, batch_size: int, shuffle: bool, seed: int) -> None:
-        self.num_rows, self.batch_size, self.shuffle, self.seed, self.epoch = (
-            num_rows,
-            batch_size,
-            shuffle,
-            seed,
-            0,
-        )
+    def __init__(
+        self, num_rows: int, batch_size: int, shuffle: bool, seed: int, shard: tuple[int, int] | None = None
+    ) -> None:
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.shard_sampler = _shard_sampler(num_rows, shard, shuffle, seed)
+        self.num_rows = len(self.shard_sampler) if self.shard_sampler is not None else num_rows
 
     def __len__(self) -> int:
         return -(-self.num_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        if self.shuffle:
+        if self.shard_sampler is not None:
+            self.shard_sampler.set_epoch(self.epoch)
+            order = torch.tensor(list(self.shard_sampler))
+        elif self.shuffle:
             order = torch.randperm(
                 self.num_rows, generator=torch.Generator().manual_seed(self.seed + self.epoch)
             )
@@ -125,8 +139,10 @@ class StreamedBatches:
         seed: int = 0,
         num_workers: int = 2,
         pin_memory: bool = True,
+        shard: tuple[int, int] | None = None,
     ) -> None:
-        self.sampler = _IndexBatches(len(next(iter(targets.values()))), batch_size, shuffle, seed)
+        self.total_rows = len(next(iter(targets.values())))  # of the split, before sharding
+        self.sampler = _IndexBatches(self.total_rows, batch_size, shuffle, seed, shard)
         self.loader = DataLoader(
             _RowBatches(inputs, targets),
             sampler=self.sampler,
@@ -161,13 +177,17 @@ def make_batches(
     seed: int = 0,
     num_workers: int = 2,
     pin_memory: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> "DeviceBatches | StreamedBatches":
-    """Batches of one split, placed by ``placement``: device | stream | auto (the device when it fits)."""
+    """Batches of one split, placed by ``placement``: device | stream | auto (the device when it fits).
+
+    ``shard``: (rank, world size) under DDP: this rank's share of the rows.
+    """
     if placement == "auto":
         placement = "device" if fits_on_device([inputs, targets], device) else "stream"
     if placement == "device":
         return DeviceBatches(
-            inputs, targets, batch_size=batch_size, device=device, shuffle=shuffle, seed=seed
+            inputs, targets, batch_size=batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard
         )
     return StreamedBatches(
         inputs,
@@ -177,7 +197,22 @@ def make_batches(
         seed=seed,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        shard=shard,
     )
+
+
+def _shard_sampler(
+    num_rows: int, shard: tuple[int, int] | None, shuffle: bool, seed: int
+) -> DistributedSampler | None:
+    """DistributedSampler over the row numbers for ``shard=(rank, world size)``; None in one process.
+
+    It pads the rows to a multiple of the world size with copies of the first ones, so every rank
+    takes the same number of steps; evaluation drops the copies again (``distributed.gather_rows``).
+    """
+    if shard is None:
+        return None
+    rank, world = shard
+    return DistributedSampler(range(num_rows), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
 
 
 def fits_on_device(tensors: list[dict[str, Tensor]], device: torch.device) -> bool:
