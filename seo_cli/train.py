@@ -417,6 +417,8 @@ def train_as_rank(
 ) -> tuple[int, float | None]:
     """``run_job`` as one rank of a DDP job (started by torchrun or by ``launch_ddp``)."""
     distributed.init_process_group(cfg.device.type, cfg.device.timeout_s)
+    if not distributed.is_main():
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story; the others only warn
     try:
         return run_job(cfg, run_dir, overrides, multirun=multirun, user_config_dir=user_config_dir)
     except Exception as err:

@@ -197,3 +197,30 @@ def test_a_multirun_of_ddp_jobs_runs_each_job_in_its_own_process_group(tmp_path)
         summary = (tmp_path / job / "summary.json").read_text()
         assert '"status": "ok"' in summary
     assert len((tmp_path / "summary.csv").read_text().splitlines()) == 3  # header + 2 jobs
+
+
+def test_torchrun_started_ranks_train_as_the_launcher_started_ones(two_epochs, tmp_path):
+    """The several-machines path: torchrun starts seo_cli.train in every rank with the run dir given."""
+    run_dir = tmp_path / "torchrun"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "seo_cli.train",
+            *DDP,
+            "epochs=2",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (done.stdout + done.stderr).count("done: best epoch") == 1  # rank 0 alone reports
+    expected, got = weights(two_epochs), weights(run_dir)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
