@@ -85,6 +85,7 @@ class TrainerConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     profile: bool = False  # trace optimizer steps 3-5 with torch.profiler into <run dir>/profile (debug=profile)
+    cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (static shapes; CUDA only)
 
 
 @dataclass

@@ -91,7 +91,9 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     # Checkpoints store the module under the wrappers (unwrap_model), so they load with or without them.
     model = torch.compile(model) if cfg.compile else model
     loss_fn = build(cfg.loss, targets=targets, class_counts=class_counts, _convert_="object").to(device)
-    optimizer = build(cfg.optimizer, params=model.parameters(), _convert_="object")
+    optimizer = build(
+        cfg.optimizer, params=model.parameters(), _convert_="object", **optimizer_kernel(cfg, device)
+    )
     placement = cfg.data.placement
     if placement == "auto":
         placement = (
@@ -210,6 +212,7 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
         profile_dir=run_dir / "profile" if cfg.trainer.profile else None,
         peak_flops=peak_flops(device, cfg.device.precision, cfg.device.peak_tflops),
         seed=cfg.seed,
+        cuda_graphs=cfg.trainer.cuda_graphs,
     )
     try:
         result = fit(
@@ -327,6 +330,17 @@ def _stretch_schedule(state: dict, scheduler, total_steps: int) -> dict:
         state["global_step"],
     )
     return {**state, "scheduler": None}
+
+
+def optimizer_kernel(cfg: DictConfig, device: torch.device) -> dict[str, bool]:
+    """``fused: null`` becomes the fused kernel on CUDA; an optimizer without one is made capturable for
+    ``trainer.cuda_graphs`` (its step count then stays on the device)."""
+    kernel = {}
+    if "fused" in cfg.optimizer and cfg.optimizer.fused is None and device.type == "cuda":
+        kernel["fused"] = True
+    elif cfg.trainer.cuda_graphs and "fused" not in cfg.optimizer:
+        kernel["capturable"] = True
+    return kernel
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, float | int | str | bool]:

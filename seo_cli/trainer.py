@@ -68,6 +68,7 @@ class FitSettings:
     profile_dir: Any = None  # a directory: profile a few steps with torch.profiler and write the trace there
     peak_flops: float | None = None  # device peak FLOP/s: logs speed/mfu (models with flops_per_token)
     seed: int = 0  # re-seeds the ranks of a DDP run resumed on a different number of processes
+    cuda_graphs: bool = False  # replay the whole training step from a CUDA graph (batches of the first shape)
 
 
 @dataclass
@@ -174,12 +175,13 @@ def fit(
         )
     # Under DDP the first step settles the micro-batch size collectively (see the step below).
     probed = ddp is None
+    graph = None  # trainer.cuda_graphs: the captured step, made at the first step
 
     def checkpoint_state(collective: bool = True) -> dict[str, Any]:
         """``collective``: every rank is here (not a signal, which one rank may see first)."""
         return {
             "model": unwrap_model(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": _plain_lr(optimizer.state_dict()),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": loop.epoch,
@@ -265,56 +267,67 @@ def fit(
                 # A resumed run skips the batches its checkpoint had already trained on in this epoch.
                 batches = itertools.islice(train_batches, loop.batches_done, None)
                 for window in speed.timed(_windows(batches, accumulate)):
-                    while True:
-                        # Under DDP a rank that runs out of memory must not leave the others waiting in
-                        # the gradient all-reduce: the first step (where the memory peak is set) runs
-                        # without DDP's sync, the ranks agree on whether any ran out, and its gradients
-                        # are averaged by hand. Later steps' shapes are the same, so they fit.
-                        probing, out_of_memory = not probed, False
-                        try:
-                            loss_sum, rows = _forward_backward(
-                                model,
-                                loss_fn,
-                                window,
-                                loop.micro_splits,
-                                device,
-                                settings.precision,
-                                scaler,
-                                sync=not probing,
-                            )
-                        except torch.cuda.OutOfMemoryError:
-                            out_of_memory = True  # handled below, once the exception's frames are gone
-                        if probing:
-                            out_of_memory = distributed.any_rank(out_of_memory, device)
-                            if not out_of_memory:
-                                distributed.average_gradients(list(model.parameters()))
-                                probed = True
-                        if not out_of_memory:
-                            break
-                        if ddp is not None and not probing:
-                            _out_of_memory_under_ddp(loop.global_step + 1)
-                        optimizer.zero_grad(set_to_none=True)
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                        loop.micro_splits = _smaller_micro_batch(
-                            window, loop.micro_splits, loop.global_step + 1, accumulate
-                        )
-                    if scaler is not None:
-                        scaler.unscale_(optimizer)  # clipping and the logged norm see the true gradients
-                    if settings.gradient_clip_val is not None:
-                        step_norms[window_steps] = _clip_gradients(
-                            model, settings.gradient_clip_val, settings.gradient_clip_algorithm
-                        )
-                    if scaler is not None:
-                        scale = scaler.get_scale()  # note: a sync, as is scaler.step's own overflow check
-                        scaler.step(optimizer)
-                        scaler.update()
-                        _count_fp16_skip(loop, scaler.get_scale() < scale)
+                    if settings.cuda_graphs and graph is None:
+                        graph = _GraphedStep(model, loss_fn, optimizer, window, settings)
+                    if graph is not None and graph.fits(window):
+                        # The whole step, forward to optimizer.step (clipping included), in one launch.
+                        loss_sum, rows, norm = graph.replay(window)
+                        if settings.gradient_clip_val is not None:
+                            step_norms[window_steps] = norm
                     else:
-                        optimizer.step()
+                        if graph is not None:
+                            optimizer.zero_grad(set_to_none=False)  # the graph's gradient tensors stay
+                        while True:
+                            # Under DDP a rank that runs out of memory must not leave the others waiting in
+                            # the gradient all-reduce: the first step (where the memory peak is set) runs
+                            # without DDP's sync, the ranks agree on whether any ran out, and its gradients
+                            # are averaged by hand. Later steps' shapes are the same, so they fit.
+                            probing, out_of_memory = not probed, False
+                            try:
+                                loss_sum, rows = _forward_backward(
+                                    model,
+                                    loss_fn,
+                                    window,
+                                    loop.micro_splits,
+                                    device,
+                                    settings.precision,
+                                    scaler,
+                                    sync=not probing,
+                                )
+                            except torch.cuda.OutOfMemoryError:
+                                out_of_memory = True  # handled below, once the exception's frames are gone
+                            if probing:
+                                out_of_memory = distributed.any_rank(out_of_memory, device)
+                                if not out_of_memory:
+                                    distributed.average_gradients(list(model.parameters()))
+                                    probed = True
+                            if not out_of_memory:
+                                break
+                            if ddp is not None and not probing:
+                                _out_of_memory_under_ddp(loop.global_step + 1)
+                            optimizer.zero_grad(set_to_none=True)
+                            if device.type == "cuda":
+                                torch.cuda.empty_cache()
+                            loop.micro_splits = _smaller_micro_batch(
+                                window, loop.micro_splits, loop.global_step + 1, accumulate
+                            )
+                        if scaler is not None:
+                            scaler.unscale_(optimizer)  # clipping and the logged norm see the true gradients
+                        if settings.gradient_clip_val is not None:
+                            step_norms[window_steps] = _clip_gradients(
+                                model, settings.gradient_clip_val, settings.gradient_clip_algorithm
+                            )
+                        if scaler is not None:
+                            scale = scaler.get_scale()  # note: a sync, as is scaler.step's own overflow check
+                            scaler.step(optimizer)
+                            scaler.update()
+                            _count_fp16_skip(loop, scaler.get_scale() < scale)
+                        else:
+                            optimizer.step()
                     if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
                         scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    if graph is None:  # a captured step writes its gradients afresh each replay
+                        optimizer.zero_grad(set_to_none=True)
                     if profiler is not None:
                         profiler.step()
 
@@ -566,6 +579,136 @@ def _forward_backward(
             loss_sum += loss.detach().float() * micro_rows
         window_rows += rows
     return loss_sum, window_rows
+
+
+class _GraphedStep:
+    """``trainer.cuda_graphs``: the training step (forward, loss, backward, clipping, optimizer step)
+    captured once in a CUDA graph and replayed from then on: one launch per step instead of hundreds,
+    and no Python between the kernels. A batch of another shape (an epoch's short last batch) takes the
+    eager path. The learning rate becomes a device tensor the scheduler fills in place.
+
+    Capture needs warm-up steps on a side stream; they run on the first batch and are then undone in
+    place (weights, optimizer state and the CUDA generator put back), so the run trains on its own steps.
+
+    Raises:
+        UserError: the step could not be captured (a host sync inside the model or the loss).
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable,
+        optimizer: torch.optim.Optimizer,
+        window: list,
+        settings: FitSettings,
+    ) -> None:
+        device = next(model.parameters()).device
+        inputs, labels = window[0]
+        self.device, self.shapes, self.rows = device, _shapes(window), batch_size_of(labels)
+        self.inputs, self.labels = _clone(move_to(inputs, device)), _clone(move_to(labels, device))
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        saved_params = [p.detach().clone() for p in params]
+        saved_state = {
+            p: {k: v.clone() for k, v in optimizer.state[p].items() if isinstance(v, Tensor)}
+            for p in params
+            if p in optimizer.state
+        }
+        rng = torch.cuda.get_rng_state(device)
+
+        def step() -> tuple[Tensor, Tensor]:
+            with autocast(device, settings.precision):
+                loss = loss_fn(model(self.inputs), self.labels)
+            loss.backward()
+            norm = torch.zeros((), device=device)
+            if settings.gradient_clip_val is not None:
+                norm = _clip_gradients(model, settings.gradient_clip_val, settings.gradient_clip_algorithm)
+            optimizer.step()
+            return loss.detach().float(), norm
+
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP_STEPS):
+                    optimizer.zero_grad(set_to_none=True)
+                    step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            optimizer.zero_grad(set_to_none=True)  # captured with no gradients: each replay assigns them
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss, self.norm = step()
+        except RuntimeError as err:
+            raise UserError(
+                f"trainer.cuda_graphs=true could not capture the training step ({str(err).strip().splitlines()[0][:160]}); "
+                "the model or loss reads a value back to the host inside the step; set trainer.cuda_graphs=false."
+            ) from err
+        with torch.no_grad():
+            for param, saved in zip(params, saved_params, strict=True):
+                param.copy_(saved)
+            for param in params:
+                for key, value in optimizer.state[param].items():
+                    if isinstance(
+                        value, Tensor
+                    ):  # state the warm-up created starts from zero, as it would have
+                        value.copy_(saved_state[param][key]) if param in saved_state else value.zero_()
+        torch.cuda.set_rng_state(rng, device)
+        log.info("trainer.cuda_graphs: the training step is captured for batches of %d rows.", self.rows)
+
+    def fits(self, window: list) -> bool:
+        return _shapes(window) == self.shapes
+
+    def replay(self, window: list) -> tuple[Tensor, int, Tensor]:
+        """One training step on ``window``: (the sum of its row losses, its rows, the pre-clip norm)."""
+        inputs, labels = window[0]
+        _copy_into(self.inputs, move_to(inputs, self.device))
+        _copy_into(self.labels, move_to(labels, self.device))
+        self.graph.replay()
+        return self.loss * self.rows, self.rows, self.norm.clone()
+
+
+def _shapes(window: list) -> tuple:
+    """The shapes and dtypes of a window's tensors: what a captured graph is specialised to."""
+
+    def of(batch: Batch) -> tuple:
+        if isinstance(batch, Tensor):
+            return (tuple(batch.shape), batch.dtype)
+        if isinstance(batch, dict):
+            return tuple((k, of(v)) for k, v in sorted(batch.items()))
+        return tuple(of(v) for v in batch)
+
+    return tuple((of(x), of(y)) for x, y in window)
+
+
+def _clone(batch: Batch) -> Batch:
+    if isinstance(batch, Tensor):
+        return batch.clone()
+    if isinstance(batch, dict):
+        return {k: _clone(v) for k, v in batch.items()}
+    return type(batch)(_clone(v) for v in batch)
+
+
+def _copy_into(static: Batch, batch: Batch) -> None:
+    if isinstance(static, Tensor):
+        static.copy_(batch, non_blocking=True)
+    elif isinstance(static, dict):
+        for key, value in static.items():
+            _copy_into(value, batch[key])
+    else:
+        for value, new in zip(static, batch, strict=True):
+            _copy_into(value, new)
+
+
+def _plain_lr(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict whose learning rates are numbers (cuda_graphs keeps them as device tensors),
+    so the checkpoint resumes with or without graphs."""
+    for group in state["param_groups"]:
+        if isinstance(group.get("lr"), Tensor):
+            group["lr"] = group["lr"].item()
+    return state
 
 
 def _ddp_of(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:

@@ -184,6 +184,8 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
         problems.append(f"device.timeout_s={cfg.device.timeout_s} must be a positive number of seconds.")
     if cfg.device.strategy == "ddp" and cfg.device.type == "mps":
         problems.append("device.type=mps cannot run DDP; use device.type=cuda or cpu with device=ddp.")
+    if cfg.trainer.cuda_graphs:
+        problems += _cuda_graph_conflicts(cfg)
     if cfg.device.precision not in PRECISIONS:
         problems.append(f"device.precision={cfg.device.precision} must be 32, bf16 or fp16.")
     problems += _trainer_problems(cfg.trainer)
@@ -339,3 +341,41 @@ def _type_name(hint: Any) -> str:
     if hint is type(None):
         return "null"
     return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _cuda_graph_conflicts(cfg: DictConfig) -> list[str]:
+    """What stops ``trainer.cuda_graphs=true`` from capturing the training step, one line each."""
+    fix = "or set trainer.cuda_graphs=false"
+    problems = []
+    if cfg.device.type == "cpu" or cfg.device.type == "mps":
+        problems.append(
+            f"trainer.cuda_graphs=true needs a CUDA GPU, not device.type={cfg.device.type}; {fix}."
+        )
+    if cfg.device.precision == "fp16":
+        problems.append(
+            "trainer.cuda_graphs=true cannot capture fp16 loss scaling (the scaler reads each step's overflow "
+            f"check back to the host); use device.precision=bf16 {fix}."
+        )
+    if cfg.scheduler and "plateau" in str(cfg.scheduler.get("_target_")).lower():
+        problems.append(
+            "trainer.cuda_graphs=true cannot follow scheduler=plateau (it changes the rate from validation "
+            f"results between captured steps); use scheduler=warmup_cosine {fix}."
+        )
+    if cfg.trainer.accumulate_grad_batches != 1:
+        problems.append(
+            "trainer.cuda_graphs=true captures one batch per step; set trainer.accumulate_grad_batches=1 "
+            f"(raise batch_size instead) {fix}."
+        )
+    if cfg.device.strategy == "ddp":
+        problems.append(f"trainer.cuda_graphs=true does not combine with device=ddp yet; {fix}.")
+    if cfg.optimizer.get("fused") is False:
+        problems.append(
+            "trainer.cuda_graphs=true needs a capturable optimizer step; set optimizer.fused=null (fused on CUDA) "
+            f"{fix}."
+        )
+    if cfg.compile:
+        problems.append(
+            "trainer.cuda_graphs=true and compile=true both capture the step; choose one "
+            "(compile=true alone, or trainer.cuda_graphs=true alone)."
+        )
+    return problems

@@ -1,0 +1,63 @@
+"""trainer.cuda_graphs: what prevents capture is a start-up error on any machine; on a GPU the graphed
+run trains like the eager one and the short last batch takes the eager path."""
+
+import pytest
+import torch
+
+from seo_cli.errors import UserError
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["device=cpu"], "trainer.cuda_graphs=true needs a CUDA GPU, not device.type=cpu"),
+        (["device.precision=fp16"], "cannot capture fp16 loss scaling"),
+        (["scheduler=plateau"], "cannot follow scheduler=plateau"),
+        (["trainer.accumulate_grad_batches=2"], "set trainer.accumulate_grad_batches=1"),
+        (["device=ddp"], "does not combine with device=ddp"),
+        (["compile=true"], "trainer.cuda_graphs=true and compile=true both capture the step"),
+        (["optimizer.fused=false"], "needs a capturable optimizer step"),
+    ],
+)
+def test_what_prevents_capture_is_a_start_up_error(train_run, overrides, message):
+    with pytest.raises(UserError, match=message):
+        train_run("trainer.cuda_graphs=true", *overrides)
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+@cuda
+@pytest.mark.parametrize("model", ["mlp", "seo_multitask"])
+def test_a_graphed_run_trains_like_the_eager_one(train_run, model, caplog):
+    import logging
+
+    from conftest import read_jsonl
+
+    common = ["device=cuda", f"model={model}", "model.dropout=0", "epochs=2", "trainer.gradient_clip_val=1.0"]
+    caplog.set_level(logging.INFO, logger="seo_cli.trainer")
+    _, graphed = train_run(*common, "trainer.cuda_graphs=true")
+    assert "the training step is captured for batches of 16 rows" in caplog.text
+    _, eager = train_run(*common)
+    a, b = _weights(graphed), _weights(eager)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    losses = lambda d: [r["train/loss"] for r in read_jsonl(d / "metrics.jsonl") if "train/lr" in r]  # noqa: E731
+    assert losses(graphed) == pytest.approx(losses(eager), rel=1e-4)
+    norms = lambda d: [r["train/grad_norm"] for r in read_jsonl(d / "metrics.jsonl") if "train/lr" in r]  # noqa: E731
+    assert norms(graphed) == pytest.approx(norms(eager), rel=1e-4)
+    # The schedule reaches the graphed optimizer through its tensor learning rate.
+    lrs = lambda d: [r["train/lr"] for r in read_jsonl(d / "metrics.jsonl") if "train/lr" in r]  # noqa: E731
+    assert lrs(graphed) == pytest.approx(lrs(eager))
+
+
+@cuda
+def test_a_graphed_run_resumes_from_its_checkpoint_without_graphs(train_run, tmp_path):
+    from seo_cli.checkpoint import load_checkpoint
+
+    _, run_dir = train_run("device=cuda", "trainer.cuda_graphs=true")
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert all(isinstance(g["lr"], float) for g in state["optimizer"]["param_groups"])
