@@ -319,14 +319,19 @@ def _cell(entry: dict | None, sep: str = "\n") -> str:
     return text
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def job(cfg: DictConfig) -> None:
+    """The whole command inside Hydra's app (``seo_cli.cli`` is the light entry point calling it)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         run_eval(cfg, run_dir)
     except UserError as err:
         log.error("%s", err)
         sys.exit(1)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    return job(cfg)
 
 
 if __name__ == "__main__":

@@ -164,14 +164,19 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(path, sep="," if fmt == "csv" else "\t", index=False)
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
-def main(cfg: DictConfig) -> None:
+def job(cfg: DictConfig) -> None:
+    """The whole command inside Hydra's app (``seo_cli.cli`` is the light entry point calling it)."""
     try:
         run_predict(cfg)
     except UserError as err:
         log.error("%s", err)
         sys.exit(1)
     log.info("Run log in %s", HydraConfig.get().runtime.output_dir)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    return job(cfg)
 
 
 if __name__ == "__main__":

@@ -505,8 +505,8 @@ def launch_ddp(
     return 0, summary["objective_value"]
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def job(cfg: DictConfig) -> float | None:
+    """The whole command inside Hydra's app (``seo_cli.cli`` is the light entry point calling it)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
@@ -521,6 +521,11 @@ def main(cfg: DictConfig) -> float | None:
     if code >= 128 or (code and not multirun):
         sys.exit(code)  # a user error in a sweep is a row in the sweep's table, not the end of the sweep
     return objective
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return job(cfg)
 
 
 if __name__ == "__main__":

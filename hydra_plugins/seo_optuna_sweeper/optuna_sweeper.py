@@ -9,7 +9,6 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from seo_cli.metrics import metric_mode
 
 
 class OptunaSweeper(Sweeper):
@@ -61,6 +60,8 @@ class OptunaSweeper(Sweeper):
         params = self.settings["params"] | {
             o.get_key_element(): o.get_value_element_as_str() for o in parsed if o.is_sweep_override()
         }
+        from seo_cli.metrics import metric_mode  # imports torch: not for `seo-train --help`
+
         objective = self.config.objective
         settings = StudySettings(
             **{
