@@ -333,13 +333,13 @@ def _stretch_schedule(state: dict, scheduler, total_steps: int) -> dict:
 
 
 def optimizer_kernel(cfg: DictConfig, device: torch.device) -> dict[str, bool]:
-    """``fused: null`` becomes the fused kernel on CUDA; an optimizer without one is made capturable for
-    ``trainer.cuda_graphs`` (its step count then stays on the device)."""
+    """``fused: null`` becomes the fused kernel on CUDA; under ``trainer.cuda_graphs`` the optimizer is
+    made capturable (its step count stays on the device)."""
     kernel = {}
     if "fused" in cfg.optimizer and cfg.optimizer.fused is None and device.type == "cuda":
         kernel["fused"] = True
-    elif cfg.trainer.cuda_graphs and "fused" not in cfg.optimizer:
-        kernel["capturable"] = True
+    if cfg.trainer.cuda_graphs:
+        kernel["capturable"] = True  # torch's capture check asks for it, fused or not
     return kernel
 
 
