@@ -269,6 +269,46 @@ def numbered_name(epoch: int, monitor: str, value: float) -> str:
     return f"epoch={epoch:03d}-{monitor.replace('/', '_')}={value:.4f}.pt"
 
 
+def read_saved_config(path: Path, text: Any) -> Any:
+    """The config a checkpoint carries, as a DictConfig with model, loss and data nodes.
+
+    Raises:
+        UserError: it does not parse or lacks those nodes (a damaged or foreign file; nothing is built).
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        if not isinstance(text, str):
+            raise ValueError("it is not YAML text")
+        config = OmegaConf.create(text)
+        if not isinstance(config, DictConfig) or not all(k in config for k in ("model", "loss", "data")):
+            raise ValueError("it lacks the model, loss or data section")
+    except Exception as err:  # yaml, OmegaConf and our own errors: one message for a file we cannot use
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{path} holds a config seo-cli cannot read ({reason}); use a checkpoint written by seo-train."
+        ) from None
+    return config
+
+
+def check_targets_allowed(node: Any, key: str, allowed_prefixes: list[str]) -> None:
+    """Refuse any ``_target_`` at any depth of ``node`` (plain containers) outside ``allowed_prefixes``:
+    Hydra builds nested ``_target_`` nodes too, so every one of them is code the file would run.
+
+    Raises:
+        UserError: the first ``_target_`` outside the allowed prefixes, by its key path.
+    """
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if name == "_target_":
+                check_target_allowed(str(value), f"{key}._target_", allowed_prefixes)
+            else:
+                check_targets_allowed(value, f"{key}.{name}", allowed_prefixes)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            check_targets_allowed(value, f"{key}[{index}]", allowed_prefixes)
+
+
 def check_target_allowed(target: str, key: str, allowed_prefixes: list[str]) -> None:
     """Refuse a ``_target_`` outside the allowed module prefixes before anything imports it.
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.table import Table
 
 from seo_cli.bootstrap import HEADLINE, interval, metric_samples, resample_indices
-from seo_cli.checkpoint import check_target_allowed, load_checkpoint
+from seo_cli.checkpoint import check_targets_allowed, load_checkpoint, read_saved_config
 from seo_cli.config import DataConfig, build, config_dir, register_configs
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches
@@ -38,7 +38,6 @@ from seo_cli.report import write_report
 from seo_cli.runtime import pick_device
 from seo_cli.sweep import job_order
 from seo_cli.trainer import evaluation
-from seo_cli.validation import allowed_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +71,33 @@ def load_trained(path: Path, device: torch.device, allowed_targets: list[str]) -
             before anything named by the checkpoint is imported or built).
     """
     state = load_checkpoint(path)
-    train_cfg = OmegaConf.create(state["config"])
-    prefixes = allowed_prefixes(allowed_targets)
+    train_cfg = read_saved_config(path, state.get("config"))
+    # A checkpoint may build seo-cli's own models and losses and what allowed_targets names: not all of
+    # torch (torch.load and torch.hub.load would run anything), and at any depth of the node.
+    prefixes = ["seo_cli", *allowed_targets]
     for key in ("model", "loss"):
-        check_target_allowed(
-            str(train_cfg[key].get("_target_")), f"{key}._target_ in the checkpoint", prefixes
+        node = OmegaConf.to_container(train_cfg[key], resolve=False)
+        check_targets_allowed(node, f"{key} in the checkpoint", prefixes)
+        if not isinstance(node, dict) or "_target_" not in node:
+            raise UserError(
+                f"{path} has no {key}._target_ in its config; use a checkpoint written by seo-train."
+            )
+    try:
+        pre = Preprocessor.from_state(state["preprocessing"])
+        targets = [Target(t.name, t.type) for t in pre.targets]
+        model = build(train_cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object")
+        model.load_state_dict(state["model"])
+        loss_fn = build(
+            train_cfg.loss, targets=targets, class_counts=state["class_counts"], _convert_="object"
         )
-    pre = Preprocessor.from_state(state["preprocessing"])
-    targets = [Target(t.name, t.type) for t in pre.targets]
-    model = build(train_cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object")
-    model.load_state_dict(state["model"])
-    loss_fn = build(train_cfg.loss, targets=targets, class_counts=state["class_counts"], _convert_="object")
+    except UserError:
+        raise
+    except Exception as err:  # a config or weights that do not fit each other: a damaged or edited file
+        reason = str(err).strip().splitlines()[0][:160]
+        raise UserError(
+            f"{path}: its model or loss cannot be rebuilt from its own config and weights ({reason}); "
+            "use an unmodified checkpoint written by seo-train."
+        ) from None
     data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), train_cfg.data))
     return TrainedModel(
         Path(path), state, train_cfg, data, pre, targets, model.to(device), loss_fn.to(device)
