@@ -35,17 +35,26 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     A crash or kill at any moment leaves either the previous file or the new one under ``path``,
     never a truncated file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format_version": FORMAT_VERSION, "seo_cli_version": __version__, **state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only or unwritable directory: the previous file stays
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise UserError(
+            f"cannot write checkpoint {path}: {err.strerror or err}; free space or fix the permissions of "
+            f"{path.parent} and resume with resume=auto (the previous {path.name} is intact)."
+        ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     # The rename is durable only once the directory entry is on disk too.
     dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -197,6 +197,15 @@ def build(node: Any, **kwargs: Any) -> Any:
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
-            raise err.__cause__ from None
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, ValueError | TypeError | ZeroDivisionError | RuntimeError):
+            # The class refused a value (torch.optim's "Invalid momentum value: -1", a dropout of 1.5).
+            import re
+
+            found = re.search(r"full_key: (\S+)", str(err))
+            key = found.group(1) if found else str(node.get("_target_", "a component"))
+            reason = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
+            raise UserError(f"{key} could not be built ({reason}); change the value it names under {key}.") from None
         raise

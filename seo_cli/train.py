@@ -60,6 +60,12 @@ def train(cfg: DictConfig, run_dir: Path, user_config_dir: bool = False) -> dict
     """
     started = time.perf_counter()
     check_train_config(cfg, user_config_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create the run directory {run_dir}: {err.strerror or err}; set hydra.run.dir to a writable path."
+        ) from None
     resume_state = None
     resume_path = find_resume_checkpoint(cfg.resume, run_dir) if cfg.resume else None
     if resume_path is not None:
@@ -369,8 +375,11 @@ def resume_command(overrides: list[str], run_dir: Path) -> str:
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    except OSError as err:  # the run directory itself is what failed; the log already says so
+        log.warning("summary.json could not be written to %s: %s", run_dir, err.strerror or err)
 
 
 def user_config_dir_given() -> bool:

@@ -9,6 +9,7 @@ constructor.
 
 import collections.abc
 import inspect
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -155,8 +156,8 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
     if data.source == "seo_pages" and data.num_rows < 50:
         problems.append(f"data.num_rows={data.num_rows} is too few to split; use at least 50.")
 
-    if cfg.seed < 0:
-        problems.append(f"seed={cfg.seed} must be 0 or more.")
+    if not 0 <= cfg.seed < 2**32:
+        problems.append(f"seed={cfg.seed} must be between 0 and 2**32 - 1 (numpy's seed range).")
     if data.vocab_size < 8:
         problems.append(
             f"data.vocab_size={data.vocab_size} must be at least 8 (the tokenizer keeps 3 special tokens)."
@@ -164,8 +165,16 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if cfg[key] < 1:
             problems.append(f"{key}={cfg[key]} must be at least 1.")
-    if cfg.learning_rate <= 0:
-        problems.append(f"learning_rate={cfg.learning_rate} must be positive, e.g. 1e-3.")
+    if not (cfg.learning_rate > 0 and math.isfinite(cfg.learning_rate)):  # `not >` catches NaN too
+        problems.append(f"learning_rate={cfg.learning_rate} must be a positive number, e.g. 1e-3.")
+    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+        problems.append(f"weight_decay={cfg.weight_decay} must be 0 or a positive number, e.g. 0.01.")
+    for group in ("model", "optimizer", "loss", "scheduler"):
+        problems += _value_ranges(cfg[group], group)
+    for key in ("text_columns", "numeric_columns", "categorical_columns"):
+        repeated = sorted({c for c in data[key] if list(data[key]).count(c) > 1})
+        if repeated:
+            problems.append(f"data.{key} lists {', '.join(repeated)} more than once; list each column once.")
     if cfg.trainer.mode not in ("min", "max"):
         problems.append(f"trainer.mode={cfg.trainer.mode!r} must be min or max.")
     if cfg.trainer.log_every_n_steps < 1:
@@ -341,6 +350,56 @@ def _type_name(hint: Any) -> str:
     if hint is type(None):
         return "null"
     return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+# Ranges of the numeric knobs the built-in components take, by name: a value outside fails at start-up
+# naming its key, instead of deep in the first step (or, worse, training backwards on a negative rate).
+_POSITIVE_INTS = {
+    "hidden_sizes", "tabular_hidden", "fusion_hidden", "kernel_sizes", "embedding_dim", "num_filters",
+    "categorical_embedding_dim", "d_model", "num_layers", "num_heads", "ffn_dim", "transformer_layers",
+    "transformer_heads", "transformer_ffn_dim", "step_epochs",
+}  # fmt: skip
+_RANGES = {  # name: (test, what it must be)
+    "dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1, e.g. 0.1"),
+    "momentum": (lambda v: v >= 0, "0 or more, e.g. 0.9"),
+    "alpha": (lambda v: v >= 0, "0 or more, e.g. 0.99"),
+    "betas": (
+        lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+        "two numbers in [0, 1), e.g. [0.9,0.999]",
+    ),
+    "label_smoothing": (lambda v: 0 <= v < 1, "at least 0 and below 1, e.g. 0.1"),
+    "focal_gamma": (lambda v: v >= 0, "0 or more, e.g. 2.0"),
+    "huber_delta": (lambda v: v > 0, "positive, e.g. 1.0"),
+    "gamma": (lambda v: 0 < v <= 1, "above 0 and at most 1, e.g. 0.5"),
+    "factor": (lambda v: 0 < v < 1, "between 0 and 1, e.g. 0.5"),
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1, e.g. 0.01"),
+    "warmup_steps": (lambda v: v >= 0, "0 or more, e.g. 20"),
+    "patience": (lambda v: v >= 0, "0 or more, e.g. 2"),
+}
+
+
+def _value_ranges(node: Any, group: str) -> list[str]:
+    """Problems with the numeric knobs of one component node (model, optimizer, loss or scheduler)."""
+    problems: list[str] = []
+    if not isinstance(node, DictConfig):
+        return problems
+    for name, value in node.items():
+        if isinstance(value, ListConfig):
+            value = list(value)
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        numbers = isinstance(value, list) and all(isinstance(v, int | float) for v in value)
+        if name in _POSITIVE_INTS:
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(isinstance(v, int) and v >= 1 for v in values):
+                problems.append(
+                    f"{group}.{name}={value} must be {'a list of ' if isinstance(value, list) else ''}"
+                    "whole numbers of at least 1."
+                )
+        elif name in _RANGES and (is_number or numbers):
+            test, expected = _RANGES[name]
+            if (is_number and not math.isfinite(value)) or not test(value):
+                problems.append(f"{group}.{name}={value} must be {expected}.")
+    return problems
 
 
 def _cuda_graph_conflicts(cfg: DictConfig) -> list[str]:

@@ -1,0 +1,52 @@
+"""The ``reliability`` marker, one thread for the tiny in-process models, and the tally of fuzz cases."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seo_cli.train import train
+
+from .support import TALLY, compose_train, tiny_overrides, write_tiny_table
+
+MARKER = "reliability: the reliability and security suite (tests/reliability; part of the default run)"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here so the suite runs under --strict-markers before pyproject.toml lists the marker.
+    config.addinivalue_line("markers", MARKER)
+
+
+@pytest.fixture(autouse=True, scope="package")
+def one_thread():
+    """The suite's models have a few thousand weights: a second intra-op thread only adds contention on a
+    busy 2-core machine. Put the process-wide setting back for the tests that run after this folder."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cases_tried(request: pytest.FixtureRequest) -> dict:
+    """``{property: {outcome: count}}`` for the whole session, printed at the end of the run."""
+    return request.config.stash.setdefault(TALLY, {})
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    tally = config.stash.get(TALLY, {})
+    if not tally:
+        return
+    terminalreporter.section("reliability: cases tried")
+    for name, outcomes in sorted(tally.items()):
+        detail = ", ".join(f"{outcome} {count}" for outcome, count in sorted(outcomes.items()))
+        terminalreporter.write_line(f"{name}: {sum(outcomes.values())} cases ({detail})")
+
+
+@pytest.fixture(scope="package")
+def tiny_run(tmp_path_factory) -> Path:
+    """The run directory of one in-process epoch on the tiny table (checkpoints/best.pt, last.pt)."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    table = write_tiny_table(root / "pages.csv")
+    train(compose_train(*tiny_overrides(table), "epochs=1"), root / "run")
+    return root / "run"
