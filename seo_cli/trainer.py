@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -379,17 +380,21 @@ def fit(
                 samples, train_seconds = samples + epoch_samples, train_seconds + epoch_seconds
                 metrics["speed/samples_per_second"] = epoch_samples / epoch_seconds
                 metrics |= _memory_metrics(device, resident_bytes)
+                check_weights()  # a last step that overflowed the weights stops here, not in the metrics
                 if val_batches is not None:
-                    metrics |= evaluation(
-                        model,
-                        val_batches,
-                        loss_fn,
-                        targets,
-                        "val",
-                        target_scale,
-                        class_names,
-                        settings.precision,
-                    ).metrics
+                    try:
+                        metrics |= evaluation(
+                            model,
+                            val_batches,
+                            loss_fn,
+                            targets,
+                            "val",
+                            target_scale,
+                            class_names,
+                            settings.precision,
+                        ).metrics
+                    except TrainingDiverged as err:
+                        raise TrainingDiverged(f"by step {loop.global_step}, {err}") from None
                 monitored = _metric(metrics, settings.monitor)
                 if isinstance(scheduler, ReduceLROnPlateau):
                     scheduler.step(_metric(metrics, settings.scheduler_monitor or settings.monitor))
@@ -980,6 +985,12 @@ def evaluation(
         labels = {targets[0].name: labels}
     label_arrays = {name: y.reshape(-1).cpu().numpy() for name, y in labels.items()}
     predictions = as_numpy(outputs, targets)
+    diverged = [name for name, values in predictions.items() if not np.isfinite(values).all()]
+    if diverged:
+        raise TrainingDiverged(
+            f"the model's {split} predictions for {', '.join(diverged)} are NaN or infinite (its weights have "
+            "diverged); lower learning_rate or set trainer.gradient_clip_val=1.0."
+        )
     reports = target_reports(predictions, label_arrays, targets, target_scale, class_names)
     return Evaluation(metrics | flatten(reports, split), reports, predictions, label_arrays)
 

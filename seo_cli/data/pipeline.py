@@ -102,7 +102,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
         if infinite.any():
             row = _first(infinite)
             raise UserError(
-                f"numeric column {col!r} of {source} holds {frame[col].iloc[row]!r} at {source.row(row)}; "
+                f"numeric column {col!r} of {source} holds {str(frame[col].iloc[row])!r} at {source.row(row)}; "
                 "replace it with a finite number."
             )
         frame[col] = values.astype(np.float64)
