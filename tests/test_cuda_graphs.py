@@ -42,13 +42,15 @@ def test_a_graphed_run_trains_like_the_eager_one(train_run, model, caplog):
     _, graphed = train_run(*common, "trainer.cuda_graphs=true")
     assert "the training step is captured for batches of 16 rows" in caplog.text
     _, eager = train_run(*common)
+    # Not bit for bit: the embedding's backward adds with atomics, in another order each run (on an H100
+    # 69 of 29,280 weights of seo_multitask differed by up to 1.4e-4 after 2 epochs).
     a, b = _weights(graphed), _weights(eager)
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-3)
     losses = lambda d: [r["train/loss"] for r in read_jsonl(d / "metrics.jsonl") if "train/lr" in r]  # noqa: E731
-    assert losses(graphed) == pytest.approx(losses(eager), rel=1e-4)
+    assert losses(graphed) == pytest.approx(losses(eager), rel=1e-3)
     norms = lambda d: [r["train/grad_norm"] for r in read_jsonl(d / "metrics.jsonl") if "train/lr" in r]  # noqa: E731
-    assert norms(graphed) == pytest.approx(norms(eager), rel=1e-4)
+    assert norms(graphed) == pytest.approx(norms(eager), rel=1e-3)
     # The schedule reaches the graphed optimizer through its tensor learning rate.
     lrs = lambda d: [r["train/lr"] for r in read_jsonl(d / "metrics.jsonl") if "train/lr" in r]  # noqa: E731
     assert lrs(graphed) == pytest.approx(lrs(eager))
