@@ -76,7 +76,7 @@ def test_failed_write_keeps_the_previous_file_and_removes_the_temp_file(tmp_path
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", save_half_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UserError, match="No space left"):
         save_checkpoint(make_state(0.5), path)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["best.pt"]

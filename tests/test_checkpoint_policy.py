@@ -223,7 +223,7 @@ def test_crash_while_writing_last_keeps_the_previous_last(tmp_path, monkeypatch)
     ckpt = manager(tmp_path)
     ckpt.save_epoch(state_of(1), epoch=1, monitor="val/loss", value=0.5, improved=True)
     _fail_while_writing(monkeypatch)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UserError, match="No space left"):
         # Not improved and no top-k: last.pt is the only file this epoch writes.
         ckpt.save_epoch(state_of(2), epoch=2, monitor="val/loss", value=0.7, improved=False)
     monkeypatch.undo()
@@ -237,7 +237,7 @@ def test_crash_while_writing_a_new_top_k_file_deletes_nothing(tmp_path, monkeypa
     ckpt = manager(tmp_path, save_top_k=1)
     run_epochs(ckpt, [0.9])
     _fail_while_writing(monkeypatch)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UserError, match="No space left"):
         ckpt.save_epoch(state_of(2), epoch=2, monitor="val/loss", value=0.5, improved=True)
     monkeypatch.undo()
     # New files come before deletions: epoch 1's file, the one last.pt lists, is still there.

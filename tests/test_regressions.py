@@ -161,7 +161,7 @@ def test_predict_keeps_ids_as_written_and_rejects_with_the_original_value(compos
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("seed=-1", "seed=-1 must be 0 or more."),
+        ("seed=-1", "seed=-1 must be between 0 and 2"),
         ("data.vocab_size=-1", "data.vocab_size=-1 must be at least 8"),
     ],
 )
