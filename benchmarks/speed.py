@@ -4,10 +4,11 @@ and optimizer through four loops, in this one process, on one device.
     python benchmarks/speed.py                                  # everything, on the GPU if there is one
     python benchmarks/speed.py --workloads w1 --runners a b d   # a subset
     python benchmarks/speed.py --quick                          # tiny sizes: about a minute on a 2-core CPU
-    python benchmarks/speed.py --workloads w1 --threads 1       # a CPU shared with other jobs: less noise
+    python benchmarks/speed.py --workloads w1 --repeats 3       # a noisy machine: medians of 3 rounds
 
 Runners (only the loop differs: every one trains the same ``seo_cli`` model class with the same
-``MultiTargetLoss``, the same initial weights, AdamW with lr 1e-3 and weight decay 0.01, no scheduler):
+``MultiTargetLoss`` and AdamW with lr 1e-3 and weight decay 0.01, no scheduler; (a)-(c) start from the
+same initial weights, (d) from those of ``seed=42``):
 
 - (a) ``minimal``: a hand-written loop over ``DataLoader(TensorDataset, shuffle=True)``, default AdamW,
   no ``.item()`` per step.
@@ -21,8 +22,9 @@ Runners (only the loop differs: every one trains the same ``seo_cli`` model clas
   defaults on (TensorBoard logger, ``metrics.jsonl``, log lines every 50 steps, validation and
   ``last.pt`` / ``best.pt`` after every epoch), reading the same rows from a Parquet file
   (``data=csv data.split_column=split``, so its training split has exactly the rows (a)-(c) train on);
-  variants ``d+cuda_graphs`` (W1, ``trainer.cuda_graphs=true``) and ``d+compile`` (W2,
-  ``compile=true``). A variant whose override does not compose is skipped with a note.
+  variants ``d+cuda_graphs`` (``trainer.cuda_graphs=true``) and, for W2, ``d+compile``
+  (``compile=true``). A variant whose override does not compose, or that seo-train refuses (CUDA
+  graphs on the CPU), is skipped with the reason.
 
 What is measured: the training throughput of the last epoch (epoch 2 of 2; epoch 1 holds warm-up,
 allocator growth and compilation). For (a)-(c) it is the time between a device sync before the
@@ -31,7 +33,8 @@ epoch (``speed/samples_per_second`` of the epoch row in ``metrics.jsonl``: from 
 batch to the sync after its last step, log lines and TensorBoard writes included, validation and
 checkpointing not). Steps/s is the epoch's steps (the last one short) over that time. (d) is also
 reported whole: epoch 2 from the end of epoch 1's checkpoint write to the end of epoch 2's, so
-validation, the epoch's logging and the checkpoint files are in it.
+validation, the epoch's logging and the checkpoint files are in it. ``--repeats N`` runs the
+variants in N interleaved rounds and reports each one's median run (all N values are in the JSON).
 
 Workloads (fixed, so results compare across versions):
 
@@ -66,6 +69,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -516,7 +520,8 @@ def run_ours(work: Tabular | Text, data: TrainData, device: torch.device, varian
     except Exception as err:  # noqa: BLE001 - Hydra raises several types; the message says which key
         reason = str(err.__cause__).splitlines()[0] if err.__cause__ else first_line(err)
         return {"skipped": f"{' '.join(variant.overrides)} does not compose: {reason}"}
-    run_dir = data.path.parent / f"run-{variant.name}"
+    # Its own directory, whatever the name: a repeated variant must not append to an earlier run's files.
+    run_dir = Path(tempfile.mkdtemp(prefix=f"run-{variant.name}-", dir=data.path.parent))
     # When each epoch's checkpoints are written: the whole epoch is the time between two of them.
     written: list[float] = []
     save_epoch = CheckpointManager.save_epoch
@@ -550,6 +555,7 @@ def run_ours(work: Tabular | Text, data: TrainData, device: torch.device, varian
     }
     if isinstance(work, Text):
         figures |= text_shapes(run_dir, data.path, work)
+    shutil.rmtree(run_dir)  # W2's checkpoints are about 0.5 GB each, two an epoch
     return figures
 
 
@@ -581,35 +587,68 @@ def first_line(err: BaseException) -> str:
     return " ".join(line.strip() for line in lines[:2])[:240] if lines else type(err).__name__
 
 
+def run_variant(work: Tabular | Text, data: TrainData, device: torch.device, variant: Variant) -> dict:
+    """One runner once: its figures, or ``skipped`` / ``failed`` with the reason."""
+    started = time.perf_counter()
+    try:
+        figures = RUNNERS[variant.runner](work, data, device, variant)
+        # Set-up, both epochs and (d)'s data preparation and test: what the runner costs to run.
+        figures["runner_seconds"] = time.perf_counter() - started
+    except Exception as err:  # noqa: BLE001 - one failing runner must not lose the others' figures
+        log.error("%s failed:\n%s", variant.name, traceback.format_exc())
+        figures = {"failed": f"{type(err).__name__}: {first_line(err)}"}
+    finally:
+        if variant.compile or "compile=true" in variant.overrides:
+            torch._dynamo.reset()  # the next runner starts without this one's compiled graphs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if "skipped" in figures:
+        log.warning("%s skipped: %s", variant.name, figures["skipped"])
+    return figures
+
+
 def run_workload(
-    name: str, work: Tabular | Text, runners: list[str], device: torch.device, directory: Path
+    name: str,
+    work: Tabular | Text,
+    runners: list[str],
+    device: torch.device,
+    directory: Path,
+    repeats: int = 1,
 ) -> dict[str, dict]:
+    """Every selected variant ``repeats`` times, in interleaved rounds (a b c d, a b c d, ...) so that a
+    machine that speeds up or slows down affects all alike; each variant's median run."""
     log.info("%s: generating the data", name)
     rng = np.random.default_rng(0)
     data = (
         tabular_data(work, directory, rng) if isinstance(work, Tabular) else text_data(work, directory, rng)
     )
-    results = {}
-    for variant in VARIANTS[name]:
-        if variant.runner not in runners:
-            continue
-        log.info("%s: running %s (%s)", name, variant.name, RUNNER_NAMES[variant.runner])
-        started = time.perf_counter()
-        try:
-            results[variant.name] = RUNNERS[variant.runner](work, data, device, variant)
-            # Set-up, both epochs and (d)'s data preparation and test: what the runner costs to run.
-            results[variant.name]["runner_seconds"] = time.perf_counter() - started
-        except Exception as err:  # noqa: BLE001 - one failing runner must not lose the others' figures
-            log.error("%s %s failed:\n%s", name, variant.name, traceback.format_exc())
-            results[variant.name] = {"failed": f"{type(err).__name__}: {first_line(err)}"}
-        finally:
-            if variant.compile or "compile=true" in variant.overrides:
-                torch._dynamo.reset()  # the next runner starts without this one's compiled graphs
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        if "skipped" in results[variant.name]:
-            log.warning("%s %s skipped: %s", name, variant.name, results[variant.name]["skipped"])
-    return results
+    key = "tokens_per_second" if work.tokens_per_row else "steps_per_second"
+    runs: dict[str, list[dict]] = {v.name: [] for v in VARIANTS[name] if v.runner in runners}
+    for round_ in range(repeats):
+        for variant in VARIANTS[name]:
+            done = runs.get(variant.name)
+            if done is None or (done and key not in done[-1]):
+                continue  # not selected, or skipped or failed: once says why
+            log.info(
+                "%s: running %s (%s), round %d of %d",
+                name,
+                variant.name,
+                RUNNER_NAMES[variant.runner],
+                round_ + 1,
+                repeats,
+            )
+            done.append(run_variant(work, data, device, variant))
+            if key in done[-1]:
+                log.info("%s %s: %s %.1f", name, variant.name, key, done[-1][key])
+    return {variant: median_run(done, key) for variant, done in runs.items()}
+
+
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run with the median ``key`` (the lower middle one of an even count), with every run's ``key``."""
+    measured = sorted((r for r in runs if key in r), key=lambda r: r[key])
+    if not measured:
+        return runs[-1]
+    return measured[(len(measured) - 1) // 2] | {"repeats": [r[key] for r in runs if key in r]}
 
 
 def seo_train_command() -> list[str]:
@@ -773,6 +812,9 @@ def workload_table(name: str, work: Tabular | Text, results: dict[str, dict], de
             )
         if "shape_note" in figures:
             notes.append(figures["shape_note"])
+        if len(figures.get("repeats", [])) > 1:
+            low, high = min(figures["repeats"]), max(figures["repeats"])
+            notes.append(f"median of {len(figures['repeats'])}: {low:,.0f}-{high:,.0f}")
         mfu = figures.get("mfu")
         table.add_row(
             label,
@@ -845,6 +887,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU check of the script")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; each variant's median")
     parser.add_argument(
         "--threads", type=int, help="torch's CPU threads for every runner (default: torch's, one per core)"
     )
@@ -881,7 +924,7 @@ def main() -> None:
                 continue
             work = sizes[name]
             settings[name] = asdict(work)
-            results[name] = run_workload(name, work, args.runners, device, directory)
+            results[name] = run_workload(name, work, args.runners, device, directory, args.repeats)
             if isinstance(work, Text):
                 add_mfu(results[name], work, peak)
     verdicts = judge(results, device, args.quick)
@@ -909,6 +952,7 @@ def main() -> None:
         "seo_cli": seo_cli.__version__,
         "git": git_revision(),
         "quick": args.quick,
+        "repeats": args.repeats,
         "measure": "training throughput of the last epoch (2 of 2); see the module docstring",
         "settings": settings,
         "results": results,
