@@ -163,13 +163,23 @@ def test_mfu_is_the_share_of_the_configured_peak(train_run):
         assert row["speed/mfu"] == pytest.approx(row["speed/tokens_per_second"] * per_token / 2e9, rel=1e-9)
 
 
-def test_no_mfu_without_a_known_peak_or_for_models_without_a_flop_count(train_run):
-    from conftest import read_jsonl
+def test_no_mfu_without_a_known_peak_or_for_models_without_a_flop_count():
+    import torch
 
-    _, run_dir = train_run("model=transformer")  # the CPU has no data-sheet peak
-    assert not any("speed/mfu" in r for r in read_jsonl(run_dir / "metrics.jsonl"))
-    _, run_dir = train_run("device.peak_tflops=1.0")  # seo_multitask has no flops_per_token
-    assert not any("speed/mfu" in r for r in read_jsonl(run_dir / "metrics.jsonl"))
+    from seo_cli.trainer import _SpeedWindow
+
+    window = [({"tokens": torch.zeros(4, 48, dtype=torch.long)}, torch.zeros(4))]
+    for flops_per_token, peak in ((None, 1e12), (lambda seq_len: 1e6, None)):  # no count; no peak (a CPU)
+        speed = _SpeedWindow(0.0, flops_per_token, peak)
+        speed.count(window, 4)
+        values = speed.read()
+        assert values["speed/tokens_per_second"] > 0 and "speed/mfu" not in values
+    speed = _SpeedWindow(
+        0.0, lambda seq_len: 1e6, 1e12, world_size=2
+    )  # under DDP: the job's tokens, per device
+    speed.count(window, 4)
+    values = speed.read()
+    assert values["speed/mfu"] == pytest.approx(values["speed/tokens_per_second"] * 1e6 / 2e12)
 
 
 def test_peak_flops_table_picks_the_precision_and_the_most_specific_name(monkeypatch):
