@@ -70,6 +70,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -100,26 +101,13 @@ from seo_cli.errors import UserError
 from seo_cli.losses import MultiTargetLoss
 from seo_cli.models.mlp import MLP
 from seo_cli.models.transformer import Transformer
+from seo_cli.runtime import peak_flops as runtime_peak_flops
 from seo_cli.train import train
+from seo_cli.trainer import TrainingInterrupted
 
 log = logging.getLogger("speed")
 
 RESULTS = Path(__file__).parent / "results" / "speed.json"
-
-# Dense (no 2:4 sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s. Matched as a
-# substring of torch.cuda.get_device_name() in this order, so "H100 PCIe" is found before "H100".
-PEAK_BF16_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),  # SXM: "NVIDIA H100 80GB HBM3"
-    ("H200 NVL", 835.0),
-    ("H200", 989.4),
-    ("A100", 312.0),
-    ("L40S", 362.1),
-    ("L4", 121.0),
-    ("A10G", 70.0),  # AWS's A10G runs lower clocks than the A10 (125)
-    ("A10", 125.0),
-)
 
 
 @dataclass(frozen=True)
@@ -348,12 +336,8 @@ def flops_per_token(work: Text) -> float:
 
 
 def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
-    if override_tflops is not None:
-        return override_tflops * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS if key in name), None)
+    """The dense bf16 peak: seo-train's own data-sheet table (``speed/mfu`` uses it), or the override."""
+    return runtime_peak_flops(device, "bf16", override_tflops)
 
 
 def synchronize(device: torch.device) -> None:
@@ -594,6 +578,8 @@ def run_variant(work: Tabular | Text, data: TrainData, device: torch.device, var
         figures = RUNNERS[variant.runner](work, data, device, variant)
         # Set-up, both epochs and (d)'s data preparation and test: what the runner costs to run.
         figures["runner_seconds"] = time.perf_counter() - started
+    except TrainingInterrupted:
+        raise  # SIGTERM or Ctrl-C reached seo-train's loop: stop the benchmark, not just this runner
     except Exception as err:  # noqa: BLE001 - one failing runner must not lose the others' figures
         log.error("%s failed:\n%s", variant.name, traceback.format_exc())
         figures = {"failed": f"{type(err).__name__}: {first_line(err)}"}
@@ -896,6 +882,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # SIGTERM as SystemExit, so the temporary directory (the data, W2's checkpoints) goes on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     kind = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(kind)
