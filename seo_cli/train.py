@@ -466,6 +466,7 @@ def launch_ddp(
     Returns:
         (exit code, objective value), read from the ``summary.json`` rank 0 wrote.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:
@@ -495,6 +496,17 @@ def launch_ddp(
     summary_path.unlink(missing_ok=True)
     try:
         distributed.launch(run_dir, cfg.device.num_devices, cfg.device.timeout_s)
+    except SignalException as err:  # Ctrl-C or SIGTERM to this process: the launcher passed it to the workers
+        saved = (run_dir / "checkpoints" / "last.pt").exists()
+        log.error(
+            "stopped by %s; %s. Resume with: %s",
+            err.sigval.name,
+            f"{run_dir / 'checkpoints' / 'last.pt'} holds the last saved position"
+            if saved
+            else "no checkpoint was written",
+            resume_command(overrides, run_dir),
+        )
+        return 128 + int(err.sigval), None
     except ChildFailedError as err:
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         if summary.get("status") == "interrupted":
