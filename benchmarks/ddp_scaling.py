@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import QUICK, WORKLOADS, text_data  # noqa: E402
+from speed import QUICK, WORKLOADS, seo_train_overrides, text_data  # noqa: E402
 
 from seo_cli.config import config_dir, register_configs  # noqa: E402
 from seo_cli.evaluate import run_eval  # noqa: E402
@@ -44,16 +44,7 @@ def run(devices: int, data, work, directory: Path, cpu: bool) -> dict:
         f"device.num_devices={devices}",
         f"device.type={'cpu' if cpu else 'cuda'}",
         f"device.precision={'32' if cpu else work.precision}",
-        "data=csv",
-        f"data.path={data.path}",
-        "data.split_column=split",
-        *data.overrides,
-        f"batch_size={work.batch_size}",
-        f"epochs={work.epochs}",
-        "optimizer=adamw",
-        f"learning_rate={work.lr}",
-        "scheduler=none",
-        "trainer.progress=plain",
+        *seo_train_overrides(work, data),
         f"hydra.run.dir={run_dir}",
     ]
     done = subprocess.run(command, capture_output=True, text=True)

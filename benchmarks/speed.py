@@ -479,9 +479,9 @@ def run_lightning(work: Tabular | Text, data: TrainData, device: torch.device, v
     return throughput(work, timer.seconds) | {"version": L.__version__}
 
 
-def run_ours(work: Tabular | Text, data: TrainData, device: torch.device, variant: Variant) -> dict:
-    """(d): seo-train's ``train`` on the composed config, as the command runs it (not a subprocess)."""
-    overrides = [
+def seo_train_overrides(work: Tabular | Text, data: TrainData) -> list[str]:
+    """The seo-train overrides of a workload: its file, model, batch, epochs and optimizer (no device)."""
+    return [
         "data=csv",
         f"data.path={data.path}",
         "data.split_column=split",
@@ -492,10 +492,17 @@ def run_ours(work: Tabular | Text, data: TrainData, device: torch.device, varian
         f"learning_rate={work.lr}",
         f"weight_decay={work.weight_decay}",
         "scheduler=none",
-        f"device.type={device.type}",
-        f"device.precision={work.precision}",
         # Log lines, not rich bars: the same work whether or not stdout is a terminal.
         "trainer.progress=plain",
+    ]
+
+
+def run_ours(work: Tabular | Text, data: TrainData, device: torch.device, variant: Variant) -> dict:
+    """(d): seo-train's ``train`` on the composed config, as the command runs it (not a subprocess)."""
+    overrides = [
+        *seo_train_overrides(work, data),
+        f"device.type={device.type}",
+        f"device.precision={work.precision}",
         *variant.overrides,
     ]
     try:
