@@ -1,6 +1,7 @@
 """From a data config to tensors: read or generate the rows, check them, split them, preprocess them."""
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ from seo_cli.config import DataConfig
 from seo_cli.data import seo_pages
 from seo_cli.data.preprocess import Preprocessor, as_text_values
 from seo_cli.data.spec import CLASSIFICATION, Target
-from seo_cli.data.tables import Source, read_table
+from seo_cli.data.tables import Source, check_plain_cells, read_table
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,20 @@ def load_frame(data: DataConfig, seed: int, path: str | None = None) -> tuple[pd
             "the seo_pages dataset"
         )
     frame, source = read_table(path or data.path, data.format, list(data.column_names), data.encoding)
+    mapped = [*data.text_columns, *data.numeric_columns, *data.categorical_columns]
+    mapped += [t.name for t in data.targets] + ([data.split_column] if data.split_column else [])
+    check_plain_cells(frame, mapped, source)
     _check_columns(frame, data, source)
+    for target in targets_of(data):
+        classes = frame[target.name].nunique() if target.type == CLASSIFICATION else 0
+        if classes > data.max_classes:
+            # Refused here, before the split: the output layer, the per-class metrics and the
+            # confusion matrix grow with the classes (50,000 of them took over 4 GB at validation).
+            raise UserError(
+                f"classification target {target.name!r} of {source} has {classes:,} classes, more than "
+                f"data.max_classes={data.max_classes:,}; check that it is a label and not an id or a number "
+                "(declare it type: regression), or raise data.max_classes."
+            )
     return frame, source
 
 
@@ -191,12 +205,51 @@ def split_rows(
                 f"({err}); add rows, change the fractions, or give data.split_column."
             ) from err
         counts = pd.Series(labels).value_counts()
-        raise UserError(
-            f"cannot split the {len(frame)} rows of {where} into train/val/test stratified on target "
-            f"{stratify_on!r}: class {counts.index[-1]!r} has only {counts.iloc[-1]} rows; add rows of it, "
-            "or give data.split_column."
-        ) from err
+        raise UserError(_stratify_message(len(frame), data, where, stratify_on, counts, with_test)) from err
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _stratify_message(
+    rows: int, data: DataConfig, where: Source | str, target: str, counts: pd.Series, with_test: bool
+) -> str:
+    """Why a stratified split failed: a split the fractions leave with fewer rows than there are
+    classes (naming the fraction), or a class too rare to reach every split."""
+    names = SPLITS if with_test else SPLITS[:2]
+    if counts.iloc[-1] >= len(names):
+        # The sizes scikit-learn's two-step split makes (held out = ceil(fraction * rows)).
+        held_out = data.val_fraction + data.test_fraction if with_test else data.val_fraction
+        rest = math.ceil(held_out * rows)
+        test = math.ceil(data.test_fraction / held_out * rest) if with_test else 0
+        sizes = {"train": rows - rest, "val": rest - test, "test": test}
+        classes = len(counts)
+        for name in names:
+            if sizes[name] >= classes:
+                continue
+            if name == "train":
+                knob = "data.val_fraction + data.test_fraction = " if with_test else "data.val_fraction="
+                knob, fix = f"{knob}{held_out:g}", "lower it"
+            else:
+                knob = f"data.{name}_fraction={getattr(data, f'{name}_fraction'):g}"
+                fix = f"raise it to at least {_round_up(classes / rows)}"
+            return (
+                f"{knob} leaves the {name} split of {where} {sizes[name]} of its {rows} rows, fewer than the "
+                f"{classes} classes of target {target!r}, and a stratified split puts each class in every "
+                f"split; {fix}, add rows, or give data.split_column."
+            )
+    rarest, fractions = counts.index[-1], f"data.val_fraction={data.val_fraction:g}"
+    if with_test:
+        fractions += f" and data.test_fraction={data.test_fraction:g}"
+    return (
+        f"cannot split the {rows} rows of {where} into {'/'.join(names)} stratified on target {target!r}: "
+        f"class {rarest!r} has only {counts.iloc[-1]} rows, too few to reach every split at {fractions}; "
+        "add rows of it, raise the fractions, or give data.split_column."
+    )
+
+
+def _round_up(fraction: float) -> str:
+    """``fraction`` rounded up to one significant digit, so that the advice is enough: 0.00047 -> 0.0005."""
+    step = 10 ** math.floor(math.log10(fraction))
+    return f"{math.ceil(fraction / step - 1e-9) * step:.1g}"
 
 
 @dataclass
