@@ -22,6 +22,7 @@ import torch
 
 from seo_cli import __version__
 from seo_cli.errors import UserError
+from seo_cli.files import file_mode
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; a checkpoint is shared like any other output
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()

@@ -34,6 +34,7 @@ from seo_cli.data.pipeline import SPLITS, _drop_rows_without_target, load_frame,
 from seo_cli.data.preprocess import Preprocessor
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
+from seo_cli.files import write_text
 from seo_cli.report import write_report
 from seo_cli.runtime import pick_device
 from seo_cli.sweep import job_order
@@ -182,9 +183,9 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     if len(models) == 1:
         return results[0]
     comparison = compare(models, results, samples, cfg.confidence)
-    (run_dir / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    write_text(run_dir / "comparison.json", json.dumps(comparison, indent=2) + "\n")
     print_table(comparison_table(comparison))
-    (run_dir / "comparison.md").write_text(comparison_markdown(comparison))
+    write_text(run_dir / "comparison.md", comparison_markdown(comparison))
     log.info("Wrote %s", run_dir / "comparison.md")
     return {"checkpoints": results, "comparison": comparison}
 
@@ -249,8 +250,7 @@ def evaluate_checkpoint(
         "bootstrap": {"resamples": cfg.bootstrap, "confidence": cfg.confidence, "seed": cfg.seed},
         "targets": scored.reports,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
     if cfg.report:
         write_report(out_dir, result, predictions, trained.targets, trained.state.get("history"))
     print_target_tables(result, trained.targets, split)

@@ -7,13 +7,18 @@ A logger is any object with ``log_metrics(metrics, step)`` and ``close()``.
 import csv
 import json
 import math
+import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
 from seo_cli.errors import UserError
+from seo_cli.files import atomic_path, write_error, write_text
 
 
 class Logger(Protocol):
@@ -33,27 +38,87 @@ class TensorBoardLogger:
         # Imported here: tensorboard costs about a second to import, and logger=none should not pay it.
         from torch.utils.tensorboard import SummaryWriter
 
+        self.path = Path(log_dir) / "events.out.tfevents.*"  # the writer names its file itself
         purge_step = resume_step + 1 if resume_step is not None else None
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        try:
+            # TensorBoard writes its first event from a thread of its own, where a failure prints a
+            # thread traceback: try the folder (and a few KB of space) first.
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=log_dir) as probe:
+                probe.write(bytes(4096))
+                probe.flush()
+                os.fsync(probe.fileno())
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        except OSError as err:
+            raise write_error(self.path, err) from None
+        self._failures = _catch_write_errors(self.writer)
+        self.path = Path(self.writer.file_writer.get_logdir()) / _event_file_name(self.writer, self.path.name)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        for name, value in metrics.items():
-            self.writer.add_scalar(name, value, global_step=step)
+        """Raises:
+        UserError: the event file could not be written (now or on an earlier call: writes are queued).
+        """
+        with self._writing():
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, global_step=step)
 
     def log_text(self, name: str, text: str) -> None:
-        self.writer.add_text(name, text)
+        with self._writing():
+            self.writer.add_text(name, text)
 
     def log_config(self, yaml_text: str) -> None:
         # Markdown code block: TensorBoard's text tab would otherwise reflow the YAML.
-        self.writer.add_text("config", "```\n" + yaml_text + "\n```")
+        with self._writing():
+            self.writer.add_text("config", "```\n" + yaml_text + "\n```")
 
     def log_hparams(self, params: dict[str, float | str], metrics: dict[str, float]) -> None:
         """The run's knobs and final metrics, so runs line up in TensorBoard's HParams tab."""
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        self.writer.add_hparams(params, finite, run_name=".")  # ".": into this run's own event files
+        with self._writing():
+            self.writer.add_hparams(params, finite, run_name=".")  # ".": into this run's own event files
 
     def close(self) -> None:
-        self.writer.close()
+        with self._writing():
+            self.writer.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write error, raised here or caught in TensorBoard's thread, as one sentence."""
+        try:
+            yield
+        except OSError as err:
+            raise write_error(self.path, err) from None
+        if self._failures:
+            raise write_error(self.path, self._failures[0])
+
+
+def _catch_write_errors(writer: Any) -> list[OSError]:
+    """Keep the event file's write errors out of TensorBoard's writer thread, where they would print a
+    thread traceback and stop the thread; the list they land in is read by the logger's next call.
+    After the first error nothing more is written (the file ends at its last whole event)."""
+    failures: list[OSError] = []
+    # Private attributes of tensorboard's EventFileWriter: with another version, errors keep their form.
+    file = getattr(getattr(writer.file_writer, "event_writer", None), "_general_file_writer", None)
+
+    def guard(original: Any) -> Any:
+        def guarded(*args: Any) -> None:
+            if failures:
+                return
+            try:
+                original(*args)
+            except OSError as err:
+                failures.append(err)
+
+        return guarded
+
+    for method in ("write", "flush") if file is not None else ():
+        setattr(file, method, guard(getattr(file, method)))
+    return failures
+
+
+def _event_file_name(writer: Any, default: str) -> str:
+    name = getattr(getattr(writer.file_writer, "event_writer", None), "_file_name", None)
+    return Path(name).name if name else default
 
 
 class CSVLogger:
@@ -64,7 +129,6 @@ class CSVLogger:
 
     def __init__(self, log_dir: str | Path, resume_step: int | None = None) -> None:
         self.path = Path(log_dir) / "metrics.csv"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.columns: list[str] = ["step"]
         self.rows: list[dict[str, float]] = []
         if resume_step is not None and self.path.exists():
@@ -84,11 +148,19 @@ class CSVLogger:
             self.columns += new
             self._rewrite()
         else:
-            with self.path.open("a", newline="") as f:
-                csv.DictWriter(f, self.columns).writerow(row)
+            try:
+                with self.path.open("a", newline="") as f:
+                    csv.DictWriter(f, self.columns).writerow(row)
+            except OSError as err:
+                raise write_error(self.path, err) from None
 
     def _rewrite(self) -> None:
-        with self.path.open("w", newline="") as f:
+        """The whole table under the current header, atomically: a kill mid-rewrite keeps the old file.
+
+        Raises:
+            UserError: the file cannot be written.
+        """
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(self.rows)
@@ -245,18 +317,28 @@ class MetricsSink:
         self.loggers = list(loggers or [])
         self._file = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             if resume_step is not None and path.exists():
                 kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
-                path.write_text("".join(line + "\n" for line in kept))
-            self._file = path.open("a", encoding="utf-8")
+                write_text(path, "".join(line + "\n" for line in kept))  # a kill here keeps the old rows
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = path.open("a", encoding="utf-8")
+            except OSError as err:
+                raise write_error(path, err) from None
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        """Raises:
+        UserError: metrics.jsonl cannot be written (a full disk, say); the file keeps the rows before.
+        """
         if self._file is not None:
             # NaN/Inf are written as null so every line stays valid JSON.
             row = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
-            self._file.write(json.dumps({"step": step, **row}) + "\n")
-            self._file.flush()
+            try:
+                self._file.write(json.dumps({"step": step, **row}) + "\n")
+                self._file.flush()
+            except OSError as err:
+                self._drop_file()
+                raise write_error(self.path, err) from None
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
 
@@ -271,11 +353,26 @@ class MetricsSink:
                 logger.log_hparams(params, metrics)
 
     def close(self) -> None:
+        """Raises:
+        UserError: the last rows of metrics.jsonl (or a logger's files) cannot be written.
+        """
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as err:
+                self._drop_file()
+                raise write_error(self.path, err) from None
             self._file = None
         for logger in self.loggers:
             logger.close()
+
+    def _drop_file(self) -> None:
+        """Stop writing metrics.jsonl after a failed write, without a second error for the same cause."""
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the same failure again: its bytes are lost either way
+        self._file = None
 
 
 def _step_of(line: str) -> float:

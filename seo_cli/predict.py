@@ -6,7 +6,9 @@
 The output has the id column (or the input row number), then per target the predicted class and one
 probability column per class, or the predicted value in the target's units. Rows that cannot be
 scored are written, with their row number and the reason, to ``<output stem>.rejects.csv`` instead of
-stopping the batch (``strict=true`` stops at the first one).
+stopping the batch (``strict=true`` stops at the first one); a run without such rows removes an earlier
+run's rejects file. Both files are written atomically. An ``id_column`` that is also a predicted column
+is refused rather than written twice.
 """
 
 import logging
@@ -24,9 +26,10 @@ from seo_cli.config import config_dir, register_configs
 from seo_cli.data.batches import DeviceBatches
 from seo_cli.data.pipeline import _missing
 from seo_cli.data.spec import CLASSIFICATION
-from seo_cli.data.tables import FORMATS, Source, read_table
+from seo_cli.data.tables import FORMATS, Source, check_plain_cells, read_table
 from seo_cli.errors import UserError
 from seo_cli.evaluate import TrainedModel, load_trained
+from seo_cli.files import atomic_path, write_error
 from seo_cli.metrics import as_numpy
 from seo_cli.runtime import pick_device
 from seo_cli.trainer import predict
@@ -53,6 +56,7 @@ def run_predict(cfg: DictConfig) -> dict:
         raise UserError(f"output={output} has no known extension; end it in .csv, .tsv, .jsonl or .parquet.")
     device = pick_device(cfg.device.type, cfg.device.fallback)
     trained = load_trained(Path(cfg.checkpoint), device, cfg.allowed_targets)
+    check_id_column(cfg.id_column, trained)
     # Ids and text as written: "000123" stays "000123", a date stays the text it was.
     as_text = [
         c
@@ -75,6 +79,7 @@ def run_predict(cfg: DictConfig) -> dict:
             f"{source} has no column {absent[0]!r}, which the checkpoint's model reads; its columns are: "
             f"{', '.join(map(str, frame.columns))}."
         )
+    check_plain_cells(frame, needed, source)
     original = frame.copy()  # row_problems converts numeric columns; the rejects file keeps what was read
     reasons = row_problems(frame, trained, source)
     if cfg.strict and reasons.notna().any():
@@ -84,13 +89,17 @@ def run_predict(cfg: DictConfig) -> dict:
     scored = score(trained, valid, cfg.batch_size, device) if len(valid) else pd.DataFrame()
     ids = valid[cfg.id_column] if cfg.id_column else pd.Series(valid.index + 1, index=valid.index, name="row")
     result = pd.concat([ids.reset_index(drop=True), scored], axis=1)
+    rejects = rejects_path(output)
+    if reasons.isna().all():
+        # Left in place, an earlier run's rejects would read as this run's.
+        remove_stale(rejects)
     write_table(result, output)
-    rejects = None
-    if reasons.notna().any():
-        rejects = output.with_name(f"{output.stem}.rejects.csv")
+    if reasons.isna().all():
+        rejects = None
+    else:
         bad = original[reasons.notna()]
         rows = pd.DataFrame({"row": bad.index + 1, "reason": reasons[reasons.notna()]})
-        pd.concat([rows, bad], axis=1).to_csv(rejects, index=False)
+        write_table(pd.concat([rows, bad], axis=1), rejects)
         log.warning(
             "%d of %d rows could not be scored; they are in %s with the reason.",
             len(bad),
@@ -153,15 +162,71 @@ def score(trained: TrainedModel, frame: pd.DataFrame, batch_size: int, device: t
     return pd.DataFrame(columns)
 
 
+def rejects_path(output: Path) -> Path:
+    """Where the rows that could not be scored go: ``scores.csv`` -> ``scores.rejects.csv`` (always CSV)."""
+    return output.with_name(f"{output.stem}.rejects.csv")
+
+
+def remove_stale(path: Path) -> None:
+    """Remove an earlier run's file (a symlink itself, not what it points at).
+
+    Raises:
+        UserError: it cannot be removed (``write_error``).
+    """
+    if not (path.is_symlink() or path.exists()):
+        return
+    try:
+        path.unlink()
+    except OSError as err:
+        raise write_error(path, err) from None
+    log.info("Removed %s, an earlier run's rejects: every row of this run was scored.", path)
+
+
+def prediction_columns(trained: TrainedModel) -> list[str]:
+    """The columns ``score`` writes, in order: per target its name, then a classifier's probabilities."""
+    columns = []
+    for t in trained.targets:
+        columns.append(t.name)
+        if t.type == CLASSIFICATION:
+            columns += [f"{t.name}_proba_{name}" for name in trained.preprocessor.class_names[t.name]]
+    return columns
+
+
+def check_id_column(id_column: str | None, trained: TrainedModel) -> None:
+    """The id column must not share a name with a prediction column: CSV would hold both under one
+    name and Parquet cannot be written at all.
+
+    Raises:
+        UserError: ``id_column`` (or, without one, ``row``) is a column the checkpoint predicts.
+    """
+    clash = id_column or "row"
+    if clash not in prediction_columns(trained):
+        return
+    if id_column:
+        raise UserError(
+            f"id_column={id_column} names a column the checkpoint predicts, so the output would hold two "
+            f"{id_column!r} columns; choose another id column, or leave id_column unset to number the rows."
+        )
+    raise UserError(
+        "the checkpoint predicts a column named 'row', which the output's row numbers would duplicate; "
+        "set id_column to a column of the input."
+    )
+
+
 def write_table(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``frame`` to ``path`` in the format of its extension, atomically (see ``seo_cli.files``).
+
+    Raises:
+        UserError: the file cannot be written (a full disk, a read-only folder).
+    """
     fmt = FORMATS[path.suffix.lower()]
-    if fmt == "parquet":
-        frame.to_parquet(path, index=False)
-    elif fmt == "jsonl":
-        frame.to_json(path, orient="records", lines=True)
-    else:
-        frame.to_csv(path, sep="," if fmt == "csv" else "\t", index=False)
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            frame.to_parquet(tmp, index=False)
+        elif fmt == "jsonl":
+            frame.to_json(tmp, orient="records", lines=True)
+        else:
+            frame.to_csv(tmp, sep="," if fmt == "csv" else "\t", index=False)
 
 
 def job(cfg: DictConfig) -> None:

@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn import metrics as skm
 
 from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.files import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,12 @@ def write_report(
     targets: list[Target],
     history: list[dict[str, float]] | None = None,
 ) -> Path:
-    """Write PNG plots under out_dir/"plots" and out_dir/"report.md" (which embeds them with relative links); returns the report path."""
+    """Write PNG plots under out_dir/"plots" and out_dir/"report.md" (which embeds them with relative links); returns the report path.
+
+    Each file is written atomically. Raises:
+        UserError: a file cannot be written (a full disk, a read-only folder), naming it.
+    """
     plots = Path(out_dir) / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
     stems = file_stems([t.name for t in targets])
     prefix = _split_prefix(result, targets)
     lines = _header(result, prefix)
@@ -58,8 +62,7 @@ def write_report(
     if history:
         plot_learning_curves(plots / "learning_curves.png", history)
         lines += ["## Learning curves", "", "![learning curves](plots/learning_curves.png)", ""]
-    path = Path(out_dir) / "report.md"
-    path.write_text("\n".join(lines))
+    path = write_text(Path(out_dir) / "report.md", "\n".join(lines))
     log.info("Wrote %s", path)
     return path
 
@@ -105,7 +108,7 @@ def plot_confusion(path: Path, matrix: list[list[int]], class_names: list[str], 
         dark = cm[i, j] > cm.max() / 2
         ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if dark else "black")
     ax.set(xlabel="predicted", ylabel="true", title=f"{target}: confusion matrix")
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path)
 
 
 def plot_curves(path: Path, curves: list[Curve], title: str, area: str, roc: bool) -> None:
@@ -121,7 +124,7 @@ def plot_curves(path: Path, curves: list[Curve], title: str, area: str, roc: boo
         ax.text(0.5, 0.5, "no class has the rows this curve needs", ha="center", transform=ax.transAxes)
     axes = ("false positive rate", "true positive rate") if roc else ("recall", "precision")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=axes[0], ylabel=axes[1], title=title)
-    ax.figure.savefig(path, dpi=DPI)
+    save_figure(ax.figure, path)
 
 
 def plot_scatter(path: Path, y_true: np.ndarray, y_pred: np.ndarray, target: str) -> None:
@@ -133,7 +136,7 @@ def plot_scatter(path: Path, y_true: np.ndarray, y_pred: np.ndarray, target: str
     ax.plot([lo, hi], [lo, hi], "--", color="grey", label="ideal (y = x)")
     ax.legend(loc="upper left")
     ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title=f"{target}: predicted vs actual")
-    ax.figure.savefig(path, dpi=DPI)
+    save_figure(ax.figure, path)
 
 
 def plot_residuals(path: Path, y_true: np.ndarray, y_pred: np.ndarray, target: str) -> None:
@@ -141,7 +144,7 @@ def plot_residuals(path: Path, y_true: np.ndarray, y_pred: np.ndarray, target: s
     ax.hist(y_pred - y_true, bins=50)
     ax.axvline(0, color="black", ls="--", lw=1)
     ax.set(xlabel=f"predicted - actual {target}", ylabel="rows", title=f"{target}: residuals")
-    ax.figure.savefig(path, dpi=DPI)
+    save_figure(ax.figure, path)
 
 
 def plot_learning_curves(path: Path, history: list[dict[str, float]]) -> None:
@@ -162,7 +165,17 @@ def plot_learning_curves(path: Path, history: list[dict[str, float]]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     losses.set(ylabel="loss", title="loss")
     scores.set(ylabel="accuracy / r2", title="validation metrics")
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path)
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG, atomically (see ``seo_cli.files``).
+
+    Raises:
+        UserError: the file cannot be written.
+    """
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)  # the format by name: the temp file's suffix is .tmp
 
 
 def _figure(size: tuple[float, float]) -> Figure:
