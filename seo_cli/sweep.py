@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
 from seo_cli.console import print_table
+from seo_cli.errors import UserError
+from seo_cli.files import atomic_path, write_text
 from seo_cli.metrics import metric_mode
 
 log = logging.getLogger(__name__)
 
 RUN_COLUMNS = ["num_parameters", "wall_time_s", "samples_per_second", "peak_memory_mb", "best_epoch"]
+FAILED = ("failed", "killed")  # ranked last; a sweep of only these fails
 SHOWN_METRICS = 2  # metric columns besides the objective in the terminal table; the files have them all
 
 
@@ -33,11 +37,15 @@ class SweepSummary(Callback):
         if frame.empty:
             log.warning("No job of the sweep in %s wrote a summary.json.", sweep_dir)
             return
-        frame.to_csv(sweep_dir / "summary.csv", index=False)
-        (sweep_dir / "summary.md").write_text(to_markdown(frame, config.objective))
+        try:
+            with atomic_path(sweep_dir / "summary.csv") as tmp:
+                frame.to_csv(tmp, index=False)
+            write_text(sweep_dir / "summary.md", to_markdown(frame, config.objective))
+        except UserError as err:
+            raise SystemExit(str(err)) from None  # one line, where Hydra would print a traceback
         print_table(summary_table(frame, config.objective))
         log.info("Sweep summary: %s and %s", sweep_dir / "summary.csv", sweep_dir / "summary.md")
-        if (frame["status"] == "failed").all():
+        if frame["status"].isin(FAILED).all():
             # SystemExit, not an exception: Hydra would print a traceback for the latter.
             raise SystemExit(
                 f"every job of the sweep failed; see the error column of {sweep_dir / 'summary.md'}."
@@ -45,11 +53,19 @@ class SweepSummary(Callback):
 
 
 def summarize(sweep_dir: Path, objective: str) -> pd.DataFrame:
-    """One row per job directory with a ``summary.json``: the overrides that differ between jobs, status,
-    objective, run figures and every final metric, best objective first and failed jobs last."""
+    """One row per job directory: the overrides that differ between jobs, status, objective, run figures
+    and every final metric, best objective first and failed or killed jobs last.
+
+    A job directory that Hydra made (``.hydra/overrides.yaml``) but that has no ``summary.json`` is a job
+    whose process was killed (SIGKILL, the out-of-memory killer) before it could write one: a
+    ``killed`` row, as on continuing an Optuna sweep that was killed mid-trial.
+    """
     rows = []
-    for path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: job_order(p.parent.name)):
-        summary = json.loads(path.read_text())
+    jobs = {p.parent for p in sweep_dir.glob("*/summary.json")}
+    jobs |= {p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")}
+    for job in sorted(jobs, key=lambda p: job_order(p.name)):
+        path = job / "summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else killed_summary(job)
         # tuning.* are the Optuna sweeper's bookkeeping, not choices of the user.
         overrides = dict(
             o.split("=", 1) for o in summary.get("overrides", []) if "=" in o and not o.startswith("tuning.")
@@ -78,10 +94,24 @@ def summarize(sweep_dir: Path, objective: str) -> pd.DataFrame:
         frame[column] = pd.array(frame[column], dtype="Int64")
     frame = frame[["job", *varied, "status", "objective", *RUN_COLUMNS, *_metric_columns(frame), "error"]]
     ascending = metric_mode(objective) == "min"
-    frame["_failed"] = frame["status"] == "failed"
+    frame["_failed"] = frame["status"].isin(FAILED)
     return frame.sort_values(["_failed", "objective"], ascending=[True, ascending], na_position="last").drop(
         columns="_failed"
     )
+
+
+def killed_summary(job: Path) -> dict[str, Any]:
+    """What a killed job's row shows: its overrides, as Hydra recorded them before it ran."""
+    try:
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        overrides = None
+    return {
+        "status": "killed",
+        "overrides": [str(o) for o in overrides] if isinstance(overrides, list) else [],
+        "error": "its process ended without writing summary.json (killed, e.g. by SIGKILL or the "
+        "out-of-memory killer)",
+    }
 
 
 def summary_table(frame: pd.DataFrame, objective: str) -> Table:
@@ -109,7 +139,7 @@ def summary_table(frame: pd.DataFrame, objective: str) -> Table:
 
 
 def to_markdown(frame: pd.DataFrame, objective: str) -> str:
-    header = f"# Sweep summary\n\nRanked by `{objective}` ({metric_mode(objective)} is best); failed jobs last.\n\n"
+    header = f"# Sweep summary\n\nRanked by `{objective}` ({metric_mode(objective)} is best); failed and killed jobs last.\n\n"
     lines = ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
     for _, row in frame.iterrows():
         lines.append("| " + " | ".join(_fmt(row[c]).replace("|", "\\|") for c in frame.columns) + " |")

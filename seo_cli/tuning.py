@@ -147,22 +147,27 @@ def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch
         direction=settings.direction,
         load_if_exists=True,
     )
-    # A trial still RUNNING in the database belongs to a sweep that was killed: it will never finish.
-    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
-    finished = len(study.get_trials(deepcopy=False))
-    if finished:
+    killed = mark_killed_trials(study)
+    finished = len(counted_trials(study))
+    if finished or killed:
         log.info(
-            "Continuing study %s: %d of %d trials already done.",
+            "Continuing study %s: %d of %d trials already done; %d cut off by a kill, to be run again.",
             settings.study_name,
             finished,
             settings.n_trials,
+            len(killed),
         )
         if settings.seed is not None:
             # Re-seeded as it was, the sampler would draw the first run's random trials again.
-            study.sampler = make_sampler(settings.sampler, settings.seed + finished, space)
-    done = [t.params for t in study.get_trials(deepcopy=False)]
-    grid = [p for p in grid_points(space) if p not in done] if settings.sampler == "grid" else None
+            drawn = len(study.get_trials(deepcopy=False))
+            study.sampler = make_sampler(settings.sampler, settings.seed + drawn, space)
+    if settings.sampler == "grid":  # the grid enqueues what is left of it, killed points included
+        done = [t.params for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(KILLED)]
+        grid = [p for p in grid_points(space) if p not in done]
+    else:
+        grid = None
+        for trial in killed:  # the same point again: the kill said nothing about it
+            study.enqueue_trial(trial.params)
     while finished < settings.n_trials:
         if grid is not None:
             if not grid:
@@ -185,7 +190,7 @@ def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         finished += 1
-        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        failed = sum(t.state == optuna.trial.TrialState.FAIL for t in counted_trials(study))
         if failed > settings.max_failure_rate * settings.n_trials:
             raise UserError(
                 f"{failed} of {finished} trials failed, more than hydra.sweeper.max_failure_rate="
@@ -193,6 +198,34 @@ def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch
             )
     _log_best(study)
     return study
+
+
+KILLED = "killed"  # user attribute of a trial whose process was killed before it told the study anything
+
+
+def mark_killed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Close the trials an earlier sweep left RUNNING: a SIGKILL (or a crash) stopped the process before
+    it told the study, and nothing will finish them.
+
+    They are told FAIL, the only way to close a trial, with the user attribute ``killed``, so that they
+    count neither towards ``n_trials`` nor ``max_failure_rate``; their job folders, without a
+    summary.json, are the sweep summary's ``killed`` rows. Assumes no other process is running trials
+    of the study at the same time (one sweep per study).
+
+    Returns:
+        The trials closed, whose parameters the caller runs again.
+    """
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        optuna.trial.Trial(study, trial._trial_id).set_user_attr(KILLED, True)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return stale
+
+
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that used up one of ``n_trials``: finished, and not cut off by a kill."""
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get(KILLED)]
 
 
 class TrialReporter:

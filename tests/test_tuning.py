@@ -106,13 +106,16 @@ def test_a_rerun_continues_the_study_with_new_job_numbers_and_new_draws(tmp_path
     assert {v["x"] for _, v in second.jobs}.isdisjoint({v["x"] for _, v in first.jobs})
 
 
-def test_a_trial_left_running_by_a_killed_sweep_is_marked_failed(tmp_path):
+def test_a_trial_left_running_by_a_killed_sweep_is_closed_and_does_not_use_up_a_trial(tmp_path):
     s = settings(tmp_path, n_trials=2)
     study = optuna.create_study(study_name=s.study_name, storage=s.storage)
     study.ask()  # never told: what a kill leaves behind
     run_study(s, [], FakeLaunch())
-    states = [t.state for t in optuna.load_study(study_name="t", storage=s.storage).get_trials()]
-    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    trials = optuna.load_study(study_name="t", storage=s.storage).get_trials()
+    states = [t.state for t in trials]
+    # tests/test_tuning_killed.py checks the retry of the killed point and the summary row.
+    assert states == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
+    assert trials[0].user_attrs == {"killed": True}
 
 
 def test_pruned_and_failed_jobs_are_told_as_such(tmp_path):
