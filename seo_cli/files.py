@@ -13,6 +13,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from seo_cli.errors import UserError
 
@@ -115,3 +119,33 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+class OutputDirCheck(Callback):
+    """A Hydra callback: make the run's (or sweep's) folder and its ``.hydra/`` before Hydra writes its
+    config files there, so that a folder that cannot be written is one sentence and exit 1, where Hydra
+    would print a traceback. Registered under ``hydra.callbacks`` in the primary configs."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_output_dir(Path(config.hydra.run.dir), config.hydra.output_subdir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_output_dir(Path(config.hydra.sweep.dir), None)
+
+
+def check_output_dir(folder: Path, subdir: str | None) -> None:
+    """Make ``folder/subdir`` and write (and sync) a few KB there, as Hydra's config files will.
+
+    Raises:
+        SystemExit: with one sentence naming the file Hydra would write first; SystemExit rather than
+            UserError because Hydra has not set up logging yet and prints a traceback for exceptions.
+    """
+    target = folder / subdir if subdir else folder
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target) as probe:
+            probe.write(bytes(4096))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise SystemExit(str(write_error(target / "config.yaml", err))) from None

@@ -327,3 +327,31 @@ def test_csv_logger_write_failures_are_one_sentence(tmp_path, monkeypatch):
         logger.log_metrics({"val/loss": 0.5}, step=2)  # a new column rewrites the file
     assert str(err.value) == f"cannot write {tmp_path / 'csv' / 'metrics.csv'}: {NO_SPACE}"
     assert (tmp_path / "csv" / "metrics.csv").read_text().splitlines() == ["step,train/loss", "1,1.0"]
+
+
+# --------------------------------------------------------------------------- Hydra's own .hydra/ folder
+
+
+def test_a_run_folder_hydra_cannot_write_is_one_sentence_before_hydra_tries(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from seo_cli.files import OutputDirCheck
+
+    blocker = tmp_path / "outputs"
+    blocker.write_text("")
+    config = OmegaConf.create({"hydra": {"run": {"dir": str(blocker / "run")}, "output_subdir": ".hydra"}})
+    with pytest.raises(SystemExit) as exit:
+        OutputDirCheck().on_run_start(config)
+    assert str(exit.value) == (
+        f"cannot write {blocker / 'run' / '.hydra' / 'config.yaml'}: {blocker} is a file, not a folder; "
+        "give another path."
+    )
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(seo_cli.files.os, "fsync", disk_full)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "multirun")}}})
+    with pytest.raises(SystemExit) as exit:
+        OutputDirCheck().on_multirun_start(config)
+    assert str(exit.value) == f"cannot write {tmp_path / 'multirun' / 'config.yaml'}: {NO_SPACE}"
