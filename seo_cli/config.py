@@ -1,34 +1,113 @@
 """The config schema: dataclasses stored in Hydra's ConfigStore and listed first in each primary config.
 
 The schema types every top-level knob and every knob of the trainer, data and device nodes, so
-``epochs=ten`` or ``trainer.epoch=3`` fails at once with Hydra's message. Nodes built by ``_target_``
-(model, optimizer, scheduler, loss, logger) are typed by their constructor's signature instead:
-``seo_cli.validation`` checks them before any data is loaded.
+``epochs=ten``, ``trainer.epoch=3`` or ``trainer.mode=sideways`` fails at once with Hydra's message.
+Choice-like strings are Enums (Hydra lists the choices). Nodes built by ``_target_`` (model,
+optimizer, scheduler, loss, logger) are typed by their constructor's signature instead: ``seo_cli.validation``
+checks them, and the constructors their value ranges, before any data is loaded.
+
+The trainer's knobs are listed once, in ``TrainerConfig``: ``seo-train`` passes that node to
+``seo_cli.trainer.fit`` and the Python API (``seo_cli.api.ModelTrainer``) takes the same dataclass.
 """
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class Choice(str, Enum):
+    """A config choice: compares equal to its string and prints as it (``f"{Mode.min}"`` is ``min``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Mode(Choice):
+    min = "min"
+    max = "max"
+
+
+class Progress(Choice):
+    auto = "auto"  # rich bars on a terminal, plain log lines otherwise
+    rich = "rich"
+    plain = "plain"
+
+
+class ClipAlgorithm(Choice):
+    norm = "norm"  # scale all gradients so their total 2-norm is at most the value
+    value = "value"  # clamp each gradient element
+
+
+class Source(Choice):
+    seo_pages = "seo_pages"  # the built-in generator
+    file = "file"  # a CSV, TSV, JSON Lines or Parquet file at data.path
+
+
+class Missing(Choice):
+    error = "error"
+    impute = "impute"  # empty numeric inputs get the training median, rows without a target are skipped
+
+
+class Scaling(Choice):
+    standard = "standard"  # z-score
+    power = "power"  # Yeo-Johnson, then z-score: for skewed counts
+
+
+class Placement(Choice):
+    auto = "auto"  # on the device when it fits
+    device = "device"
+    stream = "stream"  # a DataLoader from host memory
+
+
+class TaskType(Choice):
+    classification = "classification"
+    regression = "regression"
+
+
+class DeviceType(Choice):
+    auto = "auto"  # cuda, then mps, then cpu
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Fallback(Choice):
+    error = "error"
+    warn = "warn"  # run on the CPU with a warning
+
+
+class Strategy(Choice):
+    single = "single"
+    ddp = "ddp"  # one process per device, PyTorch DDP
+
+
+class Split(Choice):
+    train = "train"
+    val = "val"
+    test = "test"
 
 
 @dataclass
 class TargetConfig:
     name: str = MISSING
-    type: str = MISSING  # classification | regression
+    type: TaskType = MISSING
 
 
 @dataclass
 class DataConfig:
-    source: str = "seo_pages"  # seo_pages (built-in generator) | file (csv, tsv, jsonl or parquet at data.path)
+    source: Source = Source.seo_pages
     path: Optional[str] = None
     test_path: Optional[str] = None  # a second file whose rows are the test split; data.path then gives train + val
     format: Optional[str] = None  # csv | tsv | jsonl | parquet; null picks by file extension
     column_names: list[str] = field(default_factory=list)  # a CSV/TSV without a header row: its columns, in order
     encoding: str = "utf-8"  # text encoding of CSV, TSV and JSON Lines files, e.g. latin-1, cp1252
-    missing: str = "error"  # error | impute: empty numeric inputs get the training median, rows without a target are skipped
+    missing: Missing = Missing.error
     num_rows: int = 16000  # seo_pages only
     text_columns: list[str] = field(default_factory=list)
     numeric_columns: list[str] = field(default_factory=list)
@@ -37,21 +116,22 @@ class DataConfig:
     split_column: Optional[str] = None  # values train / val / test; null splits by the fractions below
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    numeric_scaling: str = "standard"  # standard (z-score) | power (Yeo-Johnson then z-score, for skewed counts)
+    numeric_scaling: Scaling = Scaling.standard
     max_length: int = 64  # tokens per row after joining the text columns
     vocab_size: int = 4000  # upper bound of the tokenizer's vocabulary, fitted on the training texts
-    placement: str = "auto"  # auto (on the device when it fits) | device | stream (DataLoader from host memory)
+    max_classes: int = 1000  # a classification target with more classes is refused before training
+    placement: Placement = Placement.auto
     num_workers: int = 2  # DataLoader workers when streaming
     pin_memory: bool = True  # page-locked host batches when streaming to a GPU (faster, asynchronous copies)
 
 
 @dataclass
 class DeviceConfig:
-    type: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
-    fallback: str = "error"  # error | warn: what to do when the requested device is missing
+    type: DeviceType = DeviceType.auto
+    fallback: Fallback = Fallback.error  # what to do when the requested device is missing
     precision: str = "32"  # 32 | bf16 (autocast, no scaler) | fp16 (autocast with a GradScaler)
     peak_tflops: Optional[float] = None  # the device's peak for MFU; null: known GPUs' data-sheet figure
-    strategy: str = "single"  # single | ddp (device=ddp: one process per device, PyTorch DDP)
+    strategy: Strategy = Strategy.single
     num_devices: int = 1  # ddp: processes on this machine, one per GPU (CPU: gloo processes sharing the cores)
     timeout_s: float = 300.0  # ddp: how long a collective waits for a rank before the job fails
 
@@ -60,7 +140,7 @@ class DeviceConfig:
 class EarlyStoppingConfig:
     patience: Optional[int] = None  # epochs without improvement before stopping; null turns it off
     monitor: Optional[str] = None  # null: trainer.monitor
-    mode: Optional[str] = None  # min | max; null: from the metric (max for accuracy, min for loss)
+    mode: Optional[Mode] = None  # null: from the metric (max for accuracy, min for loss)
     min_delta: float = 0.0  # an improvement must beat the best by more than this
 
 
@@ -74,16 +154,29 @@ class CheckpointConfig:
 
 
 @dataclass
+class EmaConfig:
+    decay: Optional[float] = None  # exponential moving average of the weights, e.g. 0.999; null: off
+
+
+@dataclass
 class TrainerConfig:
+    """The training loop's knobs (``seo_cli.trainer.fit``). In ``seo-train`` the first three follow the
+    top-level ``epochs``, ``device.precision`` and ``seed``."""
+
+    epochs: int = 10
+    precision: str = "32"  # 32 | bf16 | fp16
+    seed: int = 0  # re-seeds the ranks of a DDP run resumed on a different number of processes
     log_every_n_steps: int = 50
     monitor: str = "val/loss"  # metric that picks best.pt, e.g. val/intent/accuracy
-    mode: str = "min"  # min | max
-    progress: str = "auto"  # auto (rich bars on a terminal, log lines otherwise) | rich | plain
+    mode: Mode = Mode.min
+    progress: Progress = Progress.auto
     accumulate_grad_batches: int = 1  # batches per optimizer step: the effective batch is batch_size x this
     gradient_clip_val: Optional[float] = None  # null: no clipping
-    gradient_clip_algorithm: str = "norm"  # norm (total 2-norm) | value (each element)
+    gradient_clip_algorithm: ClipAlgorithm = ClipAlgorithm.norm
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    overfit_batches: int = 0  # >0: train and validate on these first training batches only (debug=overfit)
     profile: bool = False  # trace optimizer steps 3-5 with torch.profiler into <run dir>/profile (debug=profile)
     cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (static shapes; CUDA only)
 
@@ -114,9 +207,10 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up of scheduler=warmup_cosine, in optimizer steps
     seed: int = 42
     objective: str = "val/loss"  # what a sweep optimises; the value summary.json and the entrypoint return
-    allowed_targets: list[str] = field(default_factory=list)  # extra module prefixes a _target_ may name
+    allowed_targets: list[str] = field(default_factory=list)  # classes of your own a _target_ may name, exactly
     eval_batch_size: int = 1024
     resume: Optional[str] = None  # auto (latest checkpoint in the run dir given by hydra.run.dir) | a .pt path
     resume_strict: bool = True  # refuse to resume when model, data, loss or optimizer settings differ
@@ -138,7 +232,7 @@ class EvalConfig:
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     task_name: str = "eval"
     checkpoint: Any = MISSING  # a .pt file, a list of them, or a run or sweep directory (its best.pt files)
-    split: str = "test"  # train | val | test
+    split: Split = Split.test
     eval_batch_size: int = 1024
     allowed_targets: list[str] = field(default_factory=list)
     bootstrap: int = 1000  # resamples of the evaluated rows for confidence intervals; 0 turns them off
@@ -166,7 +260,8 @@ class PredictConfig:
 def register_configs() -> None:
     """Store the schemas (primary configs list them first in their defaults) and register the Optuna
     sweeper: Hydra discovers plugins by scanning the ``hydra_plugins`` package, which an editable install
-    does not expose to that scan."""
+    does not expose to that scan. Called once, by ``seo_cli.cli`` (and by tests that compose configs)."""
+    from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.seo_optuna_sweeper.optuna_sweeper import OptunaSweeper
@@ -183,29 +278,3 @@ def config_dir() -> str:
     package = Path(__file__).resolve().parent
     installed = package / "conf"
     return str(installed if installed.is_dir() else package.parent / "conf")
-
-
-def build(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, except that a ``UserError`` the built class raises (a bad
-    ``model.num_heads``, a missing optional package) reaches the user as its one sentence, not inside
-    Hydra's multi-line InstantiationException."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    from seo_cli.errors import UserError
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        if isinstance(cause, ValueError | TypeError | ZeroDivisionError | RuntimeError):
-            # The class refused a value (torch.optim's "Invalid momentum value: -1", a dropout of 1.5).
-            import re
-
-            found = re.search(r"full_key: (\S+)", str(err))
-            key = found.group(1) if found else str(node.get("_target_", "a component"))
-            reason = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
-            raise UserError(f"{key} could not be built ({reason}); change the value it names under {key}.") from None
-        raise

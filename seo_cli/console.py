@@ -54,6 +54,12 @@ class TrainProgress:
                 "train", total=self.steps_per_epoch, epoch=0, epochs=epochs, status=""
             )
 
+    def __enter__(self) -> "TrainProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def start_epoch(self, epoch: int) -> None:
         if self.bars is not None:
             # reset() replaces all fields, so every field is passed again.

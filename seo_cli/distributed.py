@@ -1,22 +1,12 @@
-"""Distributed data parallel (DDP) training with PyTorch's own engine: the launcher and the collectives.
+"""The collectives of distributed data parallel (DDP) training, and this process's place in the job.
 
-``seo-train device=ddp device.num_devices=N`` on one machine: the Hydra process composes and resolves
-the config once, creates the run directory, writes the frozen config into it and starts N workers
-through ``torch.distributed.run``'s elastic launcher (``python -m seo_cli.distributed <run dir>``).
-Workers read that file and never parse the command line, so a multirun's sweep is not relaunched in
-each rank: every sweep job starts and ends its own process group. On several machines, ``torchrun``
-starts ``python -m seo_cli.train ... hydra.run.dir=<shared dir>`` on each, and each process trains as
-its rank directly.
-
-The helpers below are no-ops in a single process, so the loop calls them unconditionally.
+Every helper is a no-op in a single process, so the loop calls them unconditionally. Starting and
+watching the worker processes is ``seo_cli.launch``'s; this module imports nothing of seo_cli.
 """
 
 import logging
 import os
-import sys
-import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +14,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 log = logging.getLogger(__name__)
-
-FROZEN_CONFIG = "ddp_config.yaml"  # the resolved config the workers read, in the run directory's .hydra/
-
 
 def in_worker() -> bool:
     """True in a process started by torchrun or by our launcher (it has a rank)."""
@@ -144,50 +131,6 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
-def launch(run_dir: Path, num_devices: int, timeout_s: float) -> None:
-    """Start ``num_devices`` workers on this machine through torch.distributed.run and wait for them.
-
-    Raises:
-        ChildFailedError: a worker exited non-zero; the launcher stopped the others.
-    """
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    # The launcher logs each worker's exit in its own words; the caller says what failed in one sentence.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=num_devices,
-        run_id=uuid.uuid4().hex,
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone picks
-        rdzv_timeout=int(timeout_s),
-        max_restarts=0,
-        monitor_interval=0.5,
-        start_method="spawn",
-    )
-    elastic_launch(config, sys.executable)("-m", "seo_cli.distributed", str(run_dir))
-
-
-def describe_failure(error: Exception) -> str:
-    """'DDP worker rank 1 (pid 123) was killed by SIGKILL': the worker whose failure started it all.
-
-    When one worker dies the others fail too (a collective loses its peer) or are stopped by the
-    launcher (SIGTERM); a death by another signal, then a rank other than 0, is the likelier cause.
-    """
-    import signal
-
-    def blame(item: tuple[int, Any]) -> tuple[bool, bool, int]:
-        rank_, failure = item
-        by_signal = failure.exitcode < 0 and failure.exitcode != -signal.SIGTERM
-        return (not by_signal, rank_ == 0, rank_)
-
-    failed_rank, failure = min(error.failures.items(), key=blame)
-    code = failure.exitcode
-    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    return f"DDP worker rank {failed_rank} (pid {failure.pid}) {how}"
-
-
 def is_collective_failure(error: BaseException) -> bool:
     """True for the error a rank gets when another rank died or hung: a collective lost its peer or timed out."""
     if isinstance(error, dist.DistError):
@@ -197,40 +140,3 @@ def is_collective_failure(error: BaseException) -> bool:
         mark in text
         for mark in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out", "Timed out")
     )
-
-
-def _worker_logging(run_dir: Path, rank_: int) -> None:
-    """Rank 0 logs as the Hydra process does (console and train.log); other ranks only warnings."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if rank_ == 0:
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
-    prefix = "" if rank_ == 0 else f"[rank {rank_}]"
-    logging.basicConfig(
-        level=logging.INFO if rank_ == 0 else logging.WARNING,
-        format=f"[%(asctime)s][%(name)s][%(levelname)s]{prefix} - %(message)s",
-        handlers=handlers,
-        force=True,
-    )
-
-
-def main() -> None:
-    """A worker started by ``launch``: train as this rank on the frozen config of the run directory."""
-    from omegaconf import OmegaConf
-
-    from seo_cli.config import TrainConfig
-    from seo_cli.train import train_as_rank
-
-    run_dir = Path(sys.argv[1])
-    _worker_logging(run_dir, int(os.environ["RANK"]))
-    # Typed by the schema again, as Hydra's composition types it.
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / ".hydra" / FROZEN_CONFIG)
-    )
-    overrides = list(OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")))
-    # The Hydra process checked the config, allow-list included; a sweep's job is a run of its own here.
-    code, _ = train_as_rank(cfg, run_dir, overrides, multirun=False, user_config_dir=True)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

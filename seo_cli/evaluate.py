@@ -12,97 +12,32 @@ plus ``comparison.md``), with bootstrap confidence intervals of the headline met
 import json
 import logging
 import math
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 from rich.table import Table
 
 from seo_cli.bootstrap import HEADLINE, interval, metric_samples, resample_indices
-from seo_cli.checkpoint import check_targets_allowed, load_checkpoint, read_saved_config
-from seo_cli.config import DataConfig, build, config_dir, register_configs
+from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches
-from seo_cli.data.pipeline import SPLITS, _drop_rows_without_target, load_frame, load_splits, tensorize
-from seo_cli.data.preprocess import Preprocessor
+from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
+from seo_cli.evaluation import Scorer
 from seo_cli.files import write_text
+from seo_cli.loading import TrainedModel, load_trained
 from seo_cli.report import write_report
 from seo_cli.runtime import pick_device
 from seo_cli.sweep import job_order
-from seo_cli.trainer import evaluation
 
 log = logging.getLogger(__name__)
 
-register_configs()
-
-
-@dataclass
-class TrainedModel:
-    """A model rebuilt from a checkpoint, with what it needs to score rows as training did."""
-
-    path: Path
-    state: dict[str, Any]
-    config: DictConfig  # the training run's resolved config
-    data: DataConfig
-    preprocessor: Preprocessor
-    targets: list[Target]
-    model: torch.nn.Module
-    loss_fn: torch.nn.Module
-
-    @property
-    def label(self) -> str:
-        """``<run dir>/<file>``: tells apart the best.pt files of a sweep."""
-        return f"{self.path.parent.parent.name}/{self.path.name}"
-
-
-def load_trained(path: Path, device: torch.device, allowed_targets: list[str]) -> TrainedModel:
-    """Rebuild model, loss and preprocessing from ``path``.
-
-    Raises:
-        UserError: a missing or foreign checkpoint, or a ``_target_`` outside the allow-list (checked
-            before anything named by the checkpoint is imported or built).
-    """
-    state = load_checkpoint(path)
-    train_cfg = read_saved_config(path, state.get("config"))
-    # A checkpoint may build seo-cli's own models and losses and what allowed_targets names: not all of
-    # torch (torch.load and torch.hub.load would run anything), and at any depth of the node.
-    prefixes = ["seo_cli", *allowed_targets]
-    for key in ("model", "loss"):
-        node = OmegaConf.to_container(train_cfg[key], resolve=False)
-        check_targets_allowed(node, f"{key} in the checkpoint", prefixes)
-        if not isinstance(node, dict) or "_target_" not in node:
-            raise UserError(
-                f"{path} has no {key}._target_ in its config; use a checkpoint written by seo-train."
-            )
-    try:
-        pre = Preprocessor.from_state(state["preprocessing"])
-        targets = [Target(t.name, t.type) for t in pre.targets]
-        model = build(train_cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object")
-        model.load_state_dict(state["model"])
-        loss_fn = build(
-            train_cfg.loss, targets=targets, class_counts=state["class_counts"], _convert_="object"
-        )
-    except UserError:
-        raise
-    except Exception as err:  # a config or weights that do not fit each other: a damaged or edited file
-        reason = str(err).strip().splitlines()[0][:160]
-        raise UserError(
-            f"{path}: its model or loss cannot be rebuilt from its own config and weights ({reason}); "
-            "use an unmodified checkpoint written by seo-train."
-        ) from None
-    data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), train_cfg.data))
-    return TrainedModel(
-        Path(path), state, train_cfg, data, pre, targets, model.to(device), loss_fn.to(device)
-    )
+MAX_REGENERATED_ROWS = 200_000  # seo_pages rows rebuilt from a checkpoint's config: about 6 s and 400 MB
 
 
 def checkpoint_paths(checkpoint: Any) -> list[Path]:
@@ -146,11 +81,15 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
         data = DataConfig(
             **{**data.__dict__, "source": "file", "split_column": None, "test_path": None, **overrides}
         )
-        frame, source = load_frame(data, first.config.seed, cfg.data.path)
-        return _drop_rows_without_target(frame, data, source), "eval"
-    if cfg.split not in SPLITS:
-        raise UserError(f"split={cfg.split!r} is not a split; use one of {', '.join(SPLITS)}.")
-    return load_splits(first.data, first.config.seed)[cfg.split][0], cfg.split
+        frame, source = load_frame(data, first.seed, cfg.data.path)
+        return drop_rows_without_target(frame, data, source), "eval"
+    if first.data.source == "seo_pages" and not 50 <= first.data.num_rows <= MAX_REGENERATED_ROWS:
+        # The checkpoint's own number: regenerating 3e8 rows would take hours and tens of GB.
+        raise UserError(
+            f"checkpoint {first.path}: data.num_rows={first.data.num_rows} of its config is outside the 50 to "
+            f"{MAX_REGENERATED_ROWS:,} seo_pages rows seo-eval regenerates; score a file of rows with data.path=<file>."
+        )
+    return load_splits(first.data, first.seed)[str(cfg.split)][0], str(cfg.split)
 
 
 def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
@@ -167,7 +106,7 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     models = [load_trained(path, device, cfg.allowed_targets) for path in checkpoint_paths(cfg.checkpoint)]
     frame, split = evaluation_rows(models[0], cfg)
     for other in models[1:]:
-        if other.data != models[0].data or other.config.seed != models[0].config.seed:
+        if other.data != models[0].data or other.seed != models[0].seed:
             log.warning(
                 "%s was trained on other data or another seed than %s; all are scored on the rows of the first.",
                 other.path,
@@ -212,17 +151,8 @@ def evaluate_checkpoint(
         pin_memory=trained.data.pin_memory,
     )
     # In the precision it was trained in, so split=val gives exactly the numbers training logged.
-    precision = trained.config.device.get("precision", "32")
-    scored = evaluation(
-        trained.model,
-        batches,
-        trained.loss_fn,
-        trained.targets,
-        split,
-        pre.target_scale,
-        pre.class_names,
-        precision,
-    )
+    scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision)
+    scored = scorer.evaluate(trained.model, batches, split, trained.loss_fn)
     # Plots and intervals in the targets' own units: regression outputs are standardised.
     predictions = {}
     for t in trained.targets:
@@ -334,20 +264,7 @@ def _cell(entry: dict | None, sep: str = "\n") -> str:
     return text
 
 
-def job(cfg: DictConfig) -> None:
-    """The whole command inside Hydra's app (``seo_cli.cli`` is the light entry point calling it)."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        run_eval(cfg, run_dir)
-    except UserError as err:
-        log.error("%s", err)
-        sys.exit(1)
+if __name__ == "__main__":  # python -m seo_cli.evaluate ...: the seo-eval command
+    from seo_cli.cli import evaluate as seo_eval
 
-
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    return job(cfg)
-
-
-if __name__ == "__main__":
-    main()
+    seo_eval()

@@ -307,7 +307,7 @@ class MetricsSink:
     """Appends every logged dict to ``metrics.jsonl`` (one JSON object per line) and to each logger.
 
     ``resume_step``: a resumed run first drops the rows an interrupted run logged after that step,
-    which the resumed run logs again.
+    which the resumed run logs again; without one the file starts empty.
     """
 
     def __init__(
@@ -317,12 +317,14 @@ class MetricsSink:
         self.loggers = list(loggers or [])
         self._file = None
         if path is not None:
-            if resume_step is not None and path.exists():
+            resumed = resume_step is not None and path.exists()
+            if resumed:
                 kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
                 write_text(path, "".join(line + "\n" for line in kept))  # a kill here keeps the old rows
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = path.open("a", encoding="utf-8")
+                # A fresh run starts the file anew, even in a directory that has one.
+                self._file = path.open("a" if resumed else "w", encoding="utf-8")
             except OSError as err:
                 raise write_error(path, err) from None
 

@@ -12,31 +12,25 @@ is refused rather than written twice.
 """
 
 import logging
-import sys
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seo_cli.config import config_dir, register_configs
 from seo_cli.data.batches import DeviceBatches
-from seo_cli.data.pipeline import _missing
+from seo_cli.data.pipeline import missing_cells
 from seo_cli.data.spec import CLASSIFICATION
 from seo_cli.data.tables import FORMATS, Source, check_plain_cells, read_table
 from seo_cli.errors import UserError
-from seo_cli.evaluate import TrainedModel, load_trained
+from seo_cli.evaluation import predict
 from seo_cli.files import atomic_path, write_error
+from seo_cli.loading import TrainedModel, load_trained
 from seo_cli.metrics import as_numpy
 from seo_cli.runtime import pick_device
-from seo_cli.trainer import predict
 
 log = logging.getLogger(__name__)
-
-register_configs()
 
 
 def run_predict(cfg: DictConfig) -> dict:
@@ -122,7 +116,7 @@ def row_problems(frame: pd.DataFrame, trained: TrainedModel, source: Source) -> 
     pre = trained.preprocessor
     reasons = pd.Series(np.nan, index=frame.index, dtype=object)
     for col in pre.numeric_columns:
-        empty = _missing(frame[col])
+        empty = missing_cells(frame[col])
         values = pd.to_numeric(frame[col].mask(empty), errors="coerce")
         text = frame[col].astype(str)
         problems = [
@@ -229,20 +223,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
             frame.to_csv(tmp, sep="," if fmt == "csv" else "\t", index=False)
 
 
-def job(cfg: DictConfig) -> None:
-    """The whole command inside Hydra's app (``seo_cli.cli`` is the light entry point calling it)."""
-    try:
-        run_predict(cfg)
-    except UserError as err:
-        log.error("%s", err)
-        sys.exit(1)
-    log.info("Run log in %s", HydraConfig.get().runtime.output_dir)
+if __name__ == "__main__":  # python -m seo_cli.predict ...: the seo-predict command
+    from seo_cli.cli import predict as seo_predict
 
-
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
-def main(cfg: DictConfig) -> None:
-    return job(cfg)
-
-
-if __name__ == "__main__":
-    main()
+    seo_predict()

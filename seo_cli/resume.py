@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seo_cli.checkpoint import latest_checkpoint, read_saved_config
+from seo_cli.checkpoint import latest_checkpoint, parse_stored_config
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ def check_resume_config(saved_yaml: str, cfg: DictConfig, strict: bool, path: Pa
     Raises:
         UserError: the settings differ and ``strict`` is true.
     """
-    saved = OmegaConf.to_container(read_saved_config(path, saved_yaml), resolve=True)
-    current = OmegaConf.to_container(cfg, resolve=True)
+    saved = parse_stored_config(path, saved_yaml)
+    current = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     differences = config_differences(saved, current)
     if not differences:
         return

@@ -63,8 +63,10 @@ def plateau(
     factor: float,
     patience: int,
 ) -> ReduceLROnPlateau:
-    # `monitor` is read by the trainer, which passes the metric's value to step() after each validation.
-    return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience)
+    scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience)
+    # Read by the trainer, which passes the metric's value to step() after each validation.
+    scheduler.monitor = monitor
+    return scheduler
 
 
 def _min_lr(optimizer: torch.optim.Optimizer, ratio: float) -> float:

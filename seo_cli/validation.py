@@ -1,32 +1,25 @@
 """Start-up checks: everything that can be wrong with a config is found before any data is loaded,
 and all problems are reported together, each naming the key and the fix.
 
-Nodes built by ``_target_`` are checked against the allow-list of module prefixes first (nothing
-outside it is imported), then against their callable's signature: unknown keys, missing required
-keys and values of the wrong type (``model.dropout=high``) are errors here rather than deep inside a
-constructor.
+Nodes built by ``_target_`` are looked up in ``seo_cli.registry`` (at every depth: nothing unregistered
+is imported), then checked against their constructor's signature: unknown keys, missing required keys
+and values of the wrong type (``model.dropout=high``) are errors here rather than deep inside a
+constructor. Choice-like knobs are Enums in the schema, which Hydra checks while composing.
 """
 
-import collections.abc
-import inspect
 import math
-import types
-import typing
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import Any
 
-from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from seo_cli.checkpoint import check_target_allowed
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
+from seo_cli.registry import allowed_classes, check_arguments, check_targets, lookup
 from seo_cli.runtime import PRECISIONS
 
-ALLOWED_PREFIXES = ["seo_cli", "torch"]
-# Keys Hydra's instantiate reads itself, and arguments the entrypoint passes at the call site.
-HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+# Arguments the entrypoint passes at the call site.
 RUNTIME_ARGS = {
     "model": {"inputs", "heads"},
     "optimizer": {"params"},
@@ -36,95 +29,55 @@ RUNTIME_ARGS = {
 }
 
 
-def allowed_prefixes(extra: Iterable[str]) -> list[str]:
-    return ALLOWED_PREFIXES + [p for p in extra if p not in ALLOWED_PREFIXES]
-
-
-def check_component(node: DictConfig, key: str, runtime: set[str], prefixes: list[str] | None) -> list[str]:
-    """Problems with one ``_target_`` node; ``prefixes=None`` skips the allow-list (user config dir)."""
-    target = node.get("_target_")
-    if not isinstance(target, str):
+def check_component(node: DictConfig, key: str, group: str, allowed: dict[str, Callable]) -> list[str]:
+    """Problems with one ``_target_`` node of the command line: its targets, then its arguments."""
+    if not isinstance(node.get("_target_"), str):
         return [
             f"{key} has no _target_; name the class or function that builds it, e.g. {key}._target_=torch.optim.AdamW."
         ]
-    try:
-        if prefixes is not None:
-            check_target_allowed(target, f"{key}._target_", prefixes)
-        fn = get_object(target)
-    except UserError as err:
-        return [str(err)]
-    except Exception as err:  # noqa: BLE001 - any import failure is the user's _target_ being wrong
-        return [
-            f"{key}._target_={target!r} cannot be imported ({type(err).__name__}: {err}); check the name."
-        ]
-    try:
-        signature = inspect.signature(fn)
-        hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
-    except (TypeError, ValueError, NameError):
-        return []  # not introspectable (a C extension, say): the constructor will check
-    params = {
-        n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
-    problems = []
-    for name in node:
-        if name in HYDRA_KEYS:
-            continue
-        if name not in params:
-            if not takes_any:
-                problems.append(
-                    f"{key}.{name} is not an argument of {target}; its arguments are: "
-                    f"{', '.join(n for n in params if n not in runtime and n != 'self')}."
-                )
-            continue
-        value = OmegaConf.to_container(node[name], resolve=True) if _is_container(node[name]) else node[name]
-        if name in hints and not _matches(value, hints[name]):
-            problems.append(f"{key}.{name}={value!r} should be {_type_name(hints[name])}.")
-    for name, p in params.items():
-        if p.default is p.empty and name not in node and name not in runtime and name != "self":
-            problems.append(f"{key}.{name} is required by {target}; set it, e.g. {key}.{name}=...")
-    return problems
+    problems = check_targets(OmegaConf.to_container(node, resolve=True), key, group, allowed)
+    if problems:
+        return problems
+    fn = lookup(node._target_, f"{key}._target_", group, allowed)
+    return check_arguments(node, key, fn, RUNTIME_ARGS[group])
 
 
-def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
+def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
     """Check a composed seo-train config before any data is loaded.
+
+    Returns:
+        The user's own classes named by ``allowed_targets``, which the components may build.
 
     Raises:
         UserError: every problem found, one per line.
     """
     problems: list[str] = []
-    prefixes = None if user_config_dir else allowed_prefixes(cfg.allowed_targets)
+    try:
+        allowed = allowed_classes(cfg.allowed_targets)
+    except UserError as err:
+        allowed, problems = {}, [str(err)]
     for group in ("model", "optimizer", "loss"):
-        problems += check_component(cfg[group], group, RUNTIME_ARGS[group], prefixes)
+        problems += check_component(cfg[group], group, group, allowed)
     if cfg.scheduler:
-        problems += check_component(cfg.scheduler, "scheduler", RUNTIME_ARGS["scheduler"], prefixes)
+        problems += check_component(cfg.scheduler, "scheduler", "scheduler", allowed)
     for name, node in (cfg.logger or {}).items():
-        problems += check_component(node, f"logger.{name}", RUNTIME_ARGS["logger"], prefixes)
+        problems += check_component(node, f"logger.{name}", "logger", allowed)
 
     data = cfg.data
-    if data.source not in ("seo_pages", "file"):
-        problems.append(f"data.source={data.source!r} is not a data source; use seo_pages or file.")
     if data.source == "file" and not data.path:
         problems.append("data.path is required for a data file; set data.path=pages.csv.")
     if data.source != "file":
         for key in ("test_path", "column_names"):
             if data[key]:
                 problems.append(f"data.{key} applies to data files only; set data=csv or remove it.")
-    if data.placement not in ("auto", "device", "stream"):
-        problems.append(f"data.placement={data.placement!r} must be auto, device or stream.")
     if data.num_workers < 0:
         problems.append(f"data.num_workers={data.num_workers} must be 0 or more.")
-    if data.missing not in ("error", "impute"):
-        problems.append(f"data.missing={data.missing!r} must be error or impute.")
     if data.test_path and data.split_column:
         problems.append("data.test_path and data.split_column both choose the test rows; keep one of them.")
     if not data.targets:
         problems.append(
             "data.targets is empty; name at least one, e.g. data.targets=[{name:intent,type:classification}]."
         )
-    for i, t in enumerate(data.targets):
-        if t.type not in (CLASSIFICATION, REGRESSION):
-            problems.append(f"data.targets[{i}].type={t.type!r} must be classification or regression.")
     roles = {
         "data.text_columns": data.text_columns,
         "data.numeric_columns": data.numeric_columns,
@@ -175,18 +128,8 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
         repeated = sorted({c for c in data[key] if list(data[key]).count(c) > 1})
         if repeated:
             problems.append(f"data.{key} lists {', '.join(repeated)} more than once; list each column once.")
-    if cfg.trainer.mode not in ("min", "max"):
-        problems.append(f"trainer.mode={cfg.trainer.mode!r} must be min or max.")
     if cfg.trainer.log_every_n_steps < 1:
         problems.append(f"trainer.log_every_n_steps={cfg.trainer.log_every_n_steps} must be at least 1.")
-    if cfg.trainer.progress not in ("auto", "rich", "plain"):
-        problems.append(f"trainer.progress={cfg.trainer.progress!r} must be auto, rich or plain.")
-    if cfg.device.type not in ("auto", "cpu", "cuda", "mps"):
-        problems.append(f"device.type={cfg.device.type!r} must be auto, cpu, cuda or mps.")
-    if cfg.device.fallback not in ("error", "warn"):
-        problems.append(f"device.fallback={cfg.device.fallback!r} must be error or warn.")
-    if cfg.device.strategy not in ("single", "ddp"):
-        problems.append(f"device.strategy={cfg.device.strategy!r} must be single or ddp.")
     if cfg.device.num_devices < 1:
         problems.append(f"device.num_devices={cfg.device.num_devices} must be 1 or more.")
     if cfg.device.timeout_s <= 0:
@@ -198,6 +141,10 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
     if cfg.device.precision not in PRECISIONS:
         problems.append(f"device.precision={cfg.device.precision} must be 32, bf16 or fp16.")
     problems += _trainer_problems(cfg.trainer)
+    steps = known_run_length(cfg)
+    warmup = cfg.scheduler.get("warmup_steps") if cfg.scheduler else None
+    if steps is not None and isinstance(warmup, int) and warmup >= steps:
+        problems.append(_warmup_problem(warmup, steps))
 
     targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION)]
     known = metric_names(targets, "val") + metric_names(targets, "train")[:1]
@@ -216,8 +163,6 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
             problems += _direction_problems(
                 "trainer.early_stopping", stop.monitor or cfg.trainer.monitor, stop.mode
             )
-    if data.numeric_scaling not in ("standard", "power"):
-        problems.append(f"data.numeric_scaling={data.numeric_scaling!r} must be standard or power.")
     if cfg.scheduler and "monitor" in cfg.scheduler and cfg.scheduler.monitor not in known:
         problems.append(
             f"scheduler.monitor={cfg.scheduler.monitor!r} is not a metric this run logs; "
@@ -239,6 +184,7 @@ def check_train_config(cfg: DictConfig, user_config_dir: bool) -> None:
             problems.append(f"loss.weights.{name} names no target; the targets are {', '.join(names)}.")
     if problems:
         raise UserError("\n".join(problems))
+    return allowed
 
 
 def _direction_problems(prefix: str, monitor: str, mode: str) -> list[str]:
@@ -254,6 +200,11 @@ def _direction_problems(prefix: str, monitor: str, mode: str) -> list[str]:
 
 def _trainer_problems(trainer: DictConfig) -> list[str]:
     problems = []
+    decay = trainer.ema.decay
+    if decay is not None and not 0 < decay < 1:
+        problems.append(f"trainer.ema.decay={decay} must be between 0 and 1 (exclusive), e.g. 0.999, or null for no EMA.")
+    if trainer.overfit_batches < 0:
+        problems.append(f"trainer.overfit_batches={trainer.overfit_batches} must be 0 (off) or a number of batches.")
     if trainer.accumulate_grad_batches < 1:
         problems.append(
             f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} must be at least 1."
@@ -262,18 +213,10 @@ def _trainer_problems(trainer: DictConfig) -> list[str]:
         problems.append(
             f"trainer.gradient_clip_val={trainer.gradient_clip_val} must be positive, e.g. 1.0, or null for no clipping."
         )
-    if trainer.gradient_clip_algorithm not in ("norm", "value"):
-        problems.append(
-            f"trainer.gradient_clip_algorithm={trainer.gradient_clip_algorithm!r} must be norm or value."
-        )
     stop = trainer.early_stopping
     if stop.patience is not None and stop.patience < 1:
         problems.append(
             f"trainer.early_stopping.patience={stop.patience} must be at least 1, or null to turn early stopping off."
-        )
-    if stop.mode is not None and stop.mode not in ("min", "max"):
-        problems.append(
-            f"trainer.early_stopping.mode={stop.mode!r} must be min, max or null (picked from the metric)."
         )
     if stop.min_delta < 0:
         problems.append(f"trainer.early_stopping.min_delta={stop.min_delta} must be 0 or more.")
@@ -311,45 +254,30 @@ def check_run_length(scheduler: DictConfig, total_steps: int) -> None:
     """
     warmup = scheduler.get("warmup_steps") if scheduler else None
     if warmup is not None and warmup >= total_steps:
-        raise UserError(
-            f"scheduler.warmup_steps={warmup} is not shorter than the run ({total_steps} optimizer steps); "
-            f"lower it below {total_steps} or raise epochs."
-        )
+        raise UserError(_warmup_problem(warmup, total_steps))
 
 
-def _is_container(value: Any) -> bool:
-    return isinstance(value, DictConfig | ListConfig)
+def _warmup_problem(warmup: int, total_steps: int) -> str:
+    return (
+        f"scheduler.warmup_steps={warmup} is not shorter than the run ({total_steps} optimizer steps); "
+        f"lower warmup_steps below {total_steps} or raise epochs."
+    )
 
 
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any or isinstance(hint, typing.TypeVar):
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint in (str, bool):
-        return isinstance(value, hint)
-    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable) or hint in (list, tuple):
-        return isinstance(value, list | tuple)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return True  # tensors, modules, callables: not expressible in YAML, left to the constructor
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+def known_run_length(cfg: DictConfig) -> int | None:
+    """Optimizer steps of the whole run when the config alone tells (the built-in data, split by
+    fractions, with train_test_split's rounding); None when the rows are in a file not yet read."""
+    data = cfg.data
+    if data.source != "seo_pages" or data.split_column or not 0 < data.val_fraction + data.test_fraction < 1:
+        return None
+    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.trainer.accumulate_grad_batches < 1 or cfg.device.num_devices < 1:
+        return None
+    rows = data.num_rows - math.ceil((data.val_fraction + data.test_fraction) * data.num_rows)
+    ranks = cfg.device.num_devices if cfg.device.strategy == "ddp" else 1
+    batches = -(-(-(-rows // ranks)) // cfg.batch_size)
+    if cfg.trainer.overfit_batches:
+        batches = min(batches, cfg.trainer.overfit_batches)
+    return -(-batches // cfg.trainer.accumulate_grad_batches) * cfg.epochs
 
 
 # Ranges of the numeric knobs the built-in components take, by name: a value outside fails at start-up

@@ -9,7 +9,8 @@ from torch import nn
 from seo_cli.data.spec import REGRESSION, Target
 from seo_cli.errors import UserError
 from seo_cli.models.mlp import MLP
-from seo_cli.trainer import FitSettings, fit
+from seo_cli.config import TrainerConfig
+from seo_cli.trainer import fit
 
 
 def _model() -> nn.Module:
@@ -30,7 +31,7 @@ def _batches(x: torch.Tensor, y: torch.Tensor, sizes: list[int]) -> list[tuple[t
 
 def _train(model: nn.Module, batches, *, accumulate: int = 1, epochs: int = 2):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    settings = FitSettings(
+    settings = TrainerConfig(
         epochs=epochs, monitor="train/loss", progress="plain", accumulate_grad_batches=accumulate
     )
     result = fit(
@@ -38,9 +39,7 @@ def _train(model: nn.Module, batches, *, accumulate: int = 1, epochs: int = 2):
         optimizer,
         nn.functional.mse_loss,
         batches,
-        None,
-        targets=[Target("y", REGRESSION)],
-        settings=settings,
+        settings,
     )
     return result, model
 

@@ -359,7 +359,7 @@ def test_train_every_n_steps_writes_last_mid_epoch(train_run, monkeypatch, tmp_p
 )
 def test_wrong_checkpoint_policy_is_a_user_error(compose_train, overrides, message):
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
-        check_train_config(compose_train(*overrides), False)
+        check_train_config(compose_train(*overrides))
 
 
 def test_valid_checkpoint_policies_pass(compose_train):
@@ -369,4 +369,4 @@ def test_valid_checkpoint_policies_pass(compose_train):
         ["trainer.checkpoint.save_best_only=true"],
         ["trainer.checkpoint.every_n_steps=100"],
     ):
-        check_train_config(compose_train(*overrides), False)
+        check_train_config(compose_train(*overrides))

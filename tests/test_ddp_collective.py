@@ -11,7 +11,9 @@ from torch import nn
 
 from seo_cli.data.batches import DeviceBatches
 from seo_cli.data.spec import REGRESSION, Target
-from seo_cli.trainer import FitSettings, TrainingDiverged, fit
+from seo_cli.config import TrainerConfig
+from seo_cli.evaluation import TrainingDiverged
+from seo_cli.trainer import fit
 
 
 def _free_port() -> int:
@@ -51,7 +53,7 @@ def _rank_main(rank: int, port: int, fault: str, results: dict) -> None:
             loss = loss * float("nan")
         return loss
 
-    settings = FitSettings(epochs=2, log_every_n_steps=1, monitor="train/loss", progress="plain")
+    settings = TrainerConfig(epochs=2, log_every_n_steps=1, monitor="train/loss", progress="plain")
     outcome = {}
     try:
         result = fit(
@@ -59,9 +61,7 @@ def _rank_main(rank: int, port: int, fault: str, results: dict) -> None:
             torch.optim.SGD(model.parameters(), lr=0.1),
             lambda out, labels: loss_fn(out, labels),
             _Wrapped(batches),
-            None,
-            targets=[Target("y", REGRESSION)],
-            settings=settings,
+            settings,
         )
         outcome["result"], outcome["splits"] = "finished", result.micro_batch_splits
     except TrainingDiverged as err:

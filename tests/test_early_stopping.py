@@ -140,15 +140,25 @@ def test_stopped_epoch_is_cleared_when_a_resumed_run_trains_on():
 
 
 def _fit(monkeypatch, script, *, epochs, early_stopping=None, checkpoints=None, resume_from=None, start=0):
+    """``fit`` whose validation returns the scripted values; ``early_stopping`` (an EarlyStopping)
+    becomes the config's early-stopping knobs."""
     from seo_cli import trainer
+    from seo_cli.config import EarlyStoppingConfig, TrainerConfig
 
     calls = iter(range(start, len(script)))
 
-    def scripted_evaluation(*args, **kwargs):
+    def scripted_validation(model):
         i = next(calls)
-        return trainer.Evaluation({"val/loss": script[i], "val/y/accuracy": 1.0 - script[i] / 10}, {}, {}, {})
+        return {"val/loss": script[i], "val/y/accuracy": 1.0 - script[i] / 10}
 
-    monkeypatch.setattr(trainer, "evaluation", scripted_evaluation)
+    stop = EarlyStoppingConfig()
+    if early_stopping is not None:
+        stop = EarlyStoppingConfig(
+            patience=early_stopping.patience,
+            monitor=early_stopping.monitor,
+            mode=early_stopping.mode,
+            min_delta=early_stopping.min_delta,
+        )
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     x, y = torch.randn(32, 3), torch.randn(32, 1)
@@ -158,11 +168,9 @@ def _fit(monkeypatch, script, *, epochs, early_stopping=None, checkpoints=None, 
         torch.optim.SGD(model.parameters(), lr=0.01),
         torch.nn.functional.mse_loss,
         batches,
-        batches,
-        targets=[Target("y", "regression")],
-        settings=trainer.FitSettings(epochs=epochs, progress="plain"),
+        TrainerConfig(epochs=epochs, progress="plain", early_stopping=stop),
+        validate=scripted_validation,
         checkpoints=checkpoints,
-        early_stopping=early_stopping,
         resume_from=resume_from,
     )
 
@@ -183,14 +191,15 @@ def test_fit_without_early_stopping_runs_every_epoch(monkeypatch):
     assert result.best_epoch == 8
 
 
-def test_fit_early_stopping_follows_its_own_monitor(monkeypatch):
+def test_fit_early_stopping_follows_its_own_monitor(monkeypatch, tmp_path):
     # val/y/accuracy = 1 - val/loss / 10: 0.9, 0.91, 0.905, 0.907, 0.909, 0.95, ...; in mode max with
     # min_delta 0.02 epochs 2 to 5 are bad. On val/loss (epoch 2 improves, epoch 6 again) it would run all 8.
     stopper = EarlyStopping("val/y/accuracy", mode="max", patience=4, min_delta=0.02)
-    result = _fit(monkeypatch, SCRIPT, epochs=8, early_stopping=stopper)
+    ckpt = CheckpointManager(tmp_path, extra={"config": "x: 1", "preprocessing": {}})
+    result = _fit(monkeypatch, SCRIPT, epochs=8, early_stopping=stopper, checkpoints=ckpt)
     assert len(result.history) == 5
-    assert stopper.best == pytest.approx(0.9)
-    assert result.best_epoch == 2  # best.pt still follows settings.monitor (val/loss)
+    assert load_checkpoint(tmp_path / "last.pt")["early_stopping"]["best"] == pytest.approx(0.9)
+    assert result.best_epoch == 2  # best.pt still follows trainer.monitor (val/loss)
 
 
 def test_fit_resumes_early_stopping_from_the_checkpoint(monkeypatch, tmp_path):
@@ -214,10 +223,19 @@ def test_fit_resumes_early_stopping_from_the_checkpoint(monkeypatch, tmp_path):
     assert (len(ended.history), ended.stopped_early, ended.global_step) == (5, True, 20)
 
     # A larger patience trains on: epoch 6 improves, and 7 and 8 too, to the end of the run.
-    stopper = EarlyStopping("val/loss", patience=4)
-    longer = _fit(monkeypatch, SCRIPT, epochs=8, early_stopping=stopper, resume_from=last, start=5)
+    longer_dir = tmp_path / "longer"
+    longer = _fit(
+        monkeypatch,
+        SCRIPT,
+        epochs=8,
+        early_stopping=EarlyStopping("val/loss", patience=4),
+        checkpoints=CheckpointManager(longer_dir, extra={"config": "x: 1", "preprocessing": {}}),
+        resume_from=last,
+        start=5,
+    )
     assert (len(longer.history), longer.stopped_early, longer.global_step) == (8, False, 32)
-    assert (stopper.best, stopper.bad_epochs) == (0.3, 0)
+    stopped = load_checkpoint(longer_dir / "last.pt")["early_stopping"]
+    assert (stopped["best"], stopped["bad_epochs"]) == (0.3, 0)
 
 
 # seo-train: in-process debug=smoke runs (the MLP keeps them to about a second an epoch).
@@ -269,10 +287,6 @@ def test_train_derives_mode_max_from_an_accuracy_monitor(train_run):
             "trainer.early_stopping.min_delta=-0.1 must be 0 or more.",
         ),
         (
-            ["trainer.early_stopping.patience=2", "trainer.early_stopping.mode=up"],
-            "trainer.early_stopping.mode='up' must be min, max or null (picked from the metric).",
-        ),
-        (
             [
                 "trainer.early_stopping.patience=2",
                 "trainer.early_stopping.mode=min",
@@ -286,17 +300,17 @@ def test_train_derives_mode_max_from_an_accuracy_monitor(train_run):
             "trainer.early_stopping.monitor=val/loss falls as the model improves; set trainer.early_stopping.mode=min.",
         ),
     ],
-    ids=["patience-0", "negative-delta", "unknown-mode", "accuracy-min", "loss-max"],
+    ids=["patience-0", "negative-delta", "accuracy-min", "loss-max"],
 )
 def test_wrong_early_stopping_config_is_a_user_error(compose_train, overrides, message):
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
-        check_train_config(compose_train(*overrides), False)
+        check_train_config(compose_train(*overrides))
 
 
 def test_unknown_early_stopping_monitor_is_a_user_error(compose_train):
     cfg = compose_train("trainer.early_stopping.patience=2", "trainer.early_stopping.monitor=val/intent/acc")
     with pytest.raises(UserError) as err:
-        check_train_config(cfg, False)
+        check_train_config(cfg)
     (line,) = str(err.value).splitlines()
     assert line.startswith(
         "trainer.early_stopping.monitor='val/intent/acc' is not a metric this run logs; use one of: "
@@ -314,7 +328,7 @@ def test_valid_early_stopping_configs_pass(compose_train):
             "trainer.early_stopping.mode=min",
         ],
     ):
-        check_train_config(compose_train(*overrides), False)
+        check_train_config(compose_train(*overrides))
 
 
 def test_early_stopping_state_survives_resume(compose_train, tmp_path):

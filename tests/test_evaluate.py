@@ -22,8 +22,9 @@ from seo_cli.data import seo_pages
 from seo_cli.data.batches import make_batches
 from seo_cli.data.pipeline import tensorize
 from seo_cli.errors import UserError
-from seo_cli.evaluate import checkpoint_paths, evaluation_rows, load_trained, run_eval
-from seo_cli.trainer import evaluation
+from seo_cli.evaluate import checkpoint_paths, evaluation_rows, run_eval
+from seo_cli.loading import load_trained
+from seo_cli.evaluation import Scorer
 
 CLASSIFICATION_TARGETS = ("intent", "quality")
 REGRESSION_TARGETS = ("ctr", "position")
@@ -226,7 +227,7 @@ def test_comparison_differences_are_exact_and_paired(compared, runs):
         batches = make_batches(
             tensors.inputs, tensors.targets, batch_size=1024, device=CPU, placement="device"
         )
-        scored = evaluation(trained.model, batches, trained.loss_fn, trained.targets, split, pre.target_scale)
+        scored = Scorer(trained.targets, pre.target_scale).evaluate(trained.model, batches, split, trained.loss_fn)
         per_model = {}
         for t in trained.targets:
             y, pred = scored.labels[t.name], scored.predictions[t.name]

@@ -152,10 +152,10 @@ def test_transformer_flops_per_token_counts_matmuls_and_attention():
 def test_mfu_is_the_share_of_the_configured_peak(train_run):
     from conftest import read_jsonl
 
-    from seo_cli.evaluate import load_trained
+    from seo_cli.loading import load_trained
 
     _, run_dir = train_run("model=transformer", "device.peak_tflops=0.002")
-    model = load_trained(run_dir / "checkpoints" / "best.pt", "cpu", ["seo_cli."]).model
+    model = load_trained(run_dir / "checkpoints" / "best.pt", "cpu", []).model
     per_token = model.flops_per_token(48)  # debug=smoke pads every text to data.max_length=48
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train/lr" in r]
     assert len(rows) == 5
@@ -166,7 +166,7 @@ def test_mfu_is_the_share_of_the_configured_peak(train_run):
 def test_no_mfu_without_a_known_peak_or_for_models_without_a_flop_count():
     import torch
 
-    from seo_cli.trainer import _SpeedWindow
+    from seo_cli.monitor import SpeedWindow as _SpeedWindow
 
     window = [({"tokens": torch.zeros(4, 48, dtype=torch.long)}, torch.zeros(4))]
     for flops_per_token, peak in ((None, 1e12), (lambda seq_len: 1e6, None)):  # no count; no peak (a CPU)

@@ -11,20 +11,23 @@ import random
 
 import numpy as np
 import pytest
+from helpers.fitting import validate_on
 import torch
 from conftest import read_jsonl
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-import seo_cli.trainer as trainer
+import seo_cli.evaluation as evaluation
 from seo_cli.checkpoint import CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.data.preprocess import Preprocessor
 from seo_cli.data.spec import Target
 from seo_cli.errors import UserError
 from seo_cli.loggers import MetricsSink
 from seo_cli.runtime import check_precision, seed_worker, set_deterministic
-from seo_cli.trainer import FP16_MAX_SKIPS_IN_A_ROW, FitSettings, TrainingDiverged, fit, predict
+from seo_cli.config import TrainerConfig
+from seo_cli.evaluation import TrainingDiverged, predict
+from seo_cli.trainer import FP16_MAX_SKIPS_IN_A_ROW, fit
 from seo_cli.validation import check_train_config
 
 TARGETS = [Target("y", "regression")]
@@ -46,9 +49,9 @@ def make_batches(n: int, rows: int = 4, seed: int = 1, scale: float = 1.0) -> li
     ]
 
 
-def settings(**kw) -> FitSettings:
+def settings(**kw) -> TrainerConfig:
     kw = {"epochs": 1, "progress": "plain", "monitor": "train/loss", "log_every_n_steps": 100} | kw
-    return FitSettings(**kw)
+    return TrainerConfig(**kw)
 
 
 def sgd(model: nn.Module, lr: float = 0.1) -> torch.optim.SGD:
@@ -115,22 +118,21 @@ def test_forward_runs_under_autocast_of_the_precision_and_metrics_get_float32(pr
         loss_inputs[outputs.requires_grad].add(outputs.dtype)  # val outputs carry no graph
         return mse(outputs, labels)
 
-    real_as_numpy = trainer.as_numpy
+    real_as_numpy = evaluation.as_numpy
 
     def spy_as_numpy(outputs, targets):
         metric_inputs.append(outputs.dtype)
         return real_as_numpy(outputs, targets)
 
-    monkeypatch.setattr(trainer, "as_numpy", spy_as_numpy)
+    monkeypatch.setattr(evaluation, "as_numpy", spy_as_numpy)
     batches = make_batches(3, scale=0.3)
     result = fit(
         model,
         sgd(model),
         loss_fn,
         batches,
-        batches[:2],
-        targets=TARGETS,
-        settings=settings(precision=precision, monitor="val/loss"),
+        settings(precision=precision, monitor="val/loss"),
+        validate=validate_on(batches[:2], TARGETS, loss_fn, precision),
     )
     assert model.seen == {True: {dtype}, False: {dtype}}  # training and validation forwards
     assert loss_inputs == {True: {dtype}, False: {torch.float32}}  # val loss on float32 outputs
@@ -152,9 +154,7 @@ def test_fp16_saves_its_grad_scaler_in_the_checkpoint_and_restores_it(tmp_path):
         sgd(model),
         mse,
         batches,
-        None,
-        targets=TARGETS,
-        settings=settings(precision="fp16"),
+        settings(precision="fp16"),
         checkpoints=CheckpointManager(tmp_path / "a"),
     )
     state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
@@ -171,9 +171,7 @@ def test_fp16_saves_its_grad_scaler_in_the_checkpoint_and_restores_it(tmp_path):
         sgd(resumed),
         mse,
         batches,
-        None,
-        targets=TARGETS,
-        settings=settings(precision="fp16", epochs=2),
+        settings(precision="fp16", epochs=2),
         checkpoints=CheckpointManager(tmp_path / "b"),
         resume_from=state,
     )
@@ -190,9 +188,7 @@ def test_precision_32_has_no_grad_scaler(tmp_path):
         sgd(model),
         mse,
         make_batches(2),
-        None,
-        targets=TARGETS,
-        settings=settings(precision="32"),
+        settings(precision="32"),
         checkpoints=CheckpointManager(tmp_path),
     )
     assert torch.load(tmp_path / "last.pt", weights_only=True)["scaler"] is None
@@ -273,9 +269,7 @@ def test_fp16_skips_a_step_with_infinite_gradients_and_counts_it(tmp_path):
         # so only the injected step overflows.
         lambda out, y: 0.1 * (out.squeeze(-1).float() - y).abs().mean(),
         make_batches(4, scale=0.1),
-        None,
-        targets=TARGETS,
-        settings=settings(precision="fp16", log_every_n_steps=4),
+        settings(precision="fp16", log_every_n_steps=4),
         sink=sink,
     )
     sink.close()
@@ -312,9 +306,7 @@ def test_fp16_stops_after_too_many_skipped_steps_in_a_row():
             sgd(model),
             loss_fn,
             make_batches(FP16_MAX_SKIPS_IN_A_ROW + 10, scale=0.3),
-            None,
-            targets=TARGETS,
-            settings=settings(precision="fp16"),
+            settings(precision="fp16"),
         )
     n = FP16_MAX_SKIPS_IN_A_ROW
     assert f"under device.precision=fp16 the last {n} optimizer steps (up to step {n})" in str(err.value)
@@ -332,9 +324,7 @@ def test_fp16_skips_fewer_than_the_limit_in_a_row_do_not_stop_the_run():
         sgd(model),
         loss_fn,
         make_batches(2 * n - 1, scale=0.3),
-        None,
-        targets=TARGETS,
-        settings=settings(precision="fp16"),
+        settings(precision="fp16"),
     )
     assert result.fp16_skipped_steps == 2 * n - 2
     assert result.global_step == 2 * n - 1
@@ -357,9 +347,7 @@ def test_nan_loss_names_the_step_and_last_finite_loss_and_never_saves_nan_weight
             sgd(model),
             NanLoss(lambda call: call >= 6),
             batches,
-            None,
-            targets=TARGETS,
-            settings=settings(epochs=2, log_every_n_steps=100),
+            settings(epochs=2, log_every_n_steps=100),
             checkpoints=CheckpointManager(tmp_path, every_n_steps=every_n_steps),
         )
     assert isinstance(err.value, TrainingDiverged)
@@ -398,9 +386,7 @@ def test_infinite_loss_at_the_first_step_names_it_and_writes_no_checkpoint(tmp_p
             sgd(model),
             NanLoss(lambda call: call == 1, factor=math.inf),
             make_batches(3),
-            None,
-            targets=TARGETS,
-            settings=settings(),
+            settings(),
             checkpoints=CheckpointManager(tmp_path),
         )
     assert str(err.value).startswith(
@@ -447,9 +433,7 @@ def clipped_fit(tmp_path, batches, lr=0.1, **kw):
         sgd(model, lr=lr),
         mse,
         batches,
-        None,
-        targets=TARGETS,
-        settings=settings(log_every_n_steps=len(batches), **kw),
+        settings(log_every_n_steps=len(batches), **kw),
         sink=sink,
     )
     sink.close()
@@ -550,9 +534,7 @@ def test_fit_on_a_compiled_model_saves_weights_without_the_wrapper_prefix(tmp_pa
         sgd(compiled),
         mse,
         make_batches(3),
-        None,
-        targets=TARGETS,
-        settings=settings(),
+        settings(),
         checkpoints=CheckpointManager(tmp_path),
     )
     state = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -638,16 +620,12 @@ def test_seed_worker_seeds_python_and_numpy_from_the_torch_seed(keep_rng, seed):
             "trainer.gradient_clip_val=0",
             "trainer.gradient_clip_val=0.0 must be positive, e.g. 1.0, or null for no clipping.",
         ),
-        (
-            "trainer.gradient_clip_algorithm=foo",
-            "trainer.gradient_clip_algorithm='foo' must be norm or value.",
-        ),
         ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be at least 1."),
     ],
 )
 def test_bad_precision_and_trainer_values_are_refused(compose_train, override, expected):
     with pytest.raises(UserError) as err:
-        check_train_config(compose_train(override), False)
+        check_train_config(compose_train(override))
     assert str(err.value).splitlines() == [expected]
 
 
@@ -656,4 +634,4 @@ def test_good_precision_and_trainer_values_pass(compose_train):
         ["device.precision=bf16", "trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=2"],
         ["device.precision=fp16", "trainer.gradient_clip_val=0.5", "trainer.gradient_clip_algorithm=value"],
     ):
-        check_train_config(compose_train(*overrides), False)
+        check_train_config(compose_train(*overrides))

@@ -19,9 +19,9 @@ from seo_cli.data import seo_pages
 from seo_cli.data.batches import make_batches
 from seo_cli.data.pipeline import load_splits, tensorize
 from seo_cli.errors import UserError
-from seo_cli.evaluate import load_trained
+from seo_cli.loading import load_trained
 from seo_cli.predict import run_predict
-from seo_cli.trainer import evaluation
+from seo_cli.evaluation import Scorer
 
 TARGETS = ["intent", "quality", "ctr", "position"]
 CPU = torch.device("cpu")
@@ -111,7 +111,7 @@ def test_predictions_equal_the_model_on_the_training_tensors(checkpoint, trained
     pre = trained.preprocessor
     tensors = tensorize(pre, frame, "test")
     batches = make_batches(tensors.inputs, tensors.targets, batch_size=1024, device=CPU, placement="device")
-    expected = evaluation(trained.model, batches, None, trained.targets, "test", pre.target_scale)
+    expected = Scorer(trained.targets, pre.target_scale).evaluate(trained.model, batches, "test")
 
     path = tmp_path / "test_split.parquet"
     frame.drop(columns=TARGETS).to_parquet(path, index=False)

@@ -169,4 +169,4 @@ def test_more_values_are_refused_at_start_up(compose_train, override, message):
     from seo_cli.validation import check_train_config
 
     with pytest.raises(UserError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        check_train_config(compose_train(override), False)
+        check_train_config(compose_train(override))

@@ -13,7 +13,8 @@ from torch import nn
 
 from seo_cli.data.spec import REGRESSION, Target
 from seo_cli.errors import UserError
-from seo_cli.trainer import FitSettings, fit
+from seo_cli.config import TrainerConfig
+from seo_cli.trainer import fit
 from seo_cli.tuning import StudySettings, TrialReporter, make_pruner, make_sampler, run_study, search_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -182,9 +183,7 @@ def test_fit_stops_when_the_trial_is_pruned():
         torch.optim.SGD(model.parameters(), lr=0.1),
         lambda out, y: nn.functional.mse_loss(out, y),
         batches,
-        None,
-        targets=[Target("y", REGRESSION)],
-        settings=FitSettings(epochs=5, monitor="train/loss", progress="plain"),
+        TrainerConfig(epochs=5, monitor="train/loss", progress="plain"),
         trial=trial,
     )
     assert result.pruned and len(result.history) == 2

@@ -7,14 +7,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from seo_cli.errors import UserError
-from seo_cli.validation import RUNTIME_ARGS, check_component, check_run_length, check_train_config
+from seo_cli.validation import check_component, check_run_length, check_train_config
 
-PREFIXES = ["seo_cli", "torch"]
 MLP = "seo_cli.models.mlp.MLP"
 
 
-def problems_of(node: dict, key: str = "model", prefixes: list[str] | None = PREFIXES) -> list[str]:
-    return check_component(OmegaConf.create(node), key, RUNTIME_ARGS.get(key, set()), prefixes)
+def problems_of(node: dict, key: str = "model", allowed: dict | None = None) -> list[str]:
+    return check_component(OmegaConf.create(node), key, key, allowed or {})
 
 
 def test_valid_node_has_no_problems():
@@ -55,23 +54,40 @@ def test_missing_required_argument_is_named():
     ]
 
 
-def test_target_outside_the_allow_list_is_refused_before_import():
+def test_a_target_outside_the_registry_is_refused_before_import():
     sys.modules.pop("json.tool", None)
     problems = problems_of({"_target_": "json.tool.main"})
     assert len(problems) == 1
-    assert problems[0].startswith(
-        "model._target_='json.tool.main' is outside the modules seo-cli builds from"
-    )
+    assert problems[0].startswith("model._target_='json.tool.main' is not a class seo-cli builds for model (those are: ")
+    assert problems[0].endswith("if you trust it, name it exactly with allowed_targets=[json.tool.main].")
     assert "json.tool" not in sys.modules  # refused by name: nothing was imported
-    # With the allow-list off (a user's own --config-dir) the same node is imported and checked.
-    assert problems_of({"_target_": "json.tool.main"}, prefixes=None) == []
 
 
-def test_non_importable_target_is_named():
-    problems = problems_of({"_target_": "seo_cli.models.nope.Net"})
-    assert len(problems) == 1
-    assert problems[0].startswith("model._target_='seo_cli.models.nope.Net' cannot be imported (")
-    assert problems[0].endswith("; check the name.")
+@pytest.mark.parametrize(
+    "target",
+    [
+        "seo_cli.checkpoint.Path.write_text",  # a name a seo_cli module happens to import
+        "seo_cli.checkpoint.torch.load",
+        "seo_cli.models",  # a prefix of registered names
+        "torch.load",
+        "torch.optim.Adam.__init__",
+        "seo_cli.models.mlp.MLP.__init__",
+    ],
+)
+def test_only_exact_registered_names_pass_never_a_prefix_or_an_attribute_path(target):
+    assert problems_of({"_target_": target})[0].startswith(f"model._target_={target!r} is not a class seo-cli builds")
+
+
+def test_nested_targets_must_be_registered_too():
+    node = {"_target_": MLP, "activation": {"_target_": "pathlib.Path.write_text", "_args_": ["x", "y"]}}
+    assert problems_of(node) == [
+        "model.activation._target_='pathlib.Path.write_text' is not a class seo-cli builds; if you trust it, "
+        "name it exactly with allowed_targets=[pathlib.Path.write_text]."
+    ]
+
+
+def test_a_registered_target_of_another_group_is_refused():
+    assert problems_of({"_target_": "torch.optim.AdamW"})[0].startswith("model._target_='torch.optim.AdamW' is not a class")
 
 
 def test_node_without_target_is_named():
@@ -99,7 +115,7 @@ def test_node_without_target_is_named():
     ids=["defaults", "mlp-sgd-plateau", "textcnn-step", "transformer-cosine", "monitor-max"],
 )
 def test_shipped_options_pass(compose_train, overrides):
-    check_train_config(compose_train(*overrides), user_config_dir=False)
+    check_train_config(compose_train(*overrides))
 
 
 def test_every_problem_is_reported_together(compose_train):
@@ -112,7 +128,7 @@ def test_every_problem_is_reported_together(compose_train):
         "epochs=0",
     )
     with pytest.raises(UserError) as err:
-        check_train_config(cfg, user_config_dir=False)
+        check_train_config(cfg)
     lines = str(err.value).splitlines()
     assert lines[0] == "model.dropout='high' should be float."
     expected = [
@@ -134,7 +150,7 @@ def test_monitor_must_be_a_logged_metric(compose_train):
         match=r"^trainer.monitor='val/intent/acc' is not a metric this run logs; use one of: "
         r"val/loss, val/intent/loss, val/intent/accuracy",
     ):
-        check_train_config(compose_train("trainer.monitor=val/intent/acc"), user_config_dir=False)
+        check_train_config(compose_train("trainer.monitor=val/intent/acc"))
 
 
 def test_plateau_monitor_must_be_a_logged_metric(compose_train):
@@ -142,7 +158,7 @@ def test_plateau_monitor_must_be_a_logged_metric(compose_train):
     with pytest.raises(
         UserError, match=r"^scheduler.monitor='val/clicks' is not a metric this run logs; the plateau"
     ):
-        check_train_config(cfg, user_config_dir=False)
+        check_train_config(cfg)
 
 
 def test_mode_min_with_an_accuracy_monitor_is_refused(compose_train):
@@ -152,7 +168,7 @@ def test_mode_min_with_an_accuracy_monitor_is_refused(compose_train):
         match=r"^trainer.monitor=val/intent/accuracy grows as the model improves; "
         r"set trainer.mode=max.$",
     ):
-        check_train_config(cfg, user_config_dir=False)
+        check_train_config(cfg)
 
 
 def test_column_in_two_roles_is_refused(compose_train):
@@ -161,14 +177,14 @@ def test_column_in_two_roles_is_refused(compose_train):
         "column 'title' is in both data.text_columns and data.categorical_columns; give each column one role."
     )
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
-        check_train_config(cfg, user_config_dir=False)
+        check_train_config(cfg)
 
 
 @pytest.mark.parametrize(("val", "test"), [(0.5, 0.5), (0.7, 0.4)])
 def test_fractions_summing_to_one_or_more_are_refused(compose_train, val, test):
     cfg = compose_train(f"data.val_fraction={val}", f"data.test_fraction={test}")
     with pytest.raises(UserError, match=r"^data.val_fraction \+ data.test_fraction must be below 1"):
-        check_train_config(cfg, user_config_dir=False)
+        check_train_config(cfg)
 
 
 def test_loss_weights_must_name_targets(compose_train):
@@ -178,29 +194,24 @@ def test_loss_weights_must_name_targets(compose_train):
         match=r"^loss.weights.clicks names no target; the targets are intent, quality, ctr, "
         r"position.$",
     ):
-        check_train_config(cfg, user_config_dir=False)
+        check_train_config(cfg)
 
 
 def test_fractions_are_ignored_with_a_split_column(compose_train):
     cfg = compose_train("data.split_column=part", "data.val_fraction=0.6", "data.test_fraction=0.6")
-    check_train_config(cfg, user_config_dir=False)
+    check_train_config(cfg)
 
 
-def test_component_outside_the_allow_list_is_reported_unless_allowed(compose_train):
-    cfg = compose_train(
-        "optimizer._target_=json.loads", "~optimizer.lr", "~optimizer.weight_decay", "~optimizer.betas"
-    )
-    with pytest.raises(UserError, match=r"^optimizer._target_='json.loads' is outside the modules"):
-        check_train_config(cfg, user_config_dir=False)
-    cfg = compose_train(
-        "optimizer._target_=json.loads",
-        "~optimizer.lr",
-        "~optimizer.weight_decay",
-        "~optimizer.betas",
-        "allowed_targets=[json]",
-    )
+def test_a_component_outside_the_registry_is_reported_unless_allowed_by_its_exact_name(compose_train):
+    drop = ["~optimizer.lr", "~optimizer.weight_decay", "~optimizer.betas"]
+    cfg = compose_train("optimizer._target_=json.loads", *drop)
+    with pytest.raises(UserError, match=r"^optimizer._target_='json.loads' is not a class seo-cli builds"):
+        check_train_config(cfg)
+    with pytest.raises(UserError, match=r"^allowed_targets names 'json', which is a module, not a class"):
+        check_train_config(compose_train("optimizer._target_=json.loads", *drop, "allowed_targets=[json]"))
+    cfg = compose_train("optimizer._target_=json.loads", *drop, "allowed_targets=[json.loads]")
     with pytest.raises(UserError, match=r"^optimizer.s is required by json.loads"):
-        check_train_config(cfg, user_config_dir=False)
+        check_train_config(cfg)
 
 
 def test_warmup_shorter_than_the_run_passes():
@@ -214,7 +225,7 @@ def test_warmup_as_long_as_the_run_or_longer_is_refused(total_steps):
     with pytest.raises(
         UserError,
         match=rf"^scheduler.warmup_steps=20 is not shorter than the run \({total_steps} optimizer steps\); "
-        rf"lower it below {total_steps} or raise epochs.$",
+        rf"lower warmup_steps below {total_steps} or raise epochs.$",
     ):
         check_run_length(scheduler, total_steps=total_steps)
 
@@ -231,7 +242,32 @@ def test_plateau_direction_must_match_its_monitor_and_targets_are_listed_once(co
     with pytest.raises(
         UserError, match="scheduler.monitor=val/intent/accuracy grows.*set scheduler.mode=max"
     ):
-        check_train_config(cfg, user_config_dir=False)
+        check_train_config(cfg)
     cfg = compose_train("data.targets=[{name:ctr,type:regression},{name:ctr,type:regression}]")
     with pytest.raises(UserError, match="data.targets lists 'ctr' twice"):
-        check_train_config(cfg, user_config_dir=False)
+        check_train_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "choices"),
+    [
+        ("trainer.mode=sideways", "min, max"),
+        ("trainer.early_stopping.mode=up", "min, max"),
+        ("trainer.progress=loud", "auto, rich, plain"),
+        ("trainer.gradient_clip_algorithm=foo", "norm, value"),
+        ("data.placement=cloud", "auto, device, stream"),
+        ("data.missing=maybe", "error, impute"),
+        ("data.numeric_scaling=log", "standard, power"),
+        ("device.type=tpu", "auto, cpu, cuda, mps"),
+        ("device.fallback=ignore", "error, warn"),
+        ("device.strategy=fsdp", "single, ddp"),
+        ("data.targets=[{name:intent,type:ranking}]", "classification, regression"),
+    ],
+)
+def test_choice_knobs_are_refused_while_composing_with_their_choices_listed(compose_train, override, choices):
+    from hydra.errors import ConfigCompositionException
+
+    value = override.split("=", 1)[1].split("type:")[-1].rstrip("}]")
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train(override)
+    assert f"Invalid value '{value}', expected one of [{choices}]" in str(err.value.__cause__ or err.value)

@@ -41,6 +41,7 @@ class DeviceBatches:
         shuffle: bool = False,
         seed: int = 0,
         shard: tuple[int, int] | None = None,
+        drop_last: bool = False,
     ) -> None:
         self.inputs = {k: v.to(device) for k, v in inputs.items()}
         self.targets = {k: v.to(device) for k, v in targets.items()}
@@ -52,6 +53,8 @@ class DeviceBatches:
         self.total_rows = len(next(iter(self.targets.values())))  # of the split, before sharding
         self.sampler = _shard_sampler(self.total_rows, shard, shuffle, seed)
         self.num_rows = len(self.sampler) if self.sampler is not None else self.total_rows
+        if drop_last:  # a short last batch is left out of every epoch
+            self.num_rows -= self.num_rows % batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -60,30 +63,25 @@ class DeviceBatches:
         return -(-self.num_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
-        if self.sampler is not None:
-            self.sampler.set_epoch(self.epoch)
-            order = torch.tensor(list(self.sampler), device=self.device)
-            for index in torch.split(order, self.batch_size):
-                yield (
-                    {k: v[index] for k, v in self.inputs.items()},
-                    {k: v[index] for k, v in self.targets.items()},
-                )
-        elif self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_rows, generator=generator).to(self.device)
-            for start in range(0, self.num_rows, self.batch_size):
-                index = order[start : start + self.batch_size]
-                yield (
-                    {k: v[index] for k, v in self.inputs.items()},
-                    {k: v[index] for k, v in self.targets.items()},
-                )
-        else:
+        if self.sampler is None and not self.shuffle:
             for start in range(0, self.num_rows, self.batch_size):
                 end = start + self.batch_size
                 yield (
                     {k: v[start:end] for k, v in self.inputs.items()},
                     {k: v[start:end] for k, v in self.targets.items()},
                 )
+            return
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+            order = torch.tensor(list(self.sampler), device=self.device)
+        else:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.total_rows, generator=generator).to(self.device)
+        for index in torch.split(order[: self.num_rows], self.batch_size):
+            yield (
+                {k: v[index] for k, v in self.inputs.items()},
+                {k: v[index] for k, v in self.targets.items()},
+            )
 
 
 class _RowBatches(Dataset):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
+import torch
 from torch import Tensor
 
 from seo_cli.config import DataConfig
@@ -31,9 +32,16 @@ class SplitTensors:
     def __len__(self) -> int:
         return len(next(iter(self.targets.values())))
 
+    def head(self, rows: int) -> "SplitTensors":
+        """The first ``rows`` rows."""
+        return SplitTensors(
+            {k: v[:rows] for k, v in self.inputs.items()}, {k: v[:rows] for k, v in self.targets.items()}
+        )
+
 
 def targets_of(data: DataConfig) -> list[Target]:
-    return [Target(t.name, t.type) for t in data.targets]
+    # str(): the schema's TaskType choice becomes the plain string checkpoints store.
+    return [Target(t.name, str(t.type)) for t in data.targets]
 
 
 def load_frame(data: DataConfig, seed: int, path: str | None = None) -> tuple[pd.DataFrame, Source]:
@@ -69,7 +77,7 @@ def _first(mask: pd.Series | np.ndarray) -> int:
     return int(np.flatnonzero(np.asarray(mask))[0])
 
 
-def _missing(column: pd.Series) -> pd.Series:
+def missing_cells(column: pd.Series) -> pd.Series:
     """True where a cell is empty or holds a missing-value word."""
     if pd.api.types.is_numeric_dtype(column):
         return column.isna()
@@ -93,7 +101,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
                 f"its columns are: {', '.join(map(str, frame.columns))}."
             )
     for col in data.numeric_columns:
-        empty = _missing(frame[col])
+        empty = missing_cells(frame[col])
         values = pd.to_numeric(frame[col].mask(empty), errors="coerce")
         bad = values.isna() & ~empty
         if bad.any():
@@ -127,7 +135,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
                 "from data.text_columns."
             )
     for target in data.targets:
-        empty = _missing(frame[target.name])
+        empty = missing_cells(frame[target.name])
         if empty.all():
             raise UserError(
                 f"target {target.name!r} of {source} is empty in every row; check the column name and the file."
@@ -153,7 +161,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
             frame[target.name] = values
 
 
-def _drop_rows_without_target(frame: pd.DataFrame, data: DataConfig, source: Source) -> pd.DataFrame:
+def drop_rows_without_target(frame: pd.DataFrame, data: DataConfig, source: Source) -> pd.DataFrame:
     """Rows with an empty target cannot be trained on or scored: drop them, and say how many and why."""
     keep = np.ones(len(frame), dtype=bool)
     for target in data.targets:
@@ -254,8 +262,20 @@ def _round_up(fraction: float) -> str:
 
 @dataclass
 class PreparedData:
+    config: DataConfig
     preprocessor: Preprocessor
     splits: dict[str, SplitTensors]
+
+    @property
+    def class_counts(self) -> dict[str, list[int]]:
+        """Per classification target, how many training rows each class has (for class weights)."""
+        train = self.splits["train"].targets
+        heads = self.preprocessor.heads
+        return {
+            t.name: torch.bincount(train[t.name], minlength=heads[t.name]).tolist()
+            for t in targets_of(self.config)
+            if t.type == CLASSIFICATION
+        }
 
 
 def load_splits(data: DataConfig, seed: int) -> dict[str, tuple[pd.DataFrame, Source]]:
@@ -265,12 +285,12 @@ def load_splits(data: DataConfig, seed: int) -> dict[str, tuple[pd.DataFrame, So
     """
     frame, source = load_frame(data, seed)
     read = len(frame)
-    frame = _drop_rows_without_target(frame, data, source)
+    frame = drop_rows_without_target(frame, data, source)
     test = None
     if data.test_path:
         test_frame, test_source = load_frame(data, seed, data.test_path)
         read += len(test_frame)
-        test = (_drop_rows_without_target(test_frame, data, test_source), test_source)
+        test = (drop_rows_without_target(test_frame, data, test_source), test_source)
     rows = split_rows(frame, data, seed, source, with_test=test is None)
     splits = {name: (frame.iloc[rows[name]], source) for name in rows}
     if test is not None:
@@ -327,7 +347,7 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
         numeric_scaling=data.numeric_scaling,
     )
     tensors = {name: tensorize(preprocessor, frame, name) for name, (frame, _) in splits.items()}
-    return PreparedData(preprocessor=preprocessor, splits=tensors)
+    return PreparedData(config=data, preprocessor=preprocessor, splits=tensors)
 
 
 def load_split(data: DataConfig, seed: int, preprocessor: Preprocessor, split: str) -> SplitTensors:

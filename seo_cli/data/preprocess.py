@@ -8,7 +8,11 @@ class names kept, and regression targets are standardised (predictions are mappe
 original units before any metric is computed).
 """
 
+import dataclasses
+import json
+import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,7 +21,7 @@ from sklearn.preprocessing import PowerTransformer, StandardScaler
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch import Tensor
 
-from seo_cli.data.spec import CLASSIFICATION, InputSpec, Target
+from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
 
 PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
@@ -213,10 +217,181 @@ class Preprocessor:
         return asdict(self)
 
     @classmethod
-    def from_state(cls, state: dict) -> "Preprocessor":
+    def from_state(cls, state: dict, where: str = "the checkpoint") -> "Preprocessor":
+        """The preprocessing ``to_state`` wrote, read from an untrusted file: every field checked by type,
+        shape and bound before any of it is used (``check_state``).
+
+        Raises:
+            UserError: a field of the wrong type, shape or size, naming ``where`` and the field.
+        """
+        try:
+            check_state(state)
+        except ValueError as bad:
+            raise UserError(f"{where}: {bad}; use a checkpoint written by seo-train.") from None
         state = dict(state)
         state["targets"] = [TargetEncoding(**t) for t in state["targets"]]
         return cls(**state)
+
+
+# Bounds on stored preprocessing: far above what seo-train fits, far below what would exhaust memory.
+MAX_LENGTH = 8192  # tokens per row: ids take rows x max_length x 8 bytes, attention max_length^2 per row
+MAX_COLUMNS = 100_000  # input columns of each kind
+MAX_CATEGORIES = 1_000_000  # known categories of one categorical column
+MAX_VOCAB = 1_000_000  # tokens of the tokenizer's vocabulary
+MAX_CLASSES = 10_000  # classes of one target: seo-eval's confusion matrix has MAX_CLASSES^2 cells
+MAX_TARGETS = 1_000
+MAX_TEXT = 1_000  # characters of a column, class or category name
+
+
+def check_state(state: Any) -> None:
+    """Check stored preprocessing field by field, before any of it is used.
+
+    Raises:
+        ValueError: 'preprocessing.<field> must be <what>' for the first field that is not what ``fit`` writes.
+    """
+
+    def need(ok: bool, field: str, must: str) -> None:
+        if not ok:
+            raise ValueError(f"preprocessing{field} must be {must}")
+
+    def names(value: Any, limit: int) -> bool:
+        return (
+            isinstance(value, list)
+            and len(value) <= limit
+            and all(type(v) is str and len(v) <= MAX_TEXT for v in value)
+        )
+
+    def numbers(value: Any, length: int, positive: bool = False) -> bool:
+        ok = isinstance(value, list) and len(value) == length
+        return ok and all(
+            type(v) in (int, float) and math.isfinite(v) and (v > 0 or not positive) for v in value
+        )
+
+    fields = {f.name for f in dataclasses.fields(Preprocessor)}
+    need(isinstance(state, dict), "", "a mapping of the fitted preprocessing")
+    unknown = sorted(str(key)[:60] for key in set(state) - fields)
+    need(
+        not unknown,
+        "",
+        f"a mapping of {', '.join(sorted(fields))} only (it has {unknown[0]!r})" if unknown else "",
+    )
+    absent = sorted(fields - set(state) - {"numeric_fill"})  # numeric_fill: not in older checkpoints
+    need(not absent, f".{absent[0]}" if absent else "", "present")
+    for key in ("text_columns", "numeric_columns", "categorical_columns"):
+        need(names(state[key], MAX_COLUMNS), f".{key}", f"a list of at most {MAX_COLUMNS:,} column names")
+    columns = len(state["numeric_columns"])
+    need(
+        numbers(state["numeric_mean"], columns),
+        ".numeric_mean",
+        f"{columns} finite numbers, one per numeric column",
+    )
+    need(
+        numbers(state["numeric_scale"], columns, positive=True),
+        ".numeric_scale",
+        f"{columns} finite numbers above 0, one per numeric column",
+    )
+    for key in ("numeric_power", "numeric_fill"):
+        value = state.get(key, [])
+        need(
+            value == [] or numbers(value, columns),
+            f".{key}",
+            f"empty or {columns} finite numbers, one per numeric column",
+        )
+    categories, categorical = state["categories"], state["categorical_columns"]
+    need(
+        isinstance(categories, dict) and set(categories) == set(categorical),
+        ".categories",
+        "a mapping of exactly the categorical columns to their categories",
+    )
+    for column in categorical:
+        need(
+            names(categories[column], MAX_CATEGORIES),
+            f".categories.{column[:60]!r}",
+            f"a list of at most {MAX_CATEGORIES:,} category names",
+        )
+    max_length = state["max_length"]
+    need(
+        type(max_length) is int and 1 <= max_length <= MAX_LENGTH,
+        ".max_length",
+        f"a whole number from 1 to {MAX_LENGTH}",
+    )
+    tokenizer = state["tokenizer_json"]
+    need(
+        type(tokenizer) is str and bool(tokenizer) == bool(state["text_columns"]),
+        ".tokenizer_json",
+        "a tokenizer exactly when there are text columns",
+    )
+    problem = _tokenizer_problem(tokenizer) if tokenizer else None
+    need(problem is None, ".tokenizer_json", f"the kind of tokenizer seo-train fits ({problem})")
+    targets = state["targets"]
+    need(
+        isinstance(targets, list) and 0 < len(targets) <= MAX_TARGETS,
+        ".targets",
+        f"a list of 1 to {MAX_TARGETS:,} targets",
+    )
+    seen: set[str] = set()
+    for i, target in enumerate(targets):
+        where = f".targets[{i}]"
+        keys = set(target) if isinstance(target, dict) else set()
+        need(
+            isinstance(target, dict)
+            and {"name", "type"} <= keys <= {"name", "type", "classes", "mean", "std"},
+            where,
+            "a mapping of name, type, classes, mean and std",
+        )
+        name = target["name"]
+        need(
+            type(name) is str and 0 < len(name) <= MAX_TEXT and name not in seen,
+            f"{where}.name",
+            "a target name, each once",
+        )
+        seen.add(name)
+        need(
+            target["type"] in (CLASSIFICATION, REGRESSION),
+            f"{where}.type",
+            f"{CLASSIFICATION} or {REGRESSION}",
+        )
+        if target["type"] == CLASSIFICATION:
+            classes = target.get("classes")
+            need(
+                names(classes, MAX_CLASSES) and 0 < len(classes) == len(set(classes)),
+                f"{where}.classes",
+                f"a list of 1 to {MAX_CLASSES:,} distinct class names",
+            )
+        else:
+            need(numbers([target.get("mean", 0.0)], 1), f"{where}.mean", "a finite number")
+            need(
+                numbers([target.get("std", 1.0)], 1, positive=True), f"{where}.std", "a finite number above 0"
+            )
+
+
+def _tokenizer_problem(text: str) -> str | None:
+    """What makes ``text`` other than a tokenizer like ``_train_tokenizer``'s, or None: it must load, and its
+    pipeline (normalizer, pre-tokenizer, decoder, no post-processor) must be exactly the one seo-train fits,
+    so no stored regular expression (a Replace or Split step) can take exponential time on new rows; its
+    token ids must fit its vocabulary, or the model's embedding would be indexed out of range."""
+    try:
+        tokenizer = Tokenizer.from_str(text)  # serde_json: nesting capped at 128 levels
+        spec = json.loads(text)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
+        return f"it does not load: {str(err).strip().splitlines()[0][:80] if str(err).strip() else type(err).__name__}"
+    reference = json.loads(_untrained_tokenizer().to_str())
+    for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder", "truncation", "padding"):
+        if spec.get(part) != reference[part]:
+            return f"its {part} differs"
+    model = spec.get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE" or model.get("dropout") is not None:
+        return "its model is not a BPE model without dropout"
+    size = tokenizer.get_vocab_size()
+    if size > MAX_VOCAB:
+        return f"its vocabulary has more than {MAX_VOCAB:,} tokens"
+    ids = [*tokenizer.get_vocab().values()]
+    if len(set(ids)) != len(ids) or any(not 0 <= i < size for i in ids):
+        return "its token ids are not 0 to the vocabulary size"
+    specials = [tokenizer.token_to_id(token) for token in (PAD, UNK, SEP)]
+    if specials != [0, 1, 2]:
+        return f"its first tokens are not {PAD}, {UNK}, {SEP}"
+    return None
 
 
 def as_text_values(values: pd.Series) -> pd.Series:
@@ -245,13 +420,19 @@ def _class_names(values: pd.Series) -> list[str]:
         return sorted(names)
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
+def _untrained_tokenizer() -> Tokenizer:
+    """The tokenizer pipeline seo-train fits (and the only one a checkpoint may hold)."""
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
     )
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.decoder = decoders.BPEDecoder()
+    return tokenizer
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
+    tokenizer = _untrained_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, UNK, SEP], show_progress=False
     )

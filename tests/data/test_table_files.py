@@ -486,7 +486,7 @@ FILE = (
 )
 def test_data_file_rules_name_the_key(compose_train, overrides, expected):
     with pytest.raises(UserError) as err:
-        check_train_config(compose_train(*overrides), False)
+        check_train_config(compose_train(*overrides))
     assert str(err.value).splitlines() == [expected]
 
 
@@ -494,4 +494,4 @@ def test_file_options_pass_validation(compose_train):
     cfg = compose_train(
         *FILE, "data.missing=impute", "data.test_path=y.csv", "data.column_names=[title,label]"
     )
-    check_train_config(cfg, False)
+    check_train_config(cfg)

@@ -30,7 +30,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
 
-    forward_backward = seo_cli.trainer._forward_backward
+    forward_backward = seo_cli.trainer.forward_backward
     windows = iter(range(1, 10**9))
 
     def faulty_forward_backward(*a, **kw):
@@ -41,7 +41,7 @@ def main() -> None:
             os.kill(os.getpid(), signal.Signals[args.signal])
         return forward_backward(*a, **kw)
 
-    seo_cli.trainer._forward_backward = faulty_forward_backward
+    seo_cli.trainer.forward_backward = faulty_forward_backward
 
     save = torch.save
     saves = iter(range(1, 10**9))
@@ -59,7 +59,7 @@ def main() -> None:
 
     torch.save = faulty_save
 
-    from seo_cli.train import main as seo_train
+    from seo_cli.cli import train as seo_train
 
     sys.argv = ["seo-train", *overrides]
     seo_train()

@@ -2,7 +2,7 @@
 with only finite weights on disk; NaN and infinity in a data file are missing or refused, as the README
 says; an exploding gradient is clipped, or stops the run with its step number.
 
-The faults are injected in this process by wrapping ``seo_cli.trainer._forward_backward`` (as
+The faults are injected in this process by wrapping ``seo_cli.trainer.forward_backward`` (as
 tests/helpers/fault_inject.py does), so seo_cli has no hooks for them. The tiny table gives 3 optimizer
 steps per epoch; ``debug=smoke`` reads the losses every 5 steps, so the step a NaN appeared at is found
 after the fact, from the per-step losses kept on the device.
@@ -21,7 +21,7 @@ import seo_cli.trainer
 from seo_cli.checkpoint import load_checkpoint
 from seo_cli.errors import UserError
 from seo_cli.train import train
-from seo_cli.trainer import TrainingDiverged
+from seo_cli.evaluation import TrainingDiverged
 
 from .support import assert_clean_error, compose_train, tiny_overrides, write_tiny_table
 
@@ -36,7 +36,7 @@ class Inject:
 
     def __init__(self, step: int, fault: str, scale: float = 1e15) -> None:
         self.step, self.fault, self.scale = step, fault, scale
-        self.real = seo_cli.trainer._forward_backward
+        self.real = seo_cli.trainer.forward_backward
         self.steps = itertools.count(1)
         self.losses: dict[int, float] = {}
 
@@ -86,7 +86,7 @@ def saved_steps_and_finite(checkpoints: Path) -> dict[str, tuple[int, bool]]:
 @pytest.mark.parametrize("fault, step", [("nan-loss", 7), ("nan-input", 4)])
 def test_nan_at_a_chosen_step_stops_the_run_naming_that_step(table, tmp_path, monkeypatch, fault, step):
     inject = Inject(step, fault)
-    monkeypatch.setattr(seo_cli.trainer, "_forward_backward", inject)
+    monkeypatch.setattr(seo_cli.trainer, "forward_backward", inject)
     with pytest.raises(TrainingDiverged) as err:
         run(table, tmp_path / "run", "epochs=4")
     message = str(err.value)
@@ -148,7 +148,7 @@ def grad_norms(run_dir: Path) -> dict[int, float]:
 
 
 def test_an_exploding_gradient_is_clipped_and_the_run_finishes(table, tmp_path, monkeypatch):
-    monkeypatch.setattr(seo_cli.trainer, "_forward_backward", Inject(5, "exploding-gradient"))
+    monkeypatch.setattr(seo_cli.trainer, "forward_backward", Inject(5, "exploding-gradient"))
     summary = run(table, tmp_path / "run", "optimizer=sgd", "epochs=4", "trainer.gradient_clip_val=1.0")
     assert summary["status"] == "ok" and summary["global_step"] == 4 * STEPS_PER_EPOCH
     assert math.isfinite(summary["metrics"]["val/loss"])
@@ -168,7 +168,7 @@ def test_an_exploding_gradient_without_clipping_stops_the_run_naming_the_step(
     table, tmp_path, monkeypatch, step, scale
 ):
     """At 1e30 the step itself overflows the weights, just before the epoch's validation."""
-    monkeypatch.setattr(seo_cli.trainer, "_forward_backward", Inject(step, "exploding-gradient", scale))
+    monkeypatch.setattr(seo_cli.trainer, "forward_backward", Inject(step, "exploding-gradient", scale))
     with pytest.raises(UserError) as err:
         run(table, tmp_path / "run", "optimizer=sgd", "epochs=4")
     message = str(err.value)
