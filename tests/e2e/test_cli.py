@@ -46,6 +46,7 @@ def test_train_writes_checkpoints_summary_metrics_and_tensorboard(smoke_run):
         assert state["format_version"] == 1 and state["epoch"] in (1, 2)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert "seo-eval checkpoint=" in result.stderr + result.stdout
+    assert "Evaluate it with: seo-eval checkpoint=" in (run_dir / "train.log").read_text()  # as README says
 
 
 def test_smoke_run_losses_are_pinned(smoke_run):
@@ -78,6 +79,7 @@ def test_eval_reproduces_the_numbers_training_reported(smoke_run, tmp_path, spli
     assert report["rows"] == 90
     assert len(report["targets"]["intent"]["confusion_matrix"]) == 4
     assert "intent (classification)" in result.stdout and "confusion matrix" in result.stdout
+    assert "Wrote" in (tmp_path / "eval.log").read_text()
 
 
 @pytest.mark.parametrize(
