@@ -164,14 +164,24 @@ def read_table(
 
 
 def _encoding_message(path: Path, encoding: str) -> str:
-    """Name the first byte that is not ``encoding`` and its line, so the user can find it."""
-    data = path.read_bytes()
-    try:
-        data.decode(encoding)
-        where = ""
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        where = f": byte 0x{data[err.start]:02x} at line {line}"
+    """Name the first byte that is not ``encoding`` and its line, so the user can find it; the file is
+    read in chunks, so a huge one costs no more memory than a small one."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    lines, where = 1, ""  # lines before the decoder's input: the bytes it held back, then the chunk
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(SCAN_CHUNK)
+            held = decoder.getstate()[0]
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                data = held + chunk
+                line = lines + data.count(b"\n", 0, err.start)
+                where = f": byte 0x{data[err.start]:02x} at line {line}"
+                break
+            if not chunk:
+                break
+            lines += (held + chunk).count(b"\n") - decoder.getstate()[0].count(b"\n")
     return (
         f"data file {path} is not valid {encoding}{where}; set data.encoding to the file's encoding "
         "(e.g. data.encoding=latin-1 or cp1252) or re-save it as UTF-8."

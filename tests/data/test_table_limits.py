@@ -268,3 +268,14 @@ def test_a_fraction_too_small_for_every_class_is_named(tmp_path):
     assert error_of(lambda: split_rows(frame, data, 0, source)).startswith(
         f"data.val_fraction + data.test_fraction = 0.9985 leaves the train split of {path} 1 of its 800 rows"
     )
+
+
+@pytest.mark.parametrize("chunk", [3, 2**20], ids=["3-byte chunks", "one chunk"])
+def test_a_byte_not_in_the_encoding_is_located_chunk_by_chunk(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(tables, "SCAN_CHUNK", chunk)
+    path = tmp_path / "pages.csv"
+    path.write_bytes("title,ctr\ncafé,1\nshop,2\n".encode() + b"caf\xe2\x82,3\n")
+    assert error_of(lambda: read_table(path)) == (
+        f"data file {path} is not valid utf-8: byte 0xe2 at line 4; set data.encoding to the file's encoding "
+        "(e.g. data.encoding=latin-1 or cp1252) or re-save it as UTF-8."
+    )
