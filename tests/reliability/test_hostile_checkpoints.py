@@ -182,7 +182,8 @@ def test_a_target_outside_the_allow_list_is_refused_before_anything_is_built(
     with pytest.raises(UserError) as err:
         load_trained(path, CPU, [])
     assert_clean_error(str(err.value))
-    assert f"{new!r} is outside the modules seo-cli builds from" in str(err.value)
+    assert f"checkpoint {path}: " in str(err.value)
+    assert f"_target_={new!r} is not a class seo-cli builds" in str(err.value)
     assert built == []
 
 
