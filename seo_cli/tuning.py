@@ -151,12 +151,17 @@ def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch
     finished = len(counted_trials(study))
     if finished or killed:
         log.info(
-            "Continuing study %s: %d of %d trials already done; %d cut off by a kill, to be run again.",
+            "Continuing study %s: %d of %d trials already done.",
             settings.study_name,
             finished,
             settings.n_trials,
-            len(killed),
         )
+        if killed:
+            log.warning(
+                "Trials cut off by a kill before they reported (numbers %s) run again and count only once "
+                "they finish; their job folders are 'killed' rows of the summary.",
+                ", ".join(str(t.number) for t in killed),
+            )
         if settings.seed is not None:
             # Re-seeded as it was, the sampler would draw the first run's random trials again.
             drawn = len(study.get_trials(deepcopy=False))

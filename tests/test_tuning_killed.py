@@ -3,6 +3,7 @@ continued: the cut-off trial uses up neither a trial of n_trials nor the failure
 run again, and the sweep summary shows it as a ``killed`` row."""
 
 import json
+import logging
 import math
 
 import optuna
@@ -55,14 +56,17 @@ class Launch:
         return [("ok", (x - 1) ** 2)]
 
 
-def test_a_trial_killed_mid_sweep_is_run_again_on_continuing_and_is_a_killed_row(tmp_path):
+def test_a_trial_killed_mid_sweep_is_run_again_on_continuing_and_is_a_killed_row(tmp_path, caplog):
     first = Launch(tmp_path, killed=1)
     with pytest.raises(Killed):
         run_study(settings(tmp_path), [], first)
     killed_x = first.jobs[1][1]
 
     second = Launch(tmp_path)
+    caplog.set_level(logging.INFO, logger="seo_cli.tuning")
     study = run_study(settings(tmp_path), [], second)  # max_failure_rate=0: a counted kill would raise
+    assert "Continuing study t: 1 of 3 trials already done." in caplog.text
+    assert "Trials cut off by a kill before they reported (numbers 1) run again" in caplog.text
 
     # Job 2 runs the killed point again; 3 trials complete besides the killed one.
     assert second.jobs[0] == (2, killed_x) and [job for job, _ in second.jobs] == [2, 3]

@@ -10,7 +10,6 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 
-
 class OptunaSweeper(Sweeper):
     def __init__(
         self,
@@ -43,6 +42,8 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        from seo_cli.errors import UserError
+        from seo_cli.files import write_text
         from seo_cli.tuning import (  # optuna: imported by tuning runs only
             StudySettings,
             job_outcome,
@@ -50,8 +51,10 @@ class OptunaSweeper(Sweeper):
         )
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        try:
+            write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
+        except UserError as err:
+            raise SystemExit(str(err)) from None  # one sentence, where Hydra would print a traceback
         parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(
             arguments
         )
