@@ -211,16 +211,18 @@ def check_plain_cells(frame: pd.DataFrame, columns: list[str], source: Source) -
             )
 
 
-_PLAIN_KINDS = {
-    "string",
-    "empty",
-    "integer",
-    "floating",
-    "mixed-integer-float",
-    "decimal",
-    "boolean",
-    "bytes",
-}
+_PLAIN_KINDS = frozenset(
+    {
+        "string",
+        "empty",
+        "integer",
+        "floating",
+        "mixed-integer-float",
+        "decimal",
+        "boolean",
+        "bytes",
+    }
+)
 
 
 def _refuse_repeated(names: list[str] | None, path: Path) -> None:
