@@ -69,7 +69,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> "Checkpoint":
     """Load a checkpoint written by ``save_checkpoint``, every field checked by type, shape and bound.
 
     A checkpoint is untrusted input. Before ``torch.load`` the zip's directory is read (entries stored
@@ -126,7 +126,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         check_fields(state)
     except Invalid as bad:
         raise UserError(f"checkpoint {path}: {bad}; use a checkpoint written by seo-train.") from None
-    return state
+    return Checkpoint(state, path)
+
+
+class Checkpoint(dict):
+    """A loaded checkpoint's fields, and the file they came from, which messages about them name."""
+
+    def __init__(self, fields: dict[str, Any], path: Path) -> None:
+        super().__init__(fields)
+        self.path = path
+
+    def replaced(self, **fields: Any) -> "Checkpoint":
+        """A copy with ``fields`` set (the same file)."""
+        return Checkpoint({**self, **fields}, self.path)
 
 
 def _check_zip(path: Path, size: int) -> None:

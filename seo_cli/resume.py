@@ -60,7 +60,7 @@ def config_differences(
     """``key: saved -> current`` for every leaf under ``keys`` whose value differs."""
     old, new = _flatten(saved, keys), _flatten(current, keys)
     return [
-        f"{key}: {old.get(key, '<unset>')} -> {new.get(key, '<unset>')}"
+        f"{key}: {_shown(old, key)} -> {_shown(new, key)}"
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key) and key not in FREE_KEYS
     ]
@@ -105,3 +105,8 @@ def _flatten(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
         if node is not None:
             walk(key, node)
     return flat
+
+
+def _shown(flat: dict[str, Any], key: str) -> str:
+    """A value as the message shows it: repr, so a stored string cannot break the message into lines."""
+    return repr(flat[key])[:200] if key in flat else "<unset>"

@@ -13,7 +13,6 @@ import json
 import logging
 import time
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,24 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from seo_cli import distributed
-from seo_cli.checkpoint import CheckpointManager, load_checkpoint, unwrap_model
+from seo_cli.checkpoint import Checkpoint, CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.config import Placement
 from seo_cli.console import metrics_table, print_table, run_panel
 from seo_cli.data.batches import fits_on_device, make_batches
 from seo_cli.data.pipeline import PreparedData, prepare_data, targets_of
-from seo_cli.data.spec import CLASSIFICATION
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Scorer
 from seo_cli.loggers import MetricsSink
 from seo_cli.registry import build
 from seo_cli.resume import check_resume_config, find_resume_checkpoint
-from seo_cli.runtime import check_precision, peak_flops, peak_memory_mb, pick_device, seed_everything, set_deterministic
+from seo_cli.runtime import (
+    check_precision,
+    peak_flops,
+    peak_memory_mb,
+    pick_device,
+    seed_everything,
+    set_deterministic,
+)
 from seo_cli.trainer import FitResult, fit
 from seo_cli.validation import check_run_length, check_train_config
 
@@ -82,7 +87,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         )
         # The test split is scored once, with the best weights, as the final word on the run.
         best_path = best_checkpoint(result, resume_path)
-        unwrap_model(model).load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+        load_weights(model, load_checkpoint(best_path, map_location=device))
         test_metrics = scorer.evaluate(model, test_batches, "test", loss_fn).metrics
         sink.log(test_metrics, result.global_step)
         sink.log_hparams(hparams_of(cfg), {k: v for k, v in result.best_metrics.items() if k.startswith("val/")} | test_metrics)
@@ -269,15 +274,16 @@ def log_plan(cfg: DictConfig, model: torch.nn.Module, device: torch.device, step
     )
 
 
-def stretch_schedule(state: dict, scheduler: Any, total_steps: int) -> dict:
+def stretch_schedule(state: Checkpoint, scheduler: Any, total_steps: int) -> Checkpoint:
     """Continue a run whose length changed (``epochs`` raised, say) on the schedule rebuilt for the new
     length: step the fresh scheduler to where the checkpoint stood and keep it instead of the saved one."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return state  # no horizon: its saved state carries over as it is
     with warnings.catch_warnings():
-        # Stepping a scheduler with no optimizer step in between is what fast-forwarding is.
+        # Stepping a scheduler with no optimizer step in between is what fast-forwarding is. Past the new
+        # length the schedule stays where it ends (and a forged step count costs no more than the run).
         warnings.simplefilter("ignore", UserWarning)
-        for _ in range(state["global_step"]):
+        for _ in range(min(state["global_step"], total_steps)):
             scheduler.step()
     log.info(
         "The run is now %d optimizer steps long (was %s): the learning-rate schedule is rebuilt for the "
@@ -286,7 +292,22 @@ def stretch_schedule(state: dict, scheduler: Any, total_steps: int) -> dict:
         state.get("total_steps"),
         state["global_step"],
     )
-    return {**state, "scheduler": None}
+    return state.replaced(scheduler=None)
+
+
+def load_weights(model: torch.nn.Module, state: Checkpoint) -> None:
+    """Put a checkpoint's (served) weights into ``model``.
+
+    Raises:
+        UserError: they do not fit it (a best.pt beside a resumed file that another run wrote).
+    """
+    try:
+        unwrap_model(model).load_state_dict(state["model"])
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0][:200]
+        raise UserError(
+            f"checkpoint {state.path}: its weights do not fit this run's model ({reason}); resume from a checkpoint of this run."
+        ) from None
 
 
 def best_checkpoint(result: FitResult, resume_path: Path | None) -> Path:

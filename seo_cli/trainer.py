@@ -26,7 +26,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils import _pytree as pytree
 
 from seo_cli import distributed
-from seo_cli.checkpoint import CheckpointManager, check_resumable, rng_state, set_rng_state, unwrap_model
+from seo_cli.checkpoint import (
+    Checkpoint,
+    CheckpointManager,
+    check_resumable,
+    rng_state,
+    set_rng_state,
+    unwrap_model,
+)
 from seo_cli.config import TrainerConfig
 from seo_cli.console import TrainProgress
 from seo_cli.early_stopping import EarlyStopping, improves
@@ -357,7 +364,8 @@ class RunState:
         """
         if state is None:
             return
-        check_resumable(state, self.model, self.optimizer, self.scheduler, self.scaler)
+        where = f"checkpoint {state.path}" if isinstance(state, Checkpoint) else "the checkpoint"
+        check_resumable(state, self.model, self.optimizer, self.scheduler, self.scaler, where)
         loop, optimizer, scheduler = self.loop, self.optimizer, self.scheduler
         try:
             unwrap_model(self.model).load_state_dict(state.get("training_model", state["model"]))

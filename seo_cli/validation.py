@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
@@ -104,8 +105,12 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
             problems.append(
                 "data.val_fraction + data.test_fraction must be below 1 so rows remain for training."
             )
-    if data.text_columns and data.max_length < 1:
-        problems.append(f"data.max_length={data.max_length} must be at least 1.")
+    if data.text_columns and not 1 <= data.max_length <= MAX_LENGTH:
+        problems.append(f"data.max_length={data.max_length} must be between 1 and {MAX_LENGTH} tokens.")
+    if not 2 <= data.max_classes <= MAX_CLASSES:
+        problems.append(
+            f"data.max_classes={data.max_classes} must be between 2 and {MAX_CLASSES} (what a checkpoint may hold)."
+        )
     if data.source == "seo_pages" and data.num_rows < 50:
         problems.append(f"data.num_rows={data.num_rows} is too few to split; use at least 50.")
 
@@ -274,10 +279,11 @@ def known_run_length(cfg: DictConfig) -> int | None:
         return None
     rows = data.num_rows - math.ceil((data.val_fraction + data.test_fraction) * data.num_rows)
     ranks = cfg.device.num_devices if cfg.device.strategy == "ddp" else 1
-    batches = -(-(-(-rows // ranks)) // cfg.batch_size)
+    rows_per_rank = math.ceil(rows / ranks)  # DistributedSampler pads each rank to the same count
+    batches = math.ceil(rows_per_rank / cfg.batch_size)
     if cfg.trainer.overfit_batches:
         batches = min(batches, cfg.trainer.overfit_batches)
-    return -(-batches // cfg.trainer.accumulate_grad_batches) * cfg.epochs
+    return math.ceil(batches / cfg.trainer.accumulate_grad_batches) * cfg.epochs
 
 
 # Ranges of the numeric knobs the built-in components take, by name: a value outside fails at start-up

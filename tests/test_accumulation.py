@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from seo_cli.data.spec import REGRESSION, Target
+from seo_cli.config import TrainerConfig
 from seo_cli.errors import UserError
 from seo_cli.models.mlp import MLP
-from seo_cli.config import TrainerConfig
 from seo_cli.trainer import fit
 
 

@@ -105,8 +105,13 @@ def test_a_two_process_checkpoint_resumes_on_one_process(two_epochs, tmp_path):
 
 def test_two_processes_reach_the_weights_of_one_process_with_double_the_batch(tmp_path):
     """The same data order (DistributedSampler deals rows r, r+2, ... of one permutation), no dropout:
-    the mean of the two ranks' gradients is the gradient of the 32-row batch."""
-    common = [*DDP, "model.dropout=0", "epochs=1"]
+    the mean of the two ranks' gradients is the gradient of the 32-row batch.
+
+    SGD, not AdamW: summed in another order the gradients differ by rounding (about 1e-7), and for an
+    element whose gradient is a cancellation near zero AdamW steps by +-lr whichever side of zero the
+    rounding falls, so through AdamW the two runs differ by up to 2e-3 in a few percent of the embedding
+    and convolution weights on this machine: that measures rounding, not DDP."""
+    common = [*DDP, "model.dropout=0", "epochs=1", "optimizer=sgd"]
     two, one = tmp_path / "two", tmp_path / "one"
     assert seo_train(*common, "device.num_devices=2", "batch_size=16", f"hydra.run.dir={two}").returncode == 0
     assert seo_train(*common, "device.num_devices=1", "batch_size=32", f"hydra.run.dir={one}").returncode == 0
@@ -129,7 +134,7 @@ def _worker_pids(parent: int) -> dict[int, int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"seo_cli.distributed" in cmdline and b"TORCHELASTIC_RUN_ID" in b"".join(environ):
+        if b"seo_cli.launch" in cmdline and b"TORCHELASTIC_RUN_ID" in b"".join(environ):
             env = dict(item.split(b"=", 1) for item in environ if b"=" in item)
             if str(parent).encode() in _ancestors(int(entry.name)):
                 found[int(env[b"RANK"])] = int(entry.name)

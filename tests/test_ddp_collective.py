@@ -9,9 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from seo_cli.data.batches import DeviceBatches
-from seo_cli.data.spec import REGRESSION, Target
 from seo_cli.config import TrainerConfig
+from seo_cli.data.batches import DeviceBatches
 from seo_cli.evaluation import TrainingDiverged
 from seo_cli.trainer import fit
 

@@ -8,7 +8,6 @@ import torch
 from conftest import read_jsonl
 
 from seo_cli.checkpoint import CheckpointManager, load_checkpoint
-from seo_cli.data.spec import Target
 from seo_cli.early_stopping import EarlyStopping, improves
 from seo_cli.errors import UserError
 from seo_cli.validation import check_train_config

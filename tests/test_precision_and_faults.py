@@ -11,22 +11,22 @@ import random
 
 import numpy as np
 import pytest
-from helpers.fitting import validate_on
 import torch
 from conftest import read_jsonl
+from helpers.fitting import validate_on
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 import seo_cli.evaluation as evaluation
 from seo_cli.checkpoint import CheckpointManager, load_checkpoint, unwrap_model
+from seo_cli.config import TrainerConfig
 from seo_cli.data.preprocess import Preprocessor
 from seo_cli.data.spec import Target
 from seo_cli.errors import UserError
+from seo_cli.evaluation import TrainingDiverged, predict
 from seo_cli.loggers import MetricsSink
 from seo_cli.runtime import check_precision, seed_worker, set_deterministic
-from seo_cli.config import TrainerConfig
-from seo_cli.evaluation import TrainingDiverged, predict
 from seo_cli.trainer import FP16_MAX_SKIPS_IN_A_ROW, fit
 from seo_cli.validation import check_train_config
 
@@ -378,6 +378,21 @@ def test_nan_loss_names_the_step_and_last_finite_loss_and_never_saves_nan_weight
     assert not torch.isfinite(model.weight).all()  # the live weights did go bad
 
 
+def test_a_nan_before_any_checkpoint_does_not_claim_one_holds_the_weights(tmp_path):
+    model = linear()
+    with pytest.raises(TrainingDiverged) as err:
+        fit(
+            model,
+            sgd(model),
+            NanLoss(lambda call: call >= 1),
+            make_batches(4),
+            settings(epochs=1, log_every_n_steps=100),
+            checkpoints=CheckpointManager(tmp_path),
+        )
+    assert str(err.value).startswith("the training loss became NaN or infinite at step 1; lower learning_rate")
+    assert "holds the last weights" not in str(err.value) and not (tmp_path / "last.pt").exists()
+
+
 def test_infinite_loss_at_the_first_step_names_it_and_writes_no_checkpoint(tmp_path):
     model = linear()
     with pytest.raises(TrainingDiverged) as err:
@@ -635,3 +650,11 @@ def test_good_precision_and_trainer_values_pass(compose_train):
         ["device.precision=fp16", "trainer.gradient_clip_val=0.5", "trainer.gradient_clip_algorithm=value"],
     ):
         check_train_config(compose_train(*overrides))
+
+
+def test_a_huge_learning_rate_stops_naming_the_step_and_only_what_is_saved(train_run):
+    with pytest.raises(TrainingDiverged) as err:
+        train_run("model=mlp", "learning_rate=1e10", "scheduler=none")
+    message = str(err.value)
+    assert "NaN or infinite" in message and "lower learning_rate" in message
+    assert "holds the last weights" not in message  # nothing was saved before the weights went bad

@@ -19,9 +19,9 @@ from seo_cli.data import seo_pages
 from seo_cli.data.batches import make_batches
 from seo_cli.data.pipeline import load_splits, tensorize
 from seo_cli.errors import UserError
+from seo_cli.evaluation import Scorer
 from seo_cli.loading import load_trained
 from seo_cli.predict import run_predict
-from seo_cli.evaluation import Scorer
 
 TARGETS = ["intent", "quality", "ctr", "position"]
 CPU = torch.device("cpu")
@@ -107,7 +107,7 @@ def test_without_id_column_rows_are_numbered_from_one(checkpoint, trained, pages
 
 def test_predictions_equal_the_model_on_the_training_tensors(checkpoint, trained, tmp_path):
     """The test split scored by seo-predict from a file equals evaluation() on the tensors training built."""
-    frame = load_splits(trained.data, trained.config.seed)["test"][0]
+    frame = load_splits(trained.data, trained.seed)["test"][0]
     pre = trained.preprocessor
     tensors = tensorize(pre, frame, "test")
     batches = make_batches(tensors.inputs, tensors.targets, batch_size=1024, device=CPU, placement="device")

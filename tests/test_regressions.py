@@ -107,7 +107,7 @@ def test_resume_auto_without_a_checkpoint_drops_what_the_killed_run_logged(compo
 def test_resume_strict_false_with_another_optimizer_is_a_clear_error(compose_train, tmp_path):
     _train(compose_train, tmp_path / "a", "epochs=1")
     with pytest.raises(
-        UserError, match=r"do not fit this run's model or optimizer \(the saved optimizer has"
+        UserError, match=r"last.pt: optimizer.param_groups\[0\] must be the settings of this run's optimizer \("
     ):
         _train(
             compose_train,

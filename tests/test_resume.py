@@ -129,6 +129,47 @@ def test_a_signal_mid_epoch_saves_last_pt_and_prints_the_resume_command(tmp_path
     assert_same_run(run_dir, straight)
 
 
+def test_a_second_signal_during_the_save_does_not_cut_it_short(tmp_path, straight):
+    run_dir = tmp_path / "run"
+    stopped = seo_train(run_dir, fault=("--signal-at-step", "40", "--signal-again-in-save"))
+    assert stopped.returncode == 143, stopped.stdout[-3000:]
+    assert "Traceback" not in stopped.stdout and "KeyboardInterrupt" not in stopped.stdout
+    assert "SIGTERM received again: still saving last.pt before stopping." in stopped.stdout
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["global_step"] == 41
+    assert f"hydra.run.dir={run_dir} resume=auto" in stopped.stdout
+    resumed = seo_train(run_dir, "resume=auto")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert_same_run(run_dir, straight)
+
+
+def test_a_second_seo_train_on_a_locked_run_directory_names_the_holder_and_exits_1(tmp_path):
+    """Two `resume=auto` on one run directory would both append to it; flock keeps the second out, and
+    a killed holder releases the lock."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(run_dir / '.seo-train.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('locked', flush=True)\ntime.sleep(300)\n"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = seo_train(run_dir, "epochs=1", "resume=auto")
+        assert second.returncode == 1
+        lines = [line for line in second.stdout.splitlines() if "is in use by another seo-train" in line]
+        assert len(lines) == 1 and f"(process {holder.pid})" in lines[0], second.stdout[-2000:]
+        assert not (run_dir / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    again = seo_train(run_dir, "epochs=1", "resume=auto")  # the killed holder's lock is gone
+    assert again.returncode == 0, again.stdout[-3000:]
+
+
 # In-process runs below: the config checks and the longer-run path need no subprocess.
 
 

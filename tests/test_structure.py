@@ -11,7 +11,6 @@ import traceback
 from pathlib import Path
 
 import pytest
-import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import seo_cli

@@ -1,6 +1,7 @@
 """Every option of every config group composes, builds and trains one smoke epoch, with its effect visible."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +176,39 @@ def test_progress_rich_draws_bars_and_plain_logs_lines(train_run, capsys, caplog
     train_run("trainer.progress=plain")
     lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
     assert len(lines) == 5 and lines[0].startswith("epoch 1/1 step 5/27  train/loss ")
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("model", "optimizer", "scheduler", "loss", "device", "logger", "data", "debug", "experiment", "hparams_search")
+EVERY_OPTION = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", EVERY_OPTION, ids=[f"{g}={o}" for g, o in EVERY_OPTION])
+def test_debug_smoke_composes_with_every_option_and_passes_the_start_up_checks(compose_train, tmp_path, group, option):
+    """debug=smoke is the quick check of any option: with each one it must compose and pass the checks a run
+    makes before loading data (a warm-up longer than the smoke run, under DDP's halved steps too)."""
+    from seo_cli.validation import check_train_config, known_run_length
+
+    extra = []
+    if (group, option) == ("data", "csv"):
+        extra = [f"data.path={tmp_path / 'pages.csv'}", "data.numeric_columns=[a]", "data.targets=[{name:y,type:regression}]"]
+    cfg = compose_train("debug=smoke", f"{group}={option}", *extra)
+    # An experiment file sets its own sizes (tests/e2e/test_experiments.py smoke-runs them); another debug
+    # option replaces smoke.
+    if group not in ("experiment", "debug"):
+        assert cfg.data.num_rows == 600 and cfg.epochs == 1
+    check_train_config(cfg)
+    steps = known_run_length(cfg)
+    if steps is not None and cfg.scheduler.get("warmup_steps") is not None:
+        assert cfg.scheduler.warmup_steps < steps
+
+
+def test_debug_overfit_drives_the_loss_of_one_fixed_batch_near_zero(train_run):
+    from seo_cli.config import register_configs  # noqa: F401 - train_run composes with debug=smoke first
+
+    summary, run_dir = train_run("debug=overfit", "epochs=60")
+    rows = [row for row in read_jsonl(run_dir / "metrics.jsonl") if "epoch" in row]
+    assert len(rows) == 60 and summary["global_step"] == 60  # one batch per epoch
+    assert rows[0]["val/loss"] > 1.0
+    assert summary["metrics"]["val/loss"] < 0.1  # validated on the same 32 rows it trained on
+    assert summary["metrics"]["test/loss"] == pytest.approx(summary["metrics"]["val/loss"], rel=1e-5)

@@ -11,9 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from seo_cli.data.spec import REGRESSION, Target
-from seo_cli.errors import UserError
 from seo_cli.config import TrainerConfig
+from seo_cli.errors import UserError
 from seo_cli.trainer import fit
 from seo_cli.tuning import StudySettings, TrialReporter, make_pruner, make_sampler, run_study, search_space
 
@@ -205,7 +204,6 @@ def test_cli_tuning_sweep_summarises_and_a_rerun_continues_it(tmp_path):
                 "debug=smoke",
                 "epochs=2",
                 "logger=none",
-                "scheduler=none",  # a batch of 256 gives 4 steps: shorter than any warm-up
                 f"hydra.sweeper.n_trials={n_trials}",
                 f"hydra.sweep.dir={sweep}",
             ],

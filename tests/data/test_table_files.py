@@ -471,7 +471,6 @@ FILE = (
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ((*FILE, "data.missing=maybe"), "data.missing='maybe' must be error or impute."),
         (
             (*FILE, "data.test_path=y.csv", "data.split_column=part"),
             "data.test_path and data.split_column both choose the test rows; keep one of them.",
@@ -482,7 +481,7 @@ FILE = (
         ),
         (("data.test_path=y.csv",), "data.test_path applies to data files only; set data=csv or remove it."),
     ],
-    ids=["missing-maybe", "test-path-with-split-column", "column-names-seo-pages", "test-path-seo-pages"],
+    ids=["test-path-with-split-column", "column-names-seo-pages", "test-path-seo-pages"],
 )
 def test_data_file_rules_name_the_key(compose_train, overrides, expected):
     with pytest.raises(UserError) as err:

@@ -20,8 +20,8 @@ import torch
 import seo_cli.trainer
 from seo_cli.checkpoint import load_checkpoint
 from seo_cli.errors import UserError
-from seo_cli.train import train
 from seo_cli.evaluation import TrainingDiverged
+from seo_cli.train import train
 
 from .support import assert_clean_error, compose_train, tiny_overrides, write_tiny_table
 
