@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seo_cli.data.spec import CLASSIFICATION, Target
-from seo_cli.errors import UserError
+from seo_cli.errors import UserError, require
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
@@ -48,6 +48,9 @@ class MultiTargetLoss(nn.Module):
         weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
+        require(0 <= label_smoothing < 1, f"loss.label_smoothing={label_smoothing} must be at least 0 and below 1, e.g. 0.1.")
+        require(focal_gamma >= 0, f"loss.focal_gamma={focal_gamma} must be 0 or more, e.g. 2.0.")
+        require(huber_delta > 0, f"loss.huber_delta={huber_delta} must be positive, e.g. 1.0.")
         if classification not in CLASSIFICATION_LOSSES:
             raise UserError(
                 f"loss.classification={classification!r} is not a classification loss; "

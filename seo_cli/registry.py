@@ -147,8 +147,18 @@ def build(node: DictConfig, key: str, allowed: dict[str, Callable], **runtime: A
         if isinstance(cause, UserError):
             raise cause from None
         if isinstance(cause, ValueError | TypeError | ZeroDivisionError | RuntimeError):
-            raise UserError(f"{key} could not be built ({_first_line(cause)}); change the value it names under {key}.") from None
+            raise UserError(refusal(key, plain, cause)) from None
         raise
+
+
+def refusal(key: str, node: dict[str, Any], err: BaseException) -> str:
+    """One sentence for a value a constructor refused with an error of its own (torch's "Invalid momentum
+    value: -1.0"): the argument it names when its name is in the reason, else the node."""
+    reason = _first_line(err)
+    named = [name for name in node if not name.startswith("_") and name.lower().rstrip("s") in reason.lower()]
+    where = f"{key}.{named[0]}" if named else key
+    shown = f"{where}={node[named[0]]}" if named else where
+    return f"{shown} is refused by {node.get('_target_', key)} ({reason}); change {where}."
 
 
 def build_from_file(

@@ -17,10 +17,13 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
+from seo_cli.errors import require
+
 
 def cosine(
     optimizer: torch.optim.Optimizer, *, total_steps: int, steps_per_epoch: int, min_lr_ratio: float = 0.0
 ) -> LRScheduler:
+    _check_min_lr_ratio(min_lr_ratio)
     return CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=_min_lr(optimizer, min_lr_ratio))
 
 
@@ -32,6 +35,8 @@ def warmup_cosine(
     warmup_steps: int,
     min_lr_ratio: float = 0.0,
 ) -> LRScheduler:
+    require(warmup_steps >= 0, f"scheduler.warmup_steps={warmup_steps} must be 0 or more, e.g. 20.")
+    _check_min_lr_ratio(min_lr_ratio)
     # LinearLR cannot start at exactly 0; 1/warmup_steps makes the first step's rate lr/warmup_steps.
     warmup = LinearLR(
         optimizer, start_factor=1.0 / max(warmup_steps, 1), end_factor=1.0, total_iters=warmup_steps
@@ -50,6 +55,8 @@ def step(
     step_epochs: int,
     gamma: float,
 ) -> LRScheduler:
+    require(isinstance(step_epochs, int) and step_epochs >= 1, f"scheduler.step_epochs={step_epochs} must be a whole number of at least 1.")
+    require(0 < gamma <= 1, f"scheduler.gamma={gamma} must be above 0 and at most 1, e.g. 0.5.")
     return StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
 
 
@@ -63,10 +70,16 @@ def plateau(
     factor: float,
     patience: int,
 ) -> ReduceLROnPlateau:
+    require(0 < factor < 1, f"scheduler.factor={factor} must be between 0 and 1, e.g. 0.5.")
+    require(patience >= 0, f"scheduler.patience={patience} must be 0 or more, e.g. 2.")
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience)
     # Read by the trainer, which passes the metric's value to step() after each validation.
     scheduler.monitor = monitor
     return scheduler
+
+
+def _check_min_lr_ratio(ratio: float) -> None:
+    require(0 <= ratio <= 1, f"scheduler.min_lr_ratio={ratio} must be between 0 and 1, e.g. 0.01.")
 
 
 def _min_lr(optimizer: torch.optim.Optimizer, ratio: float) -> float:

@@ -7,17 +7,27 @@ and values of the wrong type (``model.dropout=high``) are errors here rather tha
 constructor. Choice-like knobs are Enums in the schema, which Hydra checks while composing.
 """
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
-from seo_cli.data.spec import CLASSIFICATION, REGRESSION, Target
+from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
-from seo_cli.registry import allowed_classes, check_arguments, check_targets, lookup
+from seo_cli.registry import (
+    HYDRA_KEYS,
+    REGISTRY,
+    allowed_classes,
+    check_arguments,
+    check_targets,
+    lookup,
+    refusal,
+)
 from seo_cli.runtime import PRECISIONS
 
 # Arguments the entrypoint passes at the call site.
@@ -127,8 +137,6 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
         problems.append(f"learning_rate={cfg.learning_rate} must be a positive number, e.g. 1e-3.")
     if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
         problems.append(f"weight_decay={cfg.weight_decay} must be 0 or a positive number, e.g. 0.01.")
-    for group in ("model", "optimizer", "loss", "scheduler"):
-        problems += _value_ranges(cfg[group], group)
     for key in ("text_columns", "numeric_columns", "categorical_columns"):
         repeated = sorted({c for c in data[key] if list(data[key]).count(c) > 1})
         if repeated:
@@ -180,13 +188,13 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
                 f"scheduler.monitor={cfg.scheduler.monitor} {'grows' if grows else 'falls'} as the model improves; "
                 f"set scheduler.mode={'max' if grows else 'min'}."
             )
-    weights = cfg.loss.get("weights") or {}
     names = [t.name for t in data.targets]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"data.targets lists {name!r} twice; list each target once.")
-    for name in weights:
-        if name not in names:
-            problems.append(f"loss.weights.{name} names no target; the targets are {', '.join(names)}.")
+    if not problems:  # the constructors see only values that passed every other check
+        for group in ("model", "optimizer", "loss", "scheduler"):
+            if cfg[group]:
+                problems += dry_build(cfg, group, cfg[group], allowed)
     if problems:
         raise UserError("\n".join(problems))
     return allowed
@@ -286,54 +294,45 @@ def known_run_length(cfg: DictConfig) -> int | None:
     return math.ceil(batches / cfg.trainer.accumulate_grad_batches) * cfg.epochs
 
 
-# Ranges of the numeric knobs the built-in components take, by name: a value outside fails at start-up
-# naming its key, instead of deep in the first step (or, worse, training backwards on a negative rate).
-_POSITIVE_INTS = {
-    "hidden_sizes", "tabular_hidden", "fusion_hidden", "kernel_sizes", "embedding_dim", "num_filters",
-    "categorical_embedding_dim", "d_model", "num_layers", "num_heads", "ffn_dim", "transformer_layers",
-    "transformer_heads", "transformer_ffn_dim", "step_epochs",
-}  # fmt: skip
-_RANGES = {  # name: (test, what it must be)
-    "dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1, e.g. 0.1"),
-    "momentum": (lambda v: v >= 0, "0 or more, e.g. 0.9"),
-    "alpha": (lambda v: v >= 0, "0 or more, e.g. 0.99"),
-    "betas": (
-        lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
-        "two numbers in [0, 1), e.g. [0.9,0.999]",
-    ),
-    "label_smoothing": (lambda v: 0 <= v < 1, "at least 0 and below 1, e.g. 0.1"),
-    "focal_gamma": (lambda v: v >= 0, "0 or more, e.g. 2.0"),
-    "huber_delta": (lambda v: v > 0, "positive, e.g. 1.0"),
-    "gamma": (lambda v: 0 < v <= 1, "above 0 and at most 1, e.g. 0.5"),
-    "factor": (lambda v: 0 < v < 1, "between 0 and 1, e.g. 0.5"),
-    "min_lr_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1, e.g. 0.01"),
-    "warmup_steps": (lambda v: v >= 0, "0 or more, e.g. 20"),
-    "patience": (lambda v: v >= 0, "0 or more, e.g. 2"),
-}
-
-
-def _value_ranges(node: Any, group: str) -> list[str]:
-    """Problems with the numeric knobs of one component node (model, optimizer, loss or scheduler)."""
-    problems: list[str] = []
-    if not isinstance(node, DictConfig):
-        return problems
-    for name, value in node.items():
-        if isinstance(value, ListConfig):
-            value = list(value)
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        numbers = isinstance(value, list) and all(isinstance(v, int | float) for v in value)
-        if name in _POSITIVE_INTS:
-            values = value if isinstance(value, list) else [value]
-            if not values or not all(isinstance(v, int) and v >= 1 for v in values):
-                problems.append(
-                    f"{group}.{name}={value} must be {'a list of ' if isinstance(value, list) else ''}"
-                    "whole numbers of at least 1."
-                )
-        elif name in _RANGES and (is_number or numbers):
-            test, expected = _RANGES[name]
-            if (is_number and not math.isfinite(value)) or not test(value):
-                problems.append(f"{group}.{name}={value} must be {expected}.")
-    return problems
+def dry_build(cfg: DictConfig, group: str, node: DictConfig, allowed: dict[str, Callable]) -> list[str]:
+    """The constructor's own refusals of its values (value ranges belong to the constructors), found
+    before any data loads: seo-cli's registered components are built once from the sizes the config
+    already gives, models on the meta device, where they allocate nothing. A user's own class is left
+    to its real build."""
+    fn = lookup(node._target_, f"{group}._target_", group, allowed)
+    if fn not in REGISTRY[group].values():
+        return []
+    plain = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    kwargs = {name: value for name, value in plain.items() if name not in HYDRA_KEYS}
+    data = cfg.data
+    targets = [Target(t.name, str(t.type)) for t in data.targets]
+    param = torch.nn.Parameter(torch.zeros(1))
+    runtime: dict[str, Any] = {
+        "model": lambda: {
+            "inputs": InputSpec(
+                num_numeric=len(data.numeric_columns),
+                categorical_cardinalities=[2] * len(data.categorical_columns),
+                vocab_size=max(data.vocab_size, 8) if data.text_columns else 0,
+                max_length=max(data.max_length, 1) if data.text_columns else 0,
+            ),
+            "heads": {t.name: 2 if t.type == CLASSIFICATION else 1 for t in targets},
+        },
+        "loss": lambda: {"targets": targets, "class_counts": {t.name: [1, 1] for t in targets if t.type == CLASSIFICATION}},
+        "optimizer": lambda: {"params": [param]},
+        "scheduler": lambda: {
+            "optimizer": torch.optim.SGD([param], lr=1.0),
+            "total_steps": known_run_length(cfg) or 1000,
+            "steps_per_epoch": max((known_run_length(cfg) or 1000) // max(cfg.epochs, 1), 1),
+        },
+    }
+    try:
+        with torch.device("meta") if group == "model" else contextlib.nullcontext():
+            fn(**runtime[group](), **kwargs)
+    except UserError as err:
+        return str(err).splitlines()
+    except (ValueError, TypeError, ZeroDivisionError, RuntimeError, OverflowError) as err:
+        return [refusal(group, plain, err)]
+    return []
 
 
 def _cuda_graph_conflicts(cfg: DictConfig) -> list[str]:

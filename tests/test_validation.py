@@ -191,7 +191,7 @@ def test_loss_weights_must_name_targets(compose_train):
     cfg = compose_train("loss=multitask", "+loss.weights.clicks=2.0")
     with pytest.raises(
         UserError,
-        match=r"^loss.weights.clicks names no target; the targets are intent, quality, ctr, "
+        match=r"^loss.weights names clicks, which is not a target; the targets are intent, quality, ctr, "
         r"position.$",
     ):
         check_train_config(cfg)
@@ -271,3 +271,17 @@ def test_choice_knobs_are_refused_while_composing_with_their_choices_listed(comp
     with pytest.raises(ConfigCompositionException) as err:
         compose_train(override)
     assert f"Invalid value '{value}', expected one of [{choices}]" in str(err.value.__cause__ or err.value)
+
+
+def test_value_ranges_are_the_constructors_own_and_checked_before_data_loads(compose_train, monkeypatch):
+    from seo_cli.data import pipeline
+    from seo_cli.data.spec import InputSpec
+    from seo_cli.models.mlp import MLP
+
+    with pytest.raises(UserError, match=r"^model.dropout=1.5 must be at least 0 and below 1, e.g. 0.1.$"):
+        MLP(InputSpec(num_numeric=2), {"y": 1}, dropout=1.5)  # the Python API gets the same sentence
+    monkeypatch.setattr(pipeline, "prepare_data", lambda *a: pytest.fail("data loaded before the check"))
+    with pytest.raises(UserError, match=r"^model.dropout=1.5 must be at least 0 and below 1, e.g. 0.1.$"):
+        check_train_config(compose_train("model=mlp", "model.dropout=1.5"))
+    with pytest.raises(UserError, match=r"^optimizer.momentum=-1.0 is refused by torch.optim.SGD \(Invalid momentum"):
+        check_train_config(compose_train("optimizer=sgd", "optimizer.momentum=-1.0"))

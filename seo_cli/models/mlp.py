@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from seo_cli.data.spec import InputSpec
-from seo_cli.errors import UserError
+from seo_cli.errors import UserError, dropout_rate, positive_ints
 from seo_cli.models.heads import OutputHeads
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -88,6 +88,9 @@ class MLP(nn.Module):
         categorical_embedding_dim: int = 8,
     ) -> None:
         super().__init__()
+        positive_ints("model.hidden_sizes", list(hidden_sizes))
+        positive_ints("model.categorical_embedding_dim", categorical_embedding_dim)
+        dropout_rate("model.dropout", dropout)
         if not inputs.has_tabular:
             raise UserError(
                 "model=mlp needs numeric or categorical columns (data.numeric_columns, "

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from seo_cli.data.spec import InputSpec
-from seo_cli.errors import UserError
+from seo_cli.errors import UserError, dropout_rate, positive_ints
 from seo_cli.models.heads import OutputHeads
 from seo_cli.models.mlp import TabularEncoder, build_mlp
 from seo_cli.models.textcnn import TextCNNEncoder
@@ -58,6 +58,15 @@ class SEOMultitask(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
+        sizes = {
+            "embedding_dim": embedding_dim, "num_filters": num_filters, "kernel_sizes": list(kernel_sizes),
+            "transformer_layers": transformer_layers, "transformer_heads": transformer_heads,
+            "transformer_ffn_dim": transformer_ffn_dim, "categorical_embedding_dim": categorical_embedding_dim,
+            "tabular_hidden": list(tabular_hidden), "fusion_hidden": list(fusion_hidden),
+        }  # fmt: skip
+        for key, value in sizes.items():
+            positive_ints(f"model.{key}", value)
+        dropout_rate("model.dropout", dropout)
         if not inputs.has_text and not inputs.has_tabular:
             raise UserError(
                 "model=seo_multitask needs text (data.text_columns) or numeric/categorical columns "

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seo_cli.data.spec import InputSpec
-from seo_cli.errors import UserError
+from seo_cli.errors import UserError, dropout_rate, positive_ints
 from seo_cli.models.heads import OutputHeads
 
 
@@ -78,6 +78,9 @@ class TextCNN(nn.Module):
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
+        for key, value in (("embedding_dim", embedding_dim), ("num_filters", num_filters), ("kernel_sizes", list(kernel_sizes))):
+            positive_ints(f"model.{key}", value)
+        dropout_rate("model.dropout", dropout)
         if not inputs.has_text:
             raise UserError(
                 "model=textcnn needs a text column (data.text_columns) but the data has none; "

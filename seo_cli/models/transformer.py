@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from seo_cli.data.spec import InputSpec
-from seo_cli.errors import UserError
+from seo_cli.errors import UserError, dropout_rate, positive_ints
 from seo_cli.models.heads import OutputHeads
 
 
@@ -141,6 +141,9 @@ class Transformer(nn.Module):
                 "model=transformer needs a text column (data.text_columns) but the data has none; "
                 "choose model=mlp for numeric and categorical data."
             )
+        for key, value in (("d_model", d_model), ("num_layers", num_layers), ("num_heads", num_heads), ("ffn_dim", ffn_dim)):
+            positive_ints(f"model.{key}", value)
+        dropout_rate("model.dropout", dropout)
         check_heads_divide(d_model, num_heads, "model.d_model", "model.num_heads")
         self.encoder = TransformerEncoder(
             inputs.vocab_size,
