@@ -94,7 +94,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import seo_cli
 from seo_cli.checkpoint import CheckpointManager, load_checkpoint
-from seo_cli.config import config_dir
+from seo_cli.config import config_dir, register_configs
 from seo_cli.data.preprocess import Preprocessor
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
@@ -874,6 +874,7 @@ def quiet_libraries() -> Iterator[None]:
 
 
 def main() -> None:
+    register_configs()  # the schemas (d) composes against, as seo_cli.cli registers them
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="+", choices=["w1", "w2", "w3"], default=["w1", "w2", "w3"])
     parser.add_argument("--runners", nargs="+", choices=list(RUNNERS), default=list(RUNNERS))

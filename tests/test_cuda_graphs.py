@@ -38,7 +38,7 @@ def test_a_graphed_run_trains_like_the_eager_one(train_run, model, caplog):
     from conftest import read_jsonl
 
     common = ["device=cuda", f"model={model}", "model.dropout=0", "epochs=2", "trainer.gradient_clip_val=1.0"]
-    caplog.set_level(logging.INFO, logger="seo_cli.trainer")
+    caplog.set_level(logging.INFO, logger="seo_cli.graphs")
     _, graphed = train_run(*common, "trainer.cuda_graphs=true")
     assert "the training step is captured for batches of 16 rows" in caplog.text
     _, eager = train_run(*common)

@@ -14,17 +14,15 @@ import pytest
 import torch
 from conftest import read_jsonl
 from helpers.fitting import validate_on
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 import seo_cli.evaluation as evaluation
 from seo_cli.checkpoint import CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.config import TrainerConfig
-from seo_cli.data.preprocess import Preprocessor
 from seo_cli.data.spec import Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import TrainingDiverged, predict
+from seo_cli.loading import load_trained
 from seo_cli.loggers import MetricsSink
 from seo_cli.runtime import check_precision, seed_worker, set_deterministic
 from seo_cli.trainer import FP16_MAX_SKIPS_IN_A_ROW, fit
@@ -567,13 +565,10 @@ def test_compile_true_run_writes_checkpoints_an_uncompiled_model_loads(train_run
     for name in ("last.pt", "best.pt"):
         state = load_checkpoint(run_dir / "checkpoints" / name)
         assert state["model"] and not any(key.startswith("_orig_mod.") for key in state["model"])
-        pre = Preprocessor.from_state(state["preprocessing"])
-        cfg = OmegaConf.create(state["config"])
-        model = instantiate(cfg.model, inputs=pre.input_spec, heads=pre.heads, _convert_="object")
-        model.load_state_dict(state["model"], strict=True)
+        load_trained(run_dir / "checkpoints" / name, torch.device("cpu"), [])  # an uncompiled model, strict
     # last.pt holds the trained weights of the module under the wrapper.
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(last[k], v) for k, v in trained.state_dict().items())
+    assert all(torch.equal(last[k], v.cpu()) for k, v in trained.state_dict().items())
 
 
 # --- 6. deterministic ---------------------------------------------------------------------------------------
