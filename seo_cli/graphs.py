@@ -50,6 +50,8 @@ class StepGraph:
         if self.graph is None:
             self._capture(window)
         if _shapes(window) != self.shapes:
+            # The last replay's gradients must not add to the eager step's (a replay assigns them afresh).
+            self.optimizer.zero_grad(set_to_none=True)
             return None
         inputs, labels = window[0]
         pytree.tree_map(lambda static, new: static.copy_(new, non_blocking=True), self.inputs, move_to(inputs, self.device))

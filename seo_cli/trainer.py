@@ -190,7 +190,8 @@ def fit(
                     ema.update_parameters(unwrap_model(model))
                 if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
                     scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if replayed is None:  # a replayed graph assigns its gradients afresh
+                    optimizer.zero_grad(set_to_none=True)
                 profiling.step()
                 loop.global_step, loop.batches_done = loop.global_step + 1, loop.batches_done + len(batch_window)
                 loop.epoch_rows, epoch_loss = loop.epoch_rows + rows, epoch_loss + loss_sum
