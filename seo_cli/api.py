@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -127,7 +128,9 @@ class ModelTrainer:
         sink = MetricsSink(self.output_dir / "metrics.jsonl" if self.output_dir else None, resume_step=self._resume_step())
         checkpoints = None
         if self.output_dir is not None:
-            checkpoints = CheckpointManager(self.output_dir / "checkpoints", mode=self.config.mode)
+            # The loop's knobs as the checkpoint's config; there is no seo-cli preprocessing to store.
+            extra = {"config": OmegaConf.to_yaml(OmegaConf.structured(self.config)), "preprocessing": {}}
+            checkpoints = CheckpointManager(self.output_dir / "checkpoints", extra, mode=self.config.mode)
         scorer = Scorer(self.targets, precision=self.config.precision)
         validate = None
         if self.val_batches is not None:
