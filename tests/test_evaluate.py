@@ -89,14 +89,14 @@ def test_val_split_reproduces_the_metrics_training_logged(runs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def test_split_eval(runs, tmp_path_factory) -> tuple[dict, Path]:
+def scored_test_split(runs, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("eval_test")
     cfg = compose_eval(f"checkpoint={quoted(runs['multitask'])}", "bootstrap=200", "seed=3", "report=false")
     return run_eval(cfg, out), out
 
 
-def test_metrics_json_keys_and_intervals(runs, test_split_eval):
-    result, out = test_split_eval
+def test_metrics_json_keys_and_intervals(runs, scored_test_split):
+    result, out = scored_test_split
     written = json.loads((out / "metrics.json").read_text())
     assert set(written) == TOP_KEYS
     assert written == json.loads(json.dumps(result))
@@ -115,8 +115,8 @@ def test_metrics_json_keys_and_intervals(runs, test_split_eval):
             assert written["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
-def test_average_precision_and_spearman_are_reported(test_split_eval):
-    result, _ = test_split_eval
+def test_average_precision_and_spearman_are_reported(scored_test_split):
+    result, _ = scored_test_split
     for t in CLASSIFICATION_TARGETS:
         value = result["metrics"][f"test/{t}/average_precision"]
         assert 0 < value <= 1 and result["targets"][t]["average_precision"] == value

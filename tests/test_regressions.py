@@ -37,7 +37,9 @@ def test_resume_into_a_new_directory_with_nothing_left_to_improve_scores_the_old
 
 
 def test_weights_that_overflow_after_a_finite_loss_are_never_saved(compose_train, tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"weights became NaN or infinite by step \d+"):
+    # Step 1's loss is finite (computed before the update); the update of lr 3e38 overflows the weights, so
+    # the save every_n_steps asks for after step 1 must refuse them: no file at all may exist.
+    with pytest.raises(TrainingDiverged, match=r"weights became NaN or infinite by step 1;"):
         _train(
             compose_train,
             tmp_path / "run",
@@ -46,8 +48,23 @@ def test_weights_that_overflow_after_a_finite_loss_are_never_saved(compose_train
             "scheduler=none",
             "trainer.checkpoint.every_n_steps=1",
         )
-    for path in (tmp_path / "run" / "checkpoints").glob("*.pt"):
-        assert all(torch.isfinite(t).all() for t in load_checkpoint(path)["model"].values()), path
+    assert list((tmp_path / "run" / "checkpoints").glob("*.pt")) == []
+
+
+def test_a_checkpoint_written_before_the_weights_overflow_holds_finite_weights(compose_train, tmp_path):
+    # lr 1e30: step 1 leaves huge but finite weights, which last.pt keeps; step 2's loss is not finite.
+    with pytest.raises(TrainingDiverged, match=r"at step 2; the last finite loss was .* at step 1;.*last.pt holds"):
+        _train(
+            compose_train,
+            tmp_path / "run",
+            "optimizer=sgd",
+            "learning_rate=1e30",
+            "scheduler=none",
+            "trainer.checkpoint.every_n_steps=1",
+        )
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["global_step"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
 def test_empty_categorical_cells_and_integer_labels_with_gaps(compose_train, tmp_path):

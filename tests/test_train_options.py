@@ -116,10 +116,20 @@ def test_multitask_weights_scale_the_total(train_run):
     assert m["val/loss"] == pytest.approx(parts, rel=1e-5)
 
 
-@pytest.mark.parametrize("option", ["auto", "cpu"])
-def test_device_options_run_on_the_cpu_here(train_run, option):
-    summary, _ = train_run(f"device={option}")
+def test_device_cpu_runs_on_the_cpu(train_run):
+    summary, _ = train_run("device=cpu")
     assert summary["device"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    "cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]
+)
+def test_device_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, expected):
+    from seo_cli.runtime import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device("auto") == torch.device(expected)
 
 
 def test_device_cuda_without_a_gpu_is_an_error_or_a_warned_fallback(train_run):

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -21,10 +22,17 @@ def test_wheel_install_runs_seo_train_outside_the_checkout(tmp_path):
         REPO, source, ignore=shutil.ignore_patterns(".git", "outputs", "build", "*.egg-info", "__pycache__")
     )
     env_dir = tmp_path / "venv"
-    # System site-packages provide torch and the other dependencies; the venv's own seo_cli shadows
-    # any editable install of the checkout.
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    # A plain venv, as a user makes one. The dependencies (torch alone is GBs to fetch) come from this
+    # test's own environment, a plain venv or not, through a .pth line after the venv's own packages: the
+    # venv's seo_cli shadows the checkout, whose editable-install hook is not run from such a path.
+    venv.create(env_dir, system_site_packages=False, with_pip=False)
     python = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    outer = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    (Path(purelib) / "outer_environment.pth").write_text("".join(f"{path}\n" for path in sorted(outer)))
     install = subprocess.run(
         [
             sys.executable,
