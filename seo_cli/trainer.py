@@ -155,16 +155,16 @@ def fit(
         TrainingDiverged: the loss or the weights became NaN or infinite (the message names the step).
         TrainingInterrupted: SIGTERM or SIGINT; ``last.pt`` was written first.
     """
-    device, num_batches, accumulate = next(model.parameters()).device, count_batches(train_batches), config.accumulate_grad_batches
-    loop, sink, clock, pruned = LoopState(), sink or MetricsSink(None), RunClock(distributed.world_size()), False
+    device, accumulate = next(model.parameters()).device, config.accumulate_grad_batches
+    num_batches, loop, sink, pruned = count_batches(train_batches), LoopState(), sink or MetricsSink(None), False
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")  # a no-op unless fp16
-    ema = AveragedModel(unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(config.ema.decay)) if config.ema.decay else None
+    ema = averaged(model, config.ema.decay)  # None unless trainer.ema.decay
     run = RunState(model, optimizer, scheduler, scaler, loop, checkpoints, early_stopping(config), ema)
     run.restore(resume_from, config.seed)
     backward = Backward(model, loss_fn, scaler, config.precision, accumulate)
     clip = partial(clip_gradients, model, config.gradient_clip_val, config.gradient_clip_algorithm)
     graph = StepGraph(config.cuda_graphs, model, loss_fn, optimizer, config.precision, clip)
-    window = LossWindow(config.log_every_n_steps, loop, device, run, clipped=config.gradient_clip_val is not None)
+    window, clock = LossWindow(config, loop, device, run), RunClock(distributed.world_size())
     progress = TrainProgress(config.progress, config.epochs, -(-num_batches // accumulate))
     with stop_on_signals() as signals, profiler(profile_dir) as profiling, progress:
         for epoch in range(loop.epoch, loop.epoch if run.finished() else config.epochs):
@@ -202,14 +202,15 @@ def fit(
                     sink.log(values, loop.global_step)
                     progress.update(epoch, -(-loop.batches_done // accumulate), values)
                 mid_epoch = loop.batches_done < num_batches or not num_batches
-                if signals or (checkpoints is not None and checkpoints.wants_step_save(loop.global_step) and mid_epoch):
+                if signals or (run.wants_step_save() and mid_epoch):
                     window.sync()
                     run.save_last(epoch_loss, collective=not signals)
                     if signals:
                         raise TrainingInterrupted(signals[0], loop.global_step, run.last_saved)
 
             window.sync()  # .item() waits for the device's queued work, so the epoch's time includes it
-            metrics = {"epoch": float(epoch + 1), **run.epoch_train_loss(epoch_loss), **clock.end_epoch(), **memory.read()}
+            metrics = {"epoch": float(epoch + 1), **run.epoch_train_loss(epoch_loss)}
+            metrics |= clock.end_epoch() | memory.read()
             run.check_weights()  # a last step that overflowed the weights stops here, not in the metrics
             metrics |= validated(validate, ema.module if ema is not None else model, loop.global_step)
             if isinstance(scheduler, ReduceLROnPlateau):
@@ -217,7 +218,7 @@ def fit(
             improved = loop.record_epoch(metrics, metric(metrics, config.monitor), config.mode)
             sink.log(metrics, loop.global_step)
             progress.end_epoch(epoch, metrics)
-            stopping = run.early_stop is not None and run.early_stop.update(metric(metrics, run.early_stop.monitor), epoch + 1)
+            stopping = run.stops_early(metrics)
             run.save_epoch(metrics, config.monitor, improved, interrupted=bool(signals))
             if signals:
                 raise TrainingInterrupted(signals[0], loop.global_step, run.last_saved)
@@ -338,6 +339,25 @@ class RunState:
             fp16_skipped_steps=loop.fp16_skipped_steps,
         )
 
+    def wants_step_save(self) -> bool:
+        """last.pt is due at this optimizer step (trainer.checkpoint.every_n_steps)."""
+        return self.checkpoints is not None and self.checkpoints.wants_step_save(self.loop.global_step)
+
+    def stops_early(self, metrics: dict[str, float]) -> bool:
+        """Tell early stopping the epoch just recorded; True (and a log line) when the run should stop."""
+        stop = self.early_stop
+        if stop is None or not stop.update(metric(metrics, stop.monitor), self.loop.epoch):
+            return False
+        log.info(
+            "Early stopping after epoch %d: %s has not improved by more than %g for %d epochs (best %.6g).",
+            self.loop.epoch,
+            stop.monitor,
+            stop.min_delta,
+            stop.patience,
+            stop.best,
+        )
+        return True
+
     def best_path(self) -> Path | None:
         """best.pt of this run, or the one written before a resume when nothing improved since."""
         if self.best_saved is None and self.checkpoints is not None:
@@ -432,9 +452,10 @@ class LossWindow:
     and stops at the same NaN step. A resumed window longer than a new, shorter interval still fits.
     """
 
-    def __init__(self, every_n_steps: int, loop: LoopState, device: torch.device, run: RunState, clipped: bool) -> None:
-        self.every_n_steps, self.loop, self.run, self.clipped = every_n_steps, loop, run, clipped
-        size = max(every_n_steps, len(loop.window_losses) + 1)
+    def __init__(self, config: TrainerConfig, loop: LoopState, device: torch.device, run: RunState) -> None:
+        self.every_n_steps, self.loop, self.run = config.log_every_n_steps, loop, run
+        self.clipped = config.gradient_clip_val is not None
+        size = max(self.every_n_steps, len(loop.window_losses) + 1)
         self.losses = torch.zeros(size, device=device)
         self.norms = torch.zeros(size, device=device)
         self.steps = len(loop.window_losses)
@@ -617,6 +638,13 @@ def clip_gradients(model: nn.Module, clip_val: float | None, algorithm: str) -> 
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
     torch.nn.utils.clip_grad_value_(params, clip_val)
     return norm
+
+
+def averaged(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of the weights (trainer.ema.decay); None when off."""
+    if decay is None:
+        return None
+    return AveragedModel(unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
 def early_stopping(config: TrainerConfig) -> EarlyStopping | None:
