@@ -3,12 +3,29 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from seo_cli.config import register_configs
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread in this process for the whole session, put back at its end.
+
+    The suite's models have a few thousand weights: on the 2-core machine a second thread only adds
+    contention. And exactness: two runs compared bit for bit (resumed against straight, streamed against
+    resident, DDP ranks of one thread each against one process) have differed in the last bits with two
+    threads (text.embedding.weight, from a validation pass on), intermittently; with one thread they
+    agree every time. Processes the tests start get OMP_NUM_THREADS=1 (and MKL_NUM_THREADS=1) where
+    their weights are compared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

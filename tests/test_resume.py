@@ -1,37 +1,63 @@
-"""Exact resume: a run killed or stopped anywhere and resumed ends with the weights and metrics of the straight run."""
+"""Exact resume: a run killed or stopped anywhere and resumed ends with the weights and metrics of the straight run.
 
+Every run here is seo-train's console script in this process (tests/helpers/commands.py), except the
+killed ones: SIGKILL ends a forked child of this process (tests/helpers/fault_inject.py), which starts
+training at once with torch already imported. Signals the trainer handles (SIGTERM, SIGINT) are sent to
+this process at a chosen step. One intra-op thread throughout (tests/conftest.py): the runs compared
+bit for bit then compute alike. tests/reliability/test_kill_and_resume.py kills at seeded points too,
+mid-epoch from every_n_steps checkpoints among them.
+"""
+
+import fcntl
 import json
 import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import read_jsonl
+from helpers.commands import run_command
+from helpers.fault_inject import injected, train_in_child
 from omegaconf import OmegaConf
 
 from seo_cli.checkpoint import load_checkpoint
 from seo_cli.errors import UserError
+from seo_cli.launch import LOCK_FILE
 from seo_cli.train import train
 
 pytestmark = pytest.mark.slow
 
-HELPER = Path(__file__).parent / "helpers" / "fault_inject.py"
-# debug=smoke has 27 optimizer steps per epoch; 4 epochs are 108 steps, and dropout draws from the RNG.
-RUN = ["debug=smoke", "epochs=4", "logger=none", "trainer.progress=plain"]
+# 200 rows: 140 training rows, 9 optimizer steps of 16 (the last of 12) per epoch; 4 epochs are 36 steps,
+# and dropout draws from the RNG.
+STEPS_PER_EPOCH = 9
+RUN = ["debug=smoke", "data.num_rows=200", "epochs=4", "logger=none", "trainer.progress=plain"]
 
 
-def seo_train(run_dir: Path, *overrides: str, fault: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(HELPER), *fault, "--", *RUN, *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # Hydra logs to stdout; one stream keeps the order too
-        text=True,
-        timeout=300,
-    )
+def seo_train(run_dir: Path, *overrides: str):
+    return run_command("train", *RUN, *overrides, f"hydra.run.dir={run_dir}")
+
+
+def killed_run(run_dir: Path, *overrides: str, **fault) -> None:
+    """seo-train in a forked child, ended by SIGKILL where ``fault`` says (fault_inject.injected)."""
+    run_dir.mkdir(parents=True)
+    log = run_dir.parent / "killed.log"
+    code = train_in_child(*RUN, *overrides, f"hydra.run.dir={run_dir}", log=log, **fault)
+    assert code == -signal.SIGKILL, f"{fault} did not kill the run (exit {code}):\n{log.read_text()[-3000:]}"
+    # The run's DataLoader workers were killed too, but the kernel releases their hold on the run
+    # directory's lock (flock, shared with the forked workers) only as they exit: wait for it.
+    with open(run_dir / LOCK_FILE) as lock:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the killed run's lock was never released"
+                time.sleep(0.02)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -62,37 +88,36 @@ def assert_same_run(run_dir: Path, straight: Path) -> None:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    result = seo_train(run_dir)
-    assert result.returncode == 0, result.stdout[-3000:]
+    done = seo_train(run_dir)
+    assert done.code == 0, done.output[-3000:]
     return run_dir
 
 
 @pytest.mark.parametrize(
     "fault, overrides, last_step, resumes_at",
     [
-        # Killed in epoch 3: resumes from last.pt of epoch 2 (step 54).
-        (("--kill-at-step", "60"), (), 54, "last.pt"),
-        # Checkpoints every 25 steps, killed at step 52: resumes mid-epoch 2 from step 50, batch 23 of 27.
-        (("--kill-at-step", "52"), ("trainer.checkpoint.every_n_steps=25",), 50, "last.pt"),
-        # The same with the data streamed by DataLoader workers instead of kept on the device.
+        # Killed in epoch 3: resumes from last.pt of epoch 2 (step 18).
+        (dict(kill_at_step=20), (), 18, "last.pt"),
+        # Checkpoints every 8 steps, killed after step 25: resumes mid-epoch 3 from step 24, batch 6 of 9,
+        # with the data streamed by DataLoader workers instead of kept on the device. (Mid-epoch resumes
+        # of device-resident data: tests/reliability/test_kill_and_resume.py.)
         (
-            ("--kill-at-step", "52"),
-            ("trainer.checkpoint.every_n_steps=25", "data.placement=stream", "data.num_workers=1"),
-            50,
+            dict(kill_at_step=25),
+            ("trainer.checkpoint.every_n_steps=8", "data.placement=stream", "data.num_workers=1"),
+            24,
             "last.pt",
         ),
         # Killed half-way through the 6th write, epoch 2's last.pt, just after best.pt: last.pt still
-        # holds step 50, and resume=auto takes the newest complete file, best.pt of step 54.
-        (("--kill-in-save", "6"), ("trainer.checkpoint.every_n_steps=25",), 50, "best.pt"),
+        # holds step 16, and resume=auto takes the newest complete file, best.pt of step 18.
+        (dict(kill_in_save=6), ("trainer.checkpoint.every_n_steps=8",), 16, "best.pt"),
     ],
-    ids=["epoch-boundary", "mid-epoch", "mid-epoch-streamed", "during-checkpoint-write"],
+    ids=["epoch-boundary", "mid-epoch-streamed", "during-checkpoint-write"],
 )
 def test_sigkill_then_resume_auto_matches_the_straight_run(
     tmp_path, straight, fault, overrides, last_step, resumes_at
 ):
     run_dir = tmp_path / "run"
-    killed = seo_train(run_dir, *overrides, fault=fault)
-    assert killed.returncode == -signal.SIGKILL
+    killed_run(run_dir, *overrides, **fault)
     files = list((run_dir / "checkpoints").iterdir())
     # The write that was cut short left only its temp file; every .pt file under its final name loads.
     for path in files:
@@ -102,49 +127,53 @@ def test_sigkill_then_resume_auto_matches_the_straight_run(
     step = load_checkpoint(run_dir / "checkpoints" / resumes_at)["global_step"]
 
     resumed = seo_train(run_dir, *overrides, "resume=auto")
-    assert resumed.returncode == 0, resumed.stdout[-3000:]
-    assert f"Resumed at epoch {step // 27}, step {step}" in resumed.stdout
+    assert resumed.code == 0, resumed.output[-3000:]
+    assert f"Resumed at epoch {step // STEPS_PER_EPOCH}, step {step}" in resumed.output
     assert_same_run(run_dir, straight)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from"] == str(run_dir / "checkpoints" / resumes_at)
-    assert summary["global_step"] == 108
+    assert summary["global_step"] == 4 * STEPS_PER_EPOCH
 
 
 @pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_mid_epoch_saves_last_pt_and_prints_the_resume_command(tmp_path, straight, name, code):
     run_dir = tmp_path / "run"
-    stopped = seo_train(run_dir, fault=("--signal-at-step", "40", "--signal", name))
-    assert stopped.returncode == code
+    with injected(signal_at_step=13, signal_name=name):
+        stopped = seo_train(run_dir)
+    assert stopped.code == code, stopped.output[-3000:]
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    # The signal came as step 41 began: the loop finished that step, then saved, 14 steps into epoch 2,
+    # The signal came as step 14 began: the loop finished that step, then saved, 5 steps into epoch 2,
     # with the running sums of that epoch.
-    assert (state["epoch"], state["global_step"], state["position"]["batches_done"]) == (1, 41, 14)
-    assert state["position"]["epoch_rows"] == 14 * 16
-    assert f"{name} at step 41" in stopped.stdout
-    assert f"hydra.run.dir={run_dir} resume=auto" in stopped.stdout
+    assert (state["epoch"], state["global_step"], state["position"]["batches_done"]) == (1, 14, 5)
+    assert state["position"]["epoch_rows"] == 5 * 16
+    assert f"{name} at step 14" in stopped.output
+    assert f"hydra.run.dir={run_dir} resume=auto" in stopped.output
+    assert "Traceback" not in stopped.output
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
     resumed = seo_train(run_dir, "resume=auto")
-    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert resumed.code == 0, resumed.output[-3000:]
     assert_same_run(run_dir, straight)
 
 
 def test_a_second_signal_during_the_save_does_not_cut_it_short(tmp_path, straight):
     run_dir = tmp_path / "run"
-    stopped = seo_train(run_dir, fault=("--signal-at-step", "40", "--signal-again-in-save"))
-    assert stopped.returncode == 143, stopped.stdout[-3000:]
-    assert "Traceback" not in stopped.stdout and "KeyboardInterrupt" not in stopped.stdout
-    assert "SIGTERM received again: still saving last.pt before stopping." in stopped.stdout
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["global_step"] == 41
-    assert f"hydra.run.dir={run_dir} resume=auto" in stopped.stdout
+    with injected(signal_at_step=13, signal_again_in_save=True):
+        stopped = seo_train(run_dir)
+    assert stopped.code == 143, stopped.output[-3000:]
+    assert "Traceback" not in stopped.output and "KeyboardInterrupt" not in stopped.output
+    assert "SIGTERM received again: still saving last.pt before stopping." in stopped.output
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["global_step"] == 14
+    assert f"hydra.run.dir={run_dir} resume=auto" in stopped.output
     resumed = seo_train(run_dir, "resume=auto")
-    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert resumed.code == 0, resumed.output[-3000:]
     assert_same_run(run_dir, straight)
 
 
 def test_a_second_seo_train_on_a_locked_run_directory_names_the_holder_and_exits_1(tmp_path):
     """Two `resume=auto` on one run directory would both append to it; flock keeps the second out, and
-    a killed holder releases the lock."""
+    a killed holder releases the lock. (flock is per open file: this process's seo-train meets the
+    holder's lock as another process's would.)"""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     holder = subprocess.Popen(
@@ -159,15 +188,15 @@ def test_a_second_seo_train_on_a_locked_run_directory_names_the_holder_and_exits
     try:
         assert holder.stdout.readline().strip() == "locked"
         second = seo_train(run_dir, "epochs=1", "resume=auto")
-        assert second.returncode == 1
-        lines = [line for line in second.stdout.splitlines() if "is in use by another seo-train" in line]
-        assert len(lines) == 1 and f"(process {holder.pid})" in lines[0], second.stdout[-2000:]
+        assert second.code == 1
+        lines = [line for line in second.output.splitlines() if "is in use by another seo-train" in line]
+        assert len(lines) == 1 and f"(process {holder.pid})" in lines[0], second.output[-2000:]
         assert not (run_dir / "metrics.jsonl").exists()
     finally:
         holder.kill()
         holder.wait()
     again = seo_train(run_dir, "epochs=1", "resume=auto")  # the killed holder's lock is gone
-    assert again.returncode == 0, again.stdout[-3000:]
+    assert again.code == 0, again.output[-3000:]
 
 
 # In-process runs below: the config checks and the longer-run path need no subprocess.

@@ -1,4 +1,4 @@
-"""Run seo-train in this process and hit it with a fault at an exact point, as a crash or an operator would.
+"""Run seo-train and hit it with a fault at an exact point, as a crash or an operator would.
 
     python tests/helpers/fault_inject.py --kill-at-step 60 -- debug=smoke epochs=4 hydra.run.dir=...
     python tests/helpers/fault_inject.py --signal-at-step 40 --signal SIGTERM -- ...
@@ -9,18 +9,115 @@
 ``--signal-again-in-save``, once more as the checkpoint that signal asked for is being written);
 ``--kill-in-save K`` sends SIGKILL half-way through writing the K-th checkpoint file, after half its
 bytes hit the disk.
+
+Tests use ``injected`` in their own process (signals, which the trainer handles in the main thread) and
+``train_in_child`` for SIGKILL: a forked child of the test process, which has torch and seo_cli imported
+already, so it starts training at once instead of spending seconds on imports as a new interpreter does.
 Test code only: the faults are injected by wrapping functions, seo_cli has no hooks for them.
 """
 
 import argparse
+import contextlib
 import io
+import multiprocessing
 import os
 import signal
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
+import seo_cli.cli
 import seo_cli.trainer
+
+
+@contextmanager
+def injected(
+    kill_at_step: int | None = None,
+    signal_at_step: int | None = None,
+    signal_name: str = "SIGTERM",
+    kill_in_save: int | None = None,
+    signal_again_in_save: bool = False,
+) -> Iterator[None]:
+    """``seo_cli.trainer.forward_backward`` and ``torch.save`` wrapped with the faults asked for, counted
+    from the first call inside the block; the originals are put back after it."""
+    forward_backward = seo_cli.trainer.forward_backward
+    windows = iter(range(1, 10**9))
+    signalled: list[int] = []
+
+    def faulty_forward_backward(*a, **kw):
+        window = next(windows)  # 1-based: window N+1 starts once N optimizer steps are done
+        if kill_at_step is not None and window == kill_at_step + 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if signal_at_step is not None and window == signal_at_step + 1:
+            os.kill(os.getpid(), signal.Signals[signal_name])
+            signalled.append(window)
+        return forward_backward(*a, **kw)
+
+    save = torch.save
+    saves = iter(range(1, 10**9))
+
+    def faulty_save(obj, f, *a, **kw):
+        if signal_again_in_save and signalled:  # the save the first signal asked for: signal again
+            signalled.clear()
+            os.kill(os.getpid(), signal.Signals[signal_name])
+        if next(saves) != kill_in_save:
+            return save(obj, f, *a, **kw)
+        buffer = io.BytesIO()
+        save(obj, buffer, *a, **kw)
+        data = buffer.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    seo_cli.trainer.forward_backward = faulty_forward_backward
+    torch.save = faulty_save
+    try:
+        yield
+    finally:
+        seo_cli.trainer.forward_backward = forward_backward
+        torch.save = save
+
+
+def _train(argv: list[str], log: str | None, faults: dict) -> None:
+    """The forked child: seo-train ``argv`` with ``faults``, its output into ``log``."""
+    if log is not None:
+        os.setpgid(0, 0)  # a process group of its own and its DataLoader workers: see train_in_child
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    torch.set_num_threads(1)  # as the test process computes the runs it compares this one with
+    sys.argv = ["seo-train", *argv]
+    with injected(**faults):
+        seo_cli.cli.train()
+
+
+def train_in_child(*argv: str, log: Path, timeout: float = 240, **faults) -> int:
+    """seo-train ``argv`` in a forked child with ``faults`` (``injected``'s arguments), its output in
+    ``log``. Returns the child's exit code: -9 when SIGKILL ended it."""
+    child = multiprocessing.get_context("fork").Process(target=_train, args=(list(argv), str(log), faults))
+    child.start()
+    deadline = time.monotonic() + timeout
+    # Polled (waitpid) rather than joined: join waits on a pipe that the child's own DataLoader workers
+    # inherit, so it would also wait for them to notice their parent is gone (seconds after a SIGKILL).
+    while child.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        raise TimeoutError(
+            f"seo-train {' '.join(argv)} still ran after {timeout} s:\n{log.read_text()[-3000:]}"
+        )
+    # DataLoader workers outlive a SIGKILL of their parent by up to 5 s (until their watchdog looks), holding
+    # what they inherited, the run directory's lock among it: end them as a whole-job kill would.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    return child.exitcode
 
 
 def main() -> None:
@@ -31,46 +128,17 @@ def main() -> None:
     parser.add_argument("--kill-in-save", type=int)
     parser.add_argument("--signal-again-in-save", action="store_true")
     args, overrides = parser.parse_known_args()
-    overrides = [o for o in overrides if o != "--"]
-
-    forward_backward = seo_cli.trainer.forward_backward
-    windows = iter(range(1, 10**9))
-    signalled: list[int] = []
-
-    def faulty_forward_backward(*a, **kw):
-        window = next(windows)  # 1-based: window N+1 starts once N optimizer steps are done
-        if args.kill_at_step is not None and window == args.kill_at_step + 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if args.signal_at_step is not None and window == args.signal_at_step + 1:
-            os.kill(os.getpid(), signal.Signals[args.signal])
-            signalled.append(window)
-        return forward_backward(*a, **kw)
-
-    seo_cli.trainer.forward_backward = faulty_forward_backward
-
-    save = torch.save
-    saves = iter(range(1, 10**9))
-
-    def faulty_save(obj, f, *a, **kw):
-        if args.signal_again_in_save and signalled:  # the save the first signal asked for: signal again
-            signalled.clear()
-            os.kill(os.getpid(), signal.Signals[args.signal])
-        if next(saves) != args.kill_in_save:
-            return save(obj, f, *a, **kw)
-        buffer = io.BytesIO()
-        save(obj, buffer, *a, **kw)
-        data = buffer.getvalue()
-        f.write(data[: len(data) // 2])
-        f.flush()
-        os.fsync(f.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    torch.save = faulty_save
-
-    from seo_cli.cli import train as seo_train
-
-    sys.argv = ["seo-train", *overrides]
-    seo_train()
+    _train(
+        [o for o in overrides if o != "--"],
+        None,
+        dict(
+            kill_at_step=args.kill_at_step,
+            signal_at_step=args.signal_at_step,
+            signal_name=args.signal,
+            kill_in_save=args.kill_in_save,
+            signal_again_in_save=args.signal_again_in_save,
+        ),
+    )
 
 
 if __name__ == "__main__":

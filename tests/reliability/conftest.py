@@ -1,9 +1,8 @@
-"""The ``reliability`` marker, one thread for the tiny in-process models, and the tally of fuzz cases."""
+"""The ``reliability`` marker and the tally of fuzz cases (one intra-op thread: tests/conftest.py)."""
 
 from pathlib import Path
 
 import pytest
-import torch
 
 from seo_cli.train import train
 
@@ -15,16 +14,6 @@ MARKER = "reliability: the reliability and security suite (tests/reliability; pa
 def pytest_configure(config: pytest.Config) -> None:
     # Registered here so the suite runs under --strict-markers before pyproject.toml lists the marker.
     config.addinivalue_line("markers", MARKER)
-
-
-@pytest.fixture(autouse=True, scope="package")
-def one_thread():
-    """The suite's models have a few thousand weights: a second intra-op thread only adds contention on a
-    busy 2-core machine. Put the process-wide setting back for the tests that run after this folder."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -27,9 +27,16 @@ QUIET = ["debug=smoke", "logger=none", "trainer.progress=plain", "device=cpu"]
 
 def cli_env() -> dict[str, str]:
     """The environment of a command-line run: this checkout importable from any working directory (the
-    editable install may point at another copy), and one thread, as the in-process runs have."""
+    editable install may point at another copy), and one intra-op thread, as the in-process runs have:
+    runs compared bit for bit across processes have differed in the last bits with two threads."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HYDRA_FULL_ERROR": "0",
+    }
 
 
 def command(entry_point: str, *args: str) -> list[str]:
