@@ -1,16 +1,13 @@
 """The shape of the training path: three seo_cli frames from a command to ``optimizer.step()``, a loop
-that fits on a screen, and no import cycle among seo_cli's modules (lazy imports inside functions count)."""
+that fits on a screen, and no import cycle among seo_cli's modules (lazy imports inside functions count).
+The frames in each DDP worker are counted in tests/test_ddp.py, on the DDP run its other tests share."""
 
 import ast
 import json
-import os
-import subprocess
 import sys
-import textwrap
 import traceback
 from pathlib import Path
 
-import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import seo_cli
@@ -51,54 +48,6 @@ def test_three_seo_cli_frames_from_the_console_script_to_optimizer_step(tmp_path
         handle.remove()
     assert len(seen) == json.loads((tmp_path / "summary.json").read_text())["global_step"] > 0
     assert {tuple(frames) for frames in seen} == {("cli.train", "train.train", "trainer.fit")}
-
-
-SITECUSTOMIZE = """
-import json, os, traceback
-from pathlib import Path
-
-import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-PACKAGE = Path(os.environ["SEO_CLI_PACKAGE"])
-
-
-def record(optimizer, args, kwargs):
-    frames = [
-        f.name for f in traceback.extract_stack()
-        if PACKAGE in Path(f.filename).resolve().parents and f.name != "<module>"
-    ]
-    with open(os.environ["FRAMES_FILE"] + "." + os.environ.get("RANK", "x"), "a") as out:
-        out.write(json.dumps(frames) + "\\n")
-
-
-register_optimizer_step_pre_hook(record)
-"""
-
-
-@pytest.mark.slow  # two gloo workers: about 15 s on the 2-core machine
-def test_three_seo_cli_frames_in_each_ddp_worker(tmp_path):
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(textwrap.dedent(SITECUSTOMIZE))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(hooks), str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "SEO_CLI_PACKAGE": str(PACKAGE),
-        "FRAMES_FILE": str(tmp_path / "frames"),
-        "OMP_NUM_THREADS": "1",
-    }
-    run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-c", "from seo_cli.cli import train; train()", "debug=smoke", "model=mlp",
-         "logger=none", "device=ddp", "device.type=cpu", "device.num_devices=2", "data.num_rows=200",
-         f"hydra.run.dir={run_dir}"],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    for rank in (0, 1):
-        stacks = {tuple(json.loads(line)) for line in (tmp_path / f"frames.{rank}").read_text().splitlines()}
-        assert stacks == {("worker", "train", "fit")}, rank
 
 
 def module_imports(path: Path) -> set[str]:

@@ -12,14 +12,15 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
 import seo_cli.cli
 
 # What a command may change in this process and must not leave behind: Hydra configures the root logger
-# (a handler on a stream that is closed afterwards, another on the run's log file), and DDP's elastic
-# launcher installs its own handlers for these signals in the main thread.
+# (a handler on a stream that is closed afterwards, another on the run's log file); DDP's elastic
+# launcher installs its own handlers for these signals in the main thread and sets environment variables.
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 LOGGERS = ("", "hydra")
 
@@ -33,14 +34,23 @@ class Done:
 def run_command(entry_point: str, *argv: str) -> Done:
     """``seo-train argv...`` (``train``), ``seo-eval`` (``evaluate``) or ``seo-predict`` (``predict``).
 
-    Output is captured at the file descriptors, so processes the command starts write into it too, and
-    it is a file, not a terminal, as in CI. Returns the exit code (0 when the command returns, as the
-    console script would exit) and that output.
+    Returns the exit code (0 when the command returns, as the console script would exit) and the output.
     """
-    main = getattr(seo_cli.cli, entry_point)
+    saved_argv = sys.argv
+    sys.argv = [f"seo-{entry_point}", *argv]
+    try:
+        return run_captured(getattr(seo_cli.cli, entry_point))
+    finally:
+        sys.argv = saved_argv
+
+
+def run_captured(main: Callable[[], object]) -> Done:
+    """``main()`` with its output captured at the file descriptors, so processes it starts write into it
+    too, and to a file, not a terminal, as in CI; the environment, the root and ``hydra`` loggers and the
+    handlers of SIGTERM, SIGINT, SIGHUP and SIGQUIT are put back afterwards. A SystemExit is the exit code."""
     loggers = {name: _logger_state(logging.getLogger(name)) for name in LOGGERS}
     handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    saved_argv = sys.argv
+    environ = dict(os.environ)
     sys.stdout.flush()
     sys.stderr.flush()
     saved_fds = os.dup(1), os.dup(2)
@@ -50,7 +60,6 @@ def run_command(entry_point: str, *argv: str) -> Done:
         os.dup2(captured.fileno(), 2)
         stream = open(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
         try:
-            sys.argv = [f"seo-{entry_point}", *argv]
             with redirect_stdout(stream), redirect_stderr(stream):
                 main()
         except SystemExit as stop:
@@ -63,12 +72,14 @@ def run_command(entry_point: str, *argv: str) -> Done:
             os.dup2(saved_fds[1], 2)
             for fd in saved_fds:
                 os.close(fd)
-            sys.argv = saved_argv
             for name, state in loggers.items():
                 _restore_logger(logging.getLogger(name), state)
             stream.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+            if dict(os.environ) != environ:
+                os.environ.clear()
+                os.environ.update(environ)
         captured.seek(0)
         output = captured.read().decode("utf-8", errors="replace")
     if failure is not None:
