@@ -1,27 +1,22 @@
 """``seo-train`` on table files as a user runs it: a malformed file is one sentence and exit code 1, with
-no traceback; a header-less TSV trains end to end."""
+no traceback; a header-less TSV trains end to end.
+
+The console script runs in this process (tests/helpers/commands.py); the same kind of error through a
+real process: tests/reliability/test_fuzzed_tables.py's garbage file.
+"""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytestmark = pytest.mark.slow
+from helpers.commands import run_command
 
 CLASSIFY_LABEL = "data.targets=[{name:label,type:classification}]"
 
 
-def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "seo_cli.train", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def run_train(*args: str):
+    return run_command("train", *args)
 
 
 def _rows(n: int = 40) -> list[str]:
@@ -82,10 +77,9 @@ def test_malformed_file_exits_1_with_one_sentence_and_no_traceback(tmp_path, mak
         "debug=smoke",
         "logger=none",
         f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-3000:]
+    output = result.output
+    assert result.code == 1, output[-3000:]
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if message in line]
     assert len(lines) == 1 and lines[0].endswith(message), output[-3000:]  # one line, the sentence last
@@ -128,10 +122,9 @@ def test_header_less_tsv_trains_end_to_end(tmp_path):
         "scheduler=none",
         "logger=none",
         f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    output = result.output
+    assert result.code == 0, output[-3000:]
     assert "Traceback" not in output
     # The first line is a row: 300 read, none lost to a header.
     assert f"Data: 300 rows read from {path}; 300 used, 0 skipped -> train 210, val 45, test 45" in output
