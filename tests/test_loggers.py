@@ -310,30 +310,17 @@ def test_a_missing_optional_logger_package_is_a_one_line_error(train_run, monkey
 
 def test_cli_output_to_a_file_has_no_control_characters_and_loggers_agree(tmp_path):
     """Not a terminal (CI, SLURM, a file): plain lines only. The TensorBoard tags and the csv columns are the
-    keys of metrics.jsonl."""
-    import subprocess
-    import sys
-
+    keys of metrics.jsonl. (seo-train in this process, its output captured into a file.)"""
     from conftest import read_jsonl
+    from helpers.commands import run_command
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "seo_cli.train",
-            "debug=smoke",
-            "device=cpu",
-            "logger=[tensorboard,csv]",
-            f"hydra.run.dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+    done = run_command(
+        "train", "debug=smoke", "device=cpu", "logger=[tensorboard,csv]", f"hydra.run.dir={run_dir}"
     )
-    output = done.stdout + done.stderr
+    assert done.code == 0, done.output[-3000:]
+    output = done.output
     assert "\x1b" not in output and "\r" not in output
     assert "epoch 1/1 step 5/27" in output
     logged = read_jsonl(run_dir / "metrics.jsonl")
@@ -359,25 +346,13 @@ def test_cli_output_to_a_file_has_no_control_characters_and_loggers_agree(tmp_pa
 
 
 def test_an_error_raised_while_building_a_component_is_one_sentence_from_the_cli(tmp_path):
-    import subprocess
-    import sys
+    from helpers.commands import run_command
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "seo_cli.train",
-            "debug=smoke",
-            "model=transformer",
-            "model.num_heads=3",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_command(
+        "train", "debug=smoke", "model=transformer", "model.num_heads=3", f"hydra.run.dir={tmp_path}"
     )
-    output = done.stdout + done.stderr  # Hydra's logging goes to stdout
-    assert done.returncode == 1
+    output = done.output  # Hydra's logging goes to stdout
+    assert done.code == 1
     message = "model.d_model=64 must be divisible by model.num_heads=3; pick e.g. model.num_heads=8."
     assert f"[ERROR] - {message}\n" in output
     assert "Traceback" not in output and "InstantiationException" not in output and "full_key" not in output
