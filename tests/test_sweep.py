@@ -1,12 +1,11 @@
 """The sweep summary: every job a row, ranked by the objective, failed jobs last with their error."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.commands import run_command
 from omegaconf import OmegaConf
 
 from seo_cli.sweep import SweepSummary, summarize
@@ -85,25 +84,18 @@ def test_the_callback_fails_the_sweep_only_when_every_job_failed(tmp_path):
     assert (tmp_path / "summary.csv").exists()
 
 
-@pytest.mark.slow
 def test_a_sweep_with_a_failing_job_finishes_and_summarises_both(tmp_path):
+    """seo-train -m, its console script in this process (tests/helpers/commands.py)."""
     sweep_dir = tmp_path / "sweep"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "seo_cli.train",
-            "-m",
-            "debug=smoke",
-            "logger=none",
-            "scheduler.warmup_steps=5,60",  # 60 is longer than the 27-step run: that job fails
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_command(
+        "train",
+        "-m",
+        "debug=smoke",
+        "logger=none",
+        "scheduler.warmup_steps=5,60",  # 60 is longer than the 27-step run: that job fails
+        f"hydra.sweep.dir={sweep_dir}",
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.code == 0, result.output[-2000:]
     frame = pd.read_csv(sweep_dir / "summary.csv")
     assert frame["status"].tolist() == ["ok", "failed"]
     assert frame["scheduler.warmup_steps"].tolist() == [5, 60]

@@ -2,13 +2,12 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import optuna
 import pandas as pd
 import pytest
 import torch
+from helpers.commands import run_command
 from torch import nn
 
 from seo_cli.config import TrainerConfig
@@ -192,33 +191,27 @@ def test_fit_stops_when_the_trial_is_pruned():
 
 @pytest.mark.slow
 def test_cli_tuning_sweep_summarises_and_a_rerun_continues_it(tmp_path):
+    """seo-train hparams_search=optuna, its console script in this process (tests/helpers/commands.py)."""
     sweep = tmp_path / "sweep"
 
-    def seo_train(n_trials: int) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "seo_cli.train",
-                "hparams_search=optuna",
-                "debug=smoke",
-                "epochs=2",
-                "logger=none",
-                f"hydra.sweeper.n_trials={n_trials}",
-                f"hydra.sweep.dir={sweep}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
+    def seo_train(n_trials: int):
+        return run_command(
+            "train",
+            "hparams_search=optuna",
+            "debug=smoke",
+            "epochs=2",
+            "logger=none",
+            f"hydra.sweeper.n_trials={n_trials}",
+            f"hydra.sweep.dir={sweep}",
         )
 
     first = seo_train(2)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.code == 0, first.output[-3000:]
     assert (sweep / "optuna.db").exists()
     job0 = (sweep / "0" / "summary.json").read_text()
     second = seo_train(3)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "Continuing study seo: 2 of 3 trials already done." in second.stderr + second.stdout
+    assert second.code == 0, second.output[-3000:]
+    assert "Continuing study seo: 2 of 3 trials already done." in second.output
     assert (sweep / "0" / "summary.json").read_text() == job0  # finished jobs are not re-run
     frame = pd.read_csv(sweep / "summary.csv", dtype={"job": str})
     assert sorted(frame["job"]) == ["0", "1", "2"]
