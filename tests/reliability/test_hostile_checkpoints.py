@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.commands import run_command
 
 from seo_cli.checkpoint import load_checkpoint
 from seo_cli.errors import UserError
@@ -25,7 +26,7 @@ from seo_cli.models.mlp import MLP
 from seo_cli.predict import run_predict
 from seo_cli.train import train
 
-from .support import assert_clean_error, compose_config, compose_train, run_cli, tiny_overrides
+from .support import assert_clean_error, compose_config, compose_train, tiny_overrides
 
 pytestmark = pytest.mark.reliability
 
@@ -122,12 +123,13 @@ def test_pickled_code_is_refused_by_every_entrypoint_and_never_runs(tiny_run, tm
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "r" / "checkpoints").exists()
 
 
-@pytest.mark.slow  # the real command line: ~5 s of imports
 def test_seo_eval_on_pickled_code_exits_1_with_one_line_and_runs_nothing(tiny_run, tmp_path, marker):
+    """seo-eval's console script in this process (tests/helpers/commands.py): the payload would run here,
+    and the marker says it did not. (seo-eval's exit code as a process: test_evaluate.py.)"""
     path = pickled_code_files(tiny_run, tmp_path, marker)["extra-key"]
-    result = run_cli("evaluate", f"checkpoint={path}", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-3000:]
+    result = run_command("evaluate", f"checkpoint={path}", f"hydra.run.dir={tmp_path / 'out'}")
+    output = result.output
+    assert result.code == 1, output[-3000:]
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if f"checkpoint {path} holds objects other than" in line]
     assert len(lines) == 1, output[-3000:]
