@@ -3,7 +3,9 @@ and one rank alone meets an out-of-memory error or a NaN loss. Both ranks must d
 
 import os
 import socket
+from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -21,18 +23,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, port: int, fault: str, results: dict) -> None:
+# Every case below, in this order, on one pair of gloo processes: each spawned process spends seconds
+# importing torch. The NaN case goes last: its ranks stop together, and nothing runs after it anyway.
+CASES = ("gather", "none", "oom", "nan")
+
+
+def _rank_main(rank: int, port: int, results: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)  # two processes on the 2-core machine
+    # A collective that waits a minute for the other rank has lost it: fail instead of hanging the suite.
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    for fault in CASES:
+        results[(fault, rank)] = _case(rank, fault)
+    dist.destroy_process_group()
+
+
+def _case(rank: int, fault: str):
     if fault == "gather":  # 11 rows: rank 0 holds 0, 2, ..., 10 and rank 1 holds 1, 3, ..., 9 and a copy of 0
         from torch.utils.data import DistributedSampler
 
         from seo_cli.distributed import gather_rows
 
         local = torch.tensor(list(DistributedSampler(range(11), num_replicas=2, rank=rank, shuffle=False)))
-        results[rank] = gather_rows({"a": local * 10}, 11)["a"].tolist()
-        dist.destroy_process_group()
-        return
+        return gather_rows({"a": local * 10}, 11)["a"].tolist()
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(nn.Linear(4, 1))
     generator = torch.Generator().manual_seed(1)
@@ -66,8 +79,7 @@ def _rank_main(rank: int, port: int, fault: str, results: dict) -> None:
     except TrainingDiverged as err:
         outcome["result"] = str(err)
     outcome["weight"] = model.module.weight.detach().clone()
-    results[rank] = outcome
-    dist.destroy_process_group()
+    return outcome
 
 
 class _Wrapped:
@@ -87,33 +99,35 @@ class _Wrapped:
             yield inputs["x"], labels
 
 
-def _run(fault: str) -> dict:
+@pytest.fixture(scope="module")
+def outcomes() -> dict:
+    """``{case: {rank: what the rank returned}}`` of every case in CASES."""
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_rank_main, args=(_free_port(), fault, results), nprocs=2, join=True)
-    return dict(results)
+    mp.spawn(_rank_main, args=(_free_port(), results), nprocs=2, join=True)
+    return {fault: {rank: results[(fault, rank)] for rank in (0, 1)} for fault in CASES}
 
 
-def test_one_rank_out_of_memory_at_the_first_step_halves_the_micro_batch_on_both():
-    results = _run("oom")
+def test_one_rank_out_of_memory_at_the_first_step_halves_the_micro_batch_on_both(outcomes):
+    results = outcomes["oom"]
     # Both ranks finished, with identical weights: rank 0 did not go on alone into the all-reduce.
     assert results[0]["result"] == results[1]["result"] == "finished"
     assert results[0]["splits"] == results[1]["splits"] == 2  # rank 0 halved too, without its own error
     assert torch.equal(results[0]["weight"], results[1]["weight"])
     # And the weights equal a run without the fault: halving the micro-batch does not change the step.
-    clean = _run("none")
+    clean = outcomes["none"]
     torch.testing.assert_close(results[0]["weight"], clean[0]["weight"], rtol=1e-5, atol=1e-6)
 
 
-def test_a_nan_loss_on_one_rank_stops_both_at_the_same_step():
-    results = _run("nan")
+def test_a_nan_loss_on_one_rank_stops_both_at_the_same_step(outcomes):
+    results = outcomes["nan"]
     assert results[0]["result"].startswith("the training loss became NaN or infinite at step 3;")
     assert results[0]["result"] == results[1]["result"]
 
 
-def test_gather_rows_puts_the_shards_back_in_order_without_the_padding_copy():
+def test_gather_rows_puts_the_shards_back_in_order_without_the_padding_copy(outcomes):
     from seo_cli.distributed import gather_rows
 
-    results = _run("gather")
+    results = outcomes["gather"]
     assert results[0] == results[1] == [10 * i for i in range(11)]
     assert gather_rows(torch.arange(5), 5).tolist() == [0, 1, 2, 3, 4]  # one process: unchanged
