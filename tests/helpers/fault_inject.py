@@ -97,11 +97,16 @@ def _train(argv: list[str], log: str | None, faults: dict) -> None:
         seo_cli.cli.train()
 
 
-def train_in_child(*argv: str, log: Path, timeout: float = 240, **faults) -> int:
-    """seo-train ``argv`` in a forked child with ``faults`` (``injected``'s arguments), its output in
-    ``log``. Returns the child's exit code: -9 when SIGKILL ended it."""
+def start_in_child(*argv: str, log: Path, **faults) -> multiprocessing.process.BaseProcess:
+    """seo-train ``argv`` started in a forked child with ``faults`` (``injected``'s arguments), its output
+    in ``log``; ``wait_for_child`` collects it."""
     child = multiprocessing.get_context("fork").Process(target=_train, args=(list(argv), str(log), faults))
     child.start()
+    return child
+
+
+def wait_for_child(child: multiprocessing.process.BaseProcess, log: Path, timeout: float = 240) -> int:
+    """The exit code of a child from ``start_in_child``: -9 when SIGKILL ended it."""
     deadline = time.monotonic() + timeout
     # Polled (waitpid) rather than joined: join waits on a pipe that the child's own DataLoader workers
     # inherit, so it would also wait for them to notice their parent is gone (seconds after a SIGKILL).
@@ -110,14 +115,17 @@ def train_in_child(*argv: str, log: Path, timeout: float = 240, **faults) -> int
     if child.is_alive():
         child.kill()
         child.join()
-        raise TimeoutError(
-            f"seo-train {' '.join(argv)} still ran after {timeout} s:\n{log.read_text()[-3000:]}"
-        )
+        raise TimeoutError(f"seo-train still ran after {timeout} s:\n{log.read_text()[-3000:]}")
     # DataLoader workers outlive a SIGKILL of their parent by up to 5 s (until their watchdog looks), holding
     # what they inherited, the run directory's lock among it: end them as a whole-job kill would.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, signal.SIGKILL)
     return child.exitcode
+
+
+def train_in_child(*argv: str, log: Path, timeout: float = 240, **faults) -> int:
+    """seo-train ``argv`` in a forked child with ``faults``, its output in ``log``: the child's exit code."""
+    return wait_for_child(start_in_child(*argv, log=log, **faults), log, timeout)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 from seo_cli.config import register_configs
 
 REPO = Path(__file__).resolve().parents[2]
-FAULT_INJECT = REPO / "tests" / "helpers" / "fault_inject.py"
 TALLY = pytest.StashKey[dict]()
 
 # Every in-process run: CPU, no TensorBoard, log lines instead of bars.

@@ -5,25 +5,27 @@ and no checkpoint is ever left truncated under its final name.
 Two chains of processes, one per core: in each, every run resumes the previous one and is killed again
 further on, and the last one, in this process, finishes; a resume that restored anything wrongly would
 show in the final weights. The faults come from tests/helpers/fault_inject.py, which wraps seo_cli's
-functions from outside. The uninterrupted run trains in this process while the first killed ones run
-beside it (all on one thread, as every run of this suite: the same arithmetic, bit for bit).
+functions from outside; each killed run is a forked child of this process, which has torch and seo_cli
+imported already (a new interpreter spends seconds on that). The uninterrupted run trains in this process
+while the first killed ones run beside it (all on one thread, as every run of this suite: the same
+arithmetic, bit for bit).
 """
 
 import json
 import random
-import subprocess
-import sys
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import read_jsonl
+from helpers.fault_inject import start_in_child, wait_for_child
 
 from seo_cli.checkpoint import latest_checkpoint, load_checkpoint
 from seo_cli.errors import UserError
 from seo_cli.train import train
 
-from .support import FAULT_INJECT, cli_env, compose_train, count, tiny_overrides, write_tiny_table
+from .support import compose_train, count, tiny_overrides, write_tiny_table
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -52,22 +54,17 @@ SAVE_STEPS = sorted(
 )
 
 
-def seo_train(run_dir: Path, *fault: str, resume: bool) -> subprocess.Popen:
-    argv = [str(FAULT_INJECT), *fault, "--", *RUN, f"hydra.run.dir={run_dir}"]
-    argv += ["resume=auto"] if resume else []
-    return subprocess.Popen(
-        [sys.executable, *argv],
-        cwd=run_dir.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=cli_env(),
-    )
+FAULTS = {"--kill-at-step": "kill_at_step", "--kill-in-save": "kill_in_save"}  # fault_inject's options
 
 
-def finish(process: subprocess.Popen) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=240)
-    return process.returncode, output
+def seo_train(run_dir: Path, fault: tuple[str, str], resume: bool, log: Path) -> BaseProcess:
+    argv = [*RUN, f"hydra.run.dir={run_dir}", *(["resume=auto"] if resume else [])]
+    return start_in_child(*argv, log=log, **{FAULTS[fault[0]]: int(fault[1])})
+
+
+def finish(process: BaseProcess, log: Path) -> tuple[int, str]:
+    code = wait_for_child(process, log)
+    return code, log.read_text()
 
 
 def without_timing(rows: list[dict]) -> list[dict]:
@@ -92,9 +89,10 @@ class KillChain:
         self.checkpoints = run_dir / "checkpoints"
         self.resume_step, self.kills, self.newest = 0, [], None
         self.fault: tuple[str, str] = ("", "")
+        self.log = run_dir.parent / "process0.log"
         run_dir.parent.mkdir(parents=True)
 
-    def start_next(self) -> subprocess.Popen:
+    def start_next(self) -> BaseProcess:
         """SIGKILL after a random step in the next third of the run (past the resume point), or, once,
         half-way through this process's first or second checkpoint write."""
         if len(self.kills) == self.kill_in_save_at:
@@ -103,7 +101,8 @@ class KillChain:
             low, high = THIRDS[len(self.kills)]
             target = self.rng.randint(max(low, self.resume_step + 1), high)
             self.fault = ("--kill-at-step", str(target - self.resume_step))
-        return seo_train(self.run_dir, *self.fault, resume=bool(self.kills))
+        self.log = self.run_dir.parent / f"process{len(self.kills)}.log"
+        return seo_train(self.run_dir, self.fault, resume=bool(self.kills), log=self.log)
 
     def check_killed(self, code: int, output: str) -> None:
         assert code == -9, f"{self.fault} did not kill the run (exit {code}):\n{output[-3000:]}"
@@ -164,7 +163,7 @@ def test_sigkill_anywhere_then_resume_auto_ends_with_the_straight_runs_weights(t
         if round_ == 0:
             train(compose_train(*RUN), straight_dir)
         for chain, process in zip(chains, processes, strict=True):
-            chain.check_killed(*finish(process))
+            chain.check_killed(*finish(process, chain.log))
 
     kills = [k for chain in chains for k in chain.kills]
     for k in kills:
