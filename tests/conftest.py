@@ -10,6 +10,56 @@ from omegaconf import DictConfig
 from seo_cli.config import register_configs
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# {property: {outcome: count}}: the cases the reliability suite tried (tests/reliability/conftest.py's
+# cases_tried), printed under "reliability: cases tried" at the end of the run.
+TALLY = pytest.StashKey[dict]()
+
+
+# The files that take longest (seconds on the 2-core machine, beside the other worker), longest first:
+# pytest-xdist hands whole files to its two processes in collection order (--no-loadscope-reorder in
+# pyproject.toml), so these start early and neither process is left waiting on the other's last long file.
+LONGEST_FIRST = (
+    "test_ddp.py",  # 80
+    "test_train_options.py",  # 40
+    "reliability/test_fuzzed_configs.py",  # 35
+    "e2e/test_cli.py",  # 30
+    "test_resume.py",  # 25
+    "reliability/test_load.py",  # 25
+    "reliability/test_hostile_files.py",  # 23
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.resolve().relative_to(tests).as_posix(), len(rank)))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: hand this worker's counts to the controlling process."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["reliability_cases"] = session.config.stash.get(TALLY, {})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """In the controlling process: add up what each pytest-xdist worker counted."""
+    tally = node.config.stash.setdefault(TALLY, {})
+    for name, outcomes in getattr(node, "workeroutput", {}).get("reliability_cases", {}).items():
+        for outcome, count in outcomes.items():
+            tally.setdefault(name, {})
+            tally[name][outcome] = tally[name].get(outcome, 0) + count
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    tally = config.stash.get(TALLY, {})
+    if not tally:
+        return
+    terminalreporter.section("reliability: cases tried")
+    for name, outcomes in sorted(tally.items()):
+        detail = ", ".join(f"{outcome} {count}" for outcome, count in sorted(outcomes.items()))
+        terminalreporter.write_line(f"{name}: {sum(outcomes.values())} cases ({detail})")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -18,18 +18,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def cases_tried(request: pytest.FixtureRequest) -> dict:
-    """``{property: {outcome: count}}`` for the whole session, printed at the end of the run."""
+    """``{property: {outcome: count}}`` for the whole session, printed at the end of the run
+    (tests/conftest.py, which also adds up the counts of pytest-xdist's workers)."""
     return request.config.stash.setdefault(TALLY, {})
-
-
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    tally = config.stash.get(TALLY, {})
-    if not tally:
-        return
-    terminalreporter.section("reliability: cases tried")
-    for name, outcomes in sorted(tally.items()):
-        detail = ", ".join(f"{outcome} {count}" for outcome, count in sorted(outcomes.items()))
-        terminalreporter.write_line(f"{name}: {sum(outcomes.values())} cases ({detail})")
 
 
 @pytest.fixture(scope="package")

@@ -10,15 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import CONF_DIR
+from conftest import CONF_DIR, TALLY  # noqa: F401 - TALLY: the key tests count cases under
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from seo_cli.config import register_configs
 
 REPO = Path(__file__).resolve().parents[2]
-TALLY = pytest.StashKey[dict]()
 
 # Every in-process run: CPU, no TensorBoard, log lines instead of bars.
 QUIET = ["debug=smoke", "logger=none", "trainer.progress=plain", "device=cpu"]
