@@ -1,5 +1,6 @@
 """Shared fixtures: the repository's config tree composed with Hydra's compose API."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -62,20 +63,42 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(f"{name}: {sum(outcomes.values())} cases ({detail})")
 
 
+# The sizes of the thread pools of a test process's libraries, read when a pool starts (in this process
+# too, for the tokenizers' pool, which starts at the first text it encodes).
+THREADS = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """One intra-op thread in this process for the whole session, put back at its end.
+    """One thread per thread pool for the whole session (torch's, numpy's and scipy's BLAS, the OpenMP of
+    torch and scikit-learn, the tokenizers'), and in the processes the tests start; all put back at its end.
 
-    The suite's models have a few thousand weights: on the 2-core machine a second thread only adds
-    contention. And exactness: two runs compared bit for bit (resumed against straight, streamed against
-    resident, DDP ranks of one thread each against one process) have differed in the last bits with two
-    threads (text.embedding.weight, from a validation pass on), intermittently; with one thread they
-    agree every time. Processes the tests start get OMP_NUM_THREADS=1 (and MKL_NUM_THREADS=1) where
-    their weights are compared."""
+    Speed: the suite's models have a few thousand weights, and two pytest-xdist processes share the
+    2-core machine with the DDP workers and commands the tests start. A pool of two threads there only
+    adds contention, and a pool whose threads spin while they wait for a core can stall a test for many
+    seconds (generating 20,000 rows took 30 s instead of 0.5, a tokenizer round trip 20 s).
+    Exactness: two runs compared bit for bit (resumed against straight, streamed against resident, DDP
+    ranks of one thread each against one process) have differed in the last bits with two threads
+    (text.embedding.weight, from a validation pass on), intermittently; with one they agree every time."""
+    from threadpoolctl import threadpool_limits
+
+    environ = {name: os.environ.get(name) for name in THREADS}
+    os.environ.update(THREADS)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with threadpool_limits(limits=1):
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)
+    for name, value in environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture
