@@ -1,10 +1,12 @@
-"""The console scripts seo-train, seo-eval and seo-predict: the project's only ``@hydra.main`` functions.
+"""The console scripts seo-train, seo-eval, seo-predict and seo-export: the project's only ``@hydra.main``
+functions.
 
 Kept light: Hydra composes the config (and answers ``--help`` or ``--cfg job``) before torch,
 scikit-learn or the data code is imported. Between a console script and ``optimizer.step()`` there are
 three seo_cli frames: ``cli.train`` -> ``train.train`` -> ``trainer.fit``.
 """
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -13,7 +15,7 @@ from omegaconf import DictConfig
 
 from seo_cli.config import config_dir, register_configs
 
-register_configs()  # once, for the three commands
+register_configs()  # once, for the four commands
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -39,10 +41,26 @@ def evaluate(cfg: DictConfig) -> None:
         run_eval(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
+def predict() -> None:
+    """seo-predict. ``model=<file>.onnx`` names the export to score: Hydra would read ``model=`` as the
+    training configs' model group, so it is passed on as ``onnx_file=`` (seo-predict has no model group)."""
+    sys.argv[1:] = [f"onnx_file={arg[6:]}" if arg.startswith("model=") else arg for arg in sys.argv[1:]]
+    predict_rows()
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
-def predict(cfg: DictConfig) -> None:
+def predict_rows(cfg: DictConfig) -> None:
     from seo_cli.errors import exit_on_user_error
     from seo_cli.predict import run_predict
 
     with exit_on_user_error():
         run_predict(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
+def export(cfg: DictConfig) -> None:
+    from seo_cli.errors import exit_on_user_error
+    from seo_cli.export import run_export
+
+    with exit_on_user_error():
+        run_export(cfg)

@@ -241,11 +241,23 @@ class EvalConfig:
     report: bool = True  # PNG plots and report.md next to metrics.json
 
 
+class Backend(Choice):
+    torch = "torch"  # a checkpoint, with PyTorch on device
+    onnx = "onnx"  # an export of seo-export, with onnxruntime on the CPU; torch is not imported
+
+
+class ExportFormat(Choice):
+    onnx = "onnx"
+
+
 @dataclass
 class PredictConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     task_name: str = "predict"
-    checkpoint: str = MISSING
+    backend: Backend = Backend.torch
+    checkpoint: Optional[str] = None  # backend=torch: the .pt file
+    onnx_file: Optional[str] = None  # backend=onnx: the .onnx file seo-export wrote (model= on the command line)
+    sidecar: Optional[str] = None  # backend=onnx: its JSON sidecar; null: the model's path ending in .json
     input: str = MISSING  # CSV, TSV, JSON Lines or Parquet with the checkpoint's input columns
     output: str = MISSING  # .csv, .tsv, .jsonl or .parquet
     id_column: Optional[str] = None  # an input column copied to the output (e.g. url); null: the row number
@@ -253,6 +265,24 @@ class PredictConfig:
     format: Optional[str] = None  # of the input; null: its extension
     column_names: list[str] = field(default_factory=list)  # a header-less input: its columns, in order
     encoding: str = "utf-8"
+    batch_size: int = 1024
+    allowed_targets: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExportConfig:
+    task_name: str = "export"
+    checkpoint: str = MISSING  # the .pt file to export
+    format: ExportFormat = ExportFormat.onnx
+    output: str = MISSING  # model.onnx; its sidecar is written next to it as model.json
+    input: Optional[str] = None  # rows to check the export on; null: the checkpoint's own validation split
+    input_format: Optional[str] = None  # of input; null: its extension
+    encoding: str = "utf-8"  # of input
+    parity_rows: int = 2000  # rows of the check, at most (the first of the split or file)
+    tolerance: float = 1e-4  # largest absolute difference allowed on logits and standardised regression outputs
+    min_class_agreement: float = 0.999  # share of rows whose predicted class must be the same
+    quantize: bool = False  # dynamic int8 weights (onnxruntime.quantization); its change is reported, not refused
+    opset: int = 18  # ONNX operator set of the export
     batch_size: int = 1024
     allowed_targets: list[str] = field(default_factory=list)
 
@@ -271,6 +301,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="export_schema", node=ExportConfig)
 
 
 def config_dir() -> str:

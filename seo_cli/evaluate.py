@@ -83,13 +83,23 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
         )
         frame, source = load_frame(data, first.seed, cfg.data.path)
         return drop_rows_without_target(frame, data, source), "eval"
-    if first.data.source == "seo_pages" and not 50 <= first.data.num_rows <= MAX_REGENERATED_ROWS:
+    return split_rows(first, str(cfg.split)), str(cfg.split)
+
+
+def split_rows(trained: TrainedModel, split: str, file_key: str = "data.path") -> pd.DataFrame:
+    """The rows of the checkpoint's own ``split`` (train, val or test), rebuilt from its config and seed;
+    ``file_key`` is the command's key for scoring a file instead, named in the error.
+
+    Raises:
+        UserError: built-in data of a size outside what is regenerated, or a data file that is gone.
+    """
+    if trained.data.source == "seo_pages" and not 50 <= trained.data.num_rows <= MAX_REGENERATED_ROWS:
         # The checkpoint's own number: regenerating 3e8 rows would take hours and tens of GB.
         raise UserError(
-            f"checkpoint {first.path}: data.num_rows={first.data.num_rows} of its config is outside the 50 to "
-            f"{MAX_REGENERATED_ROWS:,} seo_pages rows seo-eval regenerates; score a file of rows with data.path=<file>."
+            f"checkpoint {trained.path}: data.num_rows={trained.data.num_rows} of its config is outside the 50 to "
+            f"{MAX_REGENERATED_ROWS:,} seo_pages rows that are regenerated; give a file of rows with {file_key}=<file>."
         )
-    return load_splits(first.data, first.seed)[str(cfg.split)][0], str(cfg.split)
+    return load_splits(trained.data, trained.seed)[split][0]
 
 
 def run_eval(cfg: DictConfig, run_dir: Path) -> dict:

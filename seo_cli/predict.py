@@ -2,6 +2,7 @@
 
     seo-predict checkpoint=outputs/train/<date>/<time>/checkpoints/best.pt input=new_pages.csv output=scores.csv
     seo-predict checkpoint=... input=pages.parquet output=scores.parquet id_column=url strict=true
+    seo-predict backend=onnx model=model.onnx input=new_pages.csv output=scores.csv   # no torch: seo-export's files
 
 The output has the id column (or the input row number), then per target the predicted class and one
 probability column per class, or the predicted value in the target's units. Rows that cannot be
@@ -9,28 +10,93 @@ scored are written, with their row number and the reason, to ``<output stem>.rej
 stopping the batch (``strict=true`` stops at the first one); a run without such rows removes an earlier
 run's rejects file. Both files are written atomically. An ``id_column`` that is also a predicted column
 is refused rather than written twice.
+
+Two backends score the rows: ``TorchModel`` (a checkpoint, on ``device``) and, for ``backend=onnx``,
+``seo_cli.onnx_model.OnnxModel`` (an export, with onnxruntime). Reading, checking, the columns and the
+rejects are the same code for both; this module imports torch only inside ``TorchModel``.
 """
 
 import logging
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 
-from seo_cli.data.batches import DeviceBatches
-from seo_cli.data.pipeline import missing_cells
-from seo_cli.data.spec import CLASSIFICATION
-from seo_cli.data.tables import FORMATS, Source, check_plain_cells, read_table
+from seo_cli.data.preprocess import Preprocessor
+from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.tables import FORMATS, Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
-from seo_cli.evaluation import predict
 from seo_cli.files import atomic_path, write_error
-from seo_cli.loading import TrainedModel, load_trained
-from seo_cli.metrics import as_numpy
-from seo_cli.runtime import pick_device
 
 log = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    """What scoring needs of a trained model, whichever backend runs it."""
+
+    preprocessor: Preprocessor
+    missing: str  # the training run's data.missing: "impute" fills empty numeric cells, "error" rejects them
+    targets: list[Target]
+
+    def outputs(self, frame: pd.DataFrame, batch_size: int) -> dict[str, np.ndarray]:
+        """Per target: class probabilities ``[rows, classes]``, or the standardised value ``[rows]``."""
+        ...
+
+
+class TorchModel:
+    """A checkpoint rebuilt with PyTorch (``seo_cli.loading``) and scored on ``device``."""
+
+    def __init__(self, checkpoint: Path, device_type: str, fallback: str, allowed_targets: list[str]) -> None:
+        from seo_cli.loading import load_trained
+        from seo_cli.runtime import pick_device
+
+        self.device = pick_device(device_type, fallback)
+        self.trained = load_trained(Path(checkpoint), self.device, allowed_targets)
+        self.preprocessor = self.trained.preprocessor
+        self.missing = str(self.trained.data.missing)
+        self.targets = self.trained.targets
+
+    def outputs(self, frame: pd.DataFrame, batch_size: int) -> dict[str, np.ndarray]:
+        import torch
+
+        from seo_cli.data.batches import DeviceBatches
+        from seo_cli.evaluation import predict
+        from seo_cli.metrics import as_numpy
+
+        inputs = self.preprocessor.transform_inputs(frame)
+        rows = {"row": torch.arange(len(frame))}
+        with torch.no_grad():
+            outputs, _ = predict(
+                self.trained.model, DeviceBatches(inputs, rows, batch_size=batch_size, device=self.device)
+            )
+        return as_numpy(outputs, self.targets)
+
+
+def load_model(cfg: DictConfig) -> Model:
+    """The model ``cfg`` names: ``checkpoint`` (backend torch) or ``onnx_file`` (``model=`` on the command line; backend onnx).
+
+    Raises:
+        UserError: the file the backend needs is not given, or the other one is; a bad file.
+    """
+    if str(cfg.backend) == "onnx":
+        if not cfg.onnx_file:
+            raise UserError("backend=onnx scores an export: give model=<file>.onnx, written by seo-export.")
+        if cfg.checkpoint:
+            raise UserError(
+                "backend=onnx scores model=<file>.onnx, not a checkpoint; drop checkpoint=, or drop backend=onnx."
+            )
+        from seo_cli.onnx_model import OnnxModel
+
+        return OnnxModel.load(Path(cfg.onnx_file), Path(cfg.sidecar) if cfg.sidecar else None)
+    if not cfg.checkpoint:
+        raise UserError("give checkpoint=<file>.pt to score with, or backend=onnx model=<file>.onnx.")
+    if cfg.onnx_file:
+        raise UserError(
+            "model= names an ONNX export, which backend=onnx scores; add backend=onnx or drop model=."
+        )
+    return TorchModel(Path(cfg.checkpoint), cfg.device.type, cfg.device.fallback, list(cfg.allowed_targets))
 
 
 def run_predict(cfg: DictConfig) -> dict:
@@ -48,39 +114,16 @@ def run_predict(cfg: DictConfig) -> dict:
     output = Path(cfg.output)
     if FORMATS.get(output.suffix.lower()) is None:
         raise UserError(f"output={output} has no known extension; end it in .csv, .tsv, .jsonl or .parquet.")
-    device = pick_device(cfg.device.type, cfg.device.fallback)
-    trained = load_trained(Path(cfg.checkpoint), device, cfg.allowed_targets)
-    check_id_column(cfg.id_column, trained)
-    # Ids and text as written: "000123" stays "000123", a date stays the text it was.
-    as_text = [
-        c
-        for c in [
-            cfg.id_column,
-            *trained.preprocessor.text_columns,
-            *trained.preprocessor.categorical_columns,
-        ]
-        if c
-    ]
-    frame, source = read_table(
-        cfg.input, cfg.format, list(cfg.column_names), cfg.encoding, text_columns=as_text
+    model = load_model(cfg)
+    check_id_column(cfg.id_column, model)
+    frame, original, reasons, source = read_rows(
+        model, cfg.input, cfg.format, list(cfg.column_names), cfg.encoding, cfg.id_column
     )
-    pre = trained.preprocessor
-    needed = pre.text_columns + pre.numeric_columns + pre.categorical_columns
-    needed += [cfg.id_column] if cfg.id_column else []
-    absent = [c for c in needed if c not in frame.columns]
-    if absent:
-        raise UserError(
-            f"{source} has no column {absent[0]!r}, which the checkpoint's model reads; its columns are: "
-            f"{', '.join(map(str, frame.columns))}."
-        )
-    check_plain_cells(frame, needed, source)
-    original = frame.copy()  # row_problems converts numeric columns; the rejects file keeps what was read
-    reasons = row_problems(frame, trained, source)
     if cfg.strict and reasons.notna().any():
         first = int(np.flatnonzero(reasons.notna().to_numpy())[0])
         raise UserError(f"{source} {source.row(first)}: {reasons.iloc[first]}; fix it, or drop strict=true.")
     valid = frame[reasons.isna()]
-    scored = score(trained, valid, cfg.batch_size, device) if len(valid) else pd.DataFrame()
+    scored = score(model, valid, cfg.batch_size) if len(valid) else pd.DataFrame()
     ids = valid[cfg.id_column] if cfg.id_column else pd.Series(valid.index + 1, index=valid.index, name="row")
     result = pd.concat([ids.reset_index(drop=True), scored], axis=1)
     rejects = rejects_path(output)
@@ -110,10 +153,41 @@ def run_predict(cfg: DictConfig) -> dict:
     }
 
 
-def row_problems(frame: pd.DataFrame, trained: TrainedModel, source: Source) -> pd.Series:
+def read_rows(
+    model: Model,
+    path: str,
+    fmt: str | None,
+    column_names: list[str],
+    encoding: str,
+    id_column: str | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, Source]:
+    """Read the table at ``path`` for ``model``: the rows (numeric columns as numbers), the rows as read,
+    per row the reason it cannot be scored (NaN where it can), and the source.
+
+    Raises:
+        UserError: an unreadable table, or one without a column the model reads.
+    """
+    pre = model.preprocessor
+    # Ids and text as written: "000123" stays "000123", a date stays the text it was.
+    as_text = [c for c in [id_column, *pre.text_columns, *pre.categorical_columns] if c]
+    frame, source = read_table(path, fmt, column_names, encoding, text_columns=as_text)
+    needed = pre.text_columns + pre.numeric_columns + pre.categorical_columns
+    needed += [id_column] if id_column else []
+    absent = [c for c in needed if c not in frame.columns]
+    if absent:
+        raise UserError(
+            f"{source} has no column {absent[0]!r}, which the model reads; its columns are: "
+            f"{', '.join(map(str, frame.columns))}."
+        )
+    check_plain_cells(frame, needed, source)
+    original = frame.copy()  # row_problems converts numeric columns; the rejects file keeps what was read
+    return frame, original, row_problems(frame, model, source), source
+
+
+def row_problems(frame: pd.DataFrame, model: Model, source: Source) -> pd.Series:
     """Per row, the first reason it cannot be scored (NaN where it can): numbers that are not numbers,
     infinite, or missing where the model was trained without imputation."""
-    pre = trained.preprocessor
+    pre = model.preprocessor
     reasons = pd.Series(np.nan, index=frame.index, dtype=object)
     for col in pre.numeric_columns:
         empty = missing_cells(frame[col])
@@ -126,7 +200,7 @@ def row_problems(frame: pd.DataFrame, trained: TrainedModel, source: Source) -> 
                 "numeric column {col!r} holds {value!r}",
             ),
         ]
-        if trained.data.missing != "impute":  # numeric_fill is fitted either way; only impute uses it
+        if model.missing != "impute":  # numeric_fill is fitted either way; only impute uses it
             problems.append((empty, "numeric column {col!r} is empty"))
         for mask, template in problems:
             new = mask & reasons.isna()
@@ -135,16 +209,12 @@ def row_problems(frame: pd.DataFrame, trained: TrainedModel, source: Source) -> 
     return reasons
 
 
-@torch.no_grad()
-def score(trained: TrainedModel, frame: pd.DataFrame, batch_size: int, device: torch.device) -> pd.DataFrame:
+def score(model: Model, frame: pd.DataFrame, batch_size: int) -> pd.DataFrame:
     """Per target: the predicted class and its probabilities, or the value in the target's units."""
-    pre = trained.preprocessor
-    inputs = pre.transform_inputs(frame)
-    rows = {"row": torch.arange(len(frame))}
-    outputs, _ = predict(trained.model, DeviceBatches(inputs, rows, batch_size=batch_size, device=device))
-    arrays = as_numpy(outputs, trained.targets)
+    pre = model.preprocessor
+    arrays = model.outputs(frame, batch_size)
     columns: dict[str, np.ndarray] = {}
-    for t in trained.targets:
+    for t in model.targets:
         if t.type == CLASSIFICATION:
             names = pre.class_names[t.name]
             proba = arrays[t.name]
@@ -176,17 +246,17 @@ def remove_stale(path: Path) -> None:
     log.info("Removed %s, an earlier run's rejects: every row of this run was scored.", path)
 
 
-def prediction_columns(trained: TrainedModel) -> list[str]:
+def prediction_columns(model: Model) -> list[str]:
     """The columns ``score`` writes, in order: per target its name, then a classifier's probabilities."""
     columns = []
-    for t in trained.targets:
+    for t in model.targets:
         columns.append(t.name)
         if t.type == CLASSIFICATION:
-            columns += [f"{t.name}_proba_{name}" for name in trained.preprocessor.class_names[t.name]]
+            columns += [f"{t.name}_proba_{name}" for name in model.preprocessor.class_names[t.name]]
     return columns
 
 
-def check_id_column(id_column: str | None, trained: TrainedModel) -> None:
+def check_id_column(id_column: str | None, model: Model) -> None:
     """The id column must not share a name with a prediction column: CSV would hold both under one
     name and Parquet cannot be written at all.
 
@@ -194,7 +264,7 @@ def check_id_column(id_column: str | None, trained: TrainedModel) -> None:
         UserError: ``id_column`` (or, without one, ``row``) is a column the checkpoint predicts.
     """
     clash = id_column or "row"
-    if clash not in prediction_columns(trained):
+    if clash not in prediction_columns(model):
         return
     if id_column:
         raise UserError(

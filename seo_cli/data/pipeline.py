@@ -14,14 +14,12 @@ from seo_cli.config import DataConfig
 from seo_cli.data import seo_pages
 from seo_cli.data.preprocess import Preprocessor, as_text_values
 from seo_cli.data.spec import CLASSIFICATION, Target
-from seo_cli.data.tables import Source, check_plain_cells, read_table
+from seo_cli.data.tables import Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-# Words that mean "no value" in exported tables; pandas would read them as text in an object column.
-NA_TOKENS = {"na", "n/a", "nan", "null", "none"}
 
 
 @dataclass
@@ -75,14 +73,6 @@ def load_frame(data: DataConfig, seed: int, path: str | None = None) -> tuple[pd
 def _first(mask: pd.Series | np.ndarray) -> int:
     """Position of the first True: the row a message names."""
     return int(np.flatnonzero(np.asarray(mask))[0])
-
-
-def missing_cells(column: pd.Series) -> pd.Series:
-    """True where a cell is empty or holds a missing-value word."""
-    if pd.api.types.is_numeric_dtype(column):
-        return column.isna()
-    as_text = column.astype(str).str.strip().str.lower()
-    return column.isna() | as_text.isin(NA_TOKENS) | as_text.eq("")
 
 
 def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> None:

@@ -6,20 +6,24 @@ text columns are joined with ``[SEP]`` and tokenized by a byte-pair-encoding tok
 ``tokenizers``) trained on the training texts, classification targets are label-encoded with their
 class names kept, and regression targets are standardised (predictions are mapped back to the
 original units before any metric is computed).
+
+The encoding itself is numpy (``encode_inputs``); torch is imported only where tensors are made, so
+``seo-predict backend=onnx`` applies exactly this preprocessing without torch.
 """
 
 import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.preprocessing import PowerTransformer, StandardScaler
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
@@ -151,8 +155,16 @@ class Preprocessor:
     def class_names(self) -> dict[str, list[str]]:
         return {t.name: t.classes for t in self.targets if t.type == CLASSIFICATION}
 
-    def transform_inputs(self, frame: pd.DataFrame) -> dict[str, Tensor]:
-        inputs: dict[str, Tensor] = {}
+    def transform_inputs(self, frame: pd.DataFrame) -> "dict[str, Tensor]":
+        """The model's input tensors for ``frame``: ``encode_inputs`` as torch tensors (no copy)."""
+        import torch
+
+        return {key: torch.from_numpy(value) for key, value in self.encode_inputs(frame).items()}
+
+    def encode_inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The model's inputs as arrays: ``numeric`` float32 ``[rows, columns]`` (imputed, transformed,
+        standardised), ``categorical`` int64 codes (0 = unseen), ``tokens`` int64 ``[rows, max_length]``."""
+        inputs: dict[str, np.ndarray] = {}
         if self.numeric_columns:
             x = frame[self.numeric_columns].to_numpy(dtype=np.float64)
             if self.numeric_fill:
@@ -164,14 +176,14 @@ class Preprocessor:
                 transformer.n_features_in_ = len(self.numeric_power)
                 x = transformer.transform(x)
             x = (x - np.asarray(self.numeric_mean)) / np.asarray(self.numeric_scale)
-            inputs["numeric"] = torch.from_numpy(x.astype(np.float32))
+            inputs["numeric"] = x.astype(np.float32)
         if self.categorical_columns:
             codes = [
                 # Unseen categories map to 0, the unknown slot; known ones to 1..n.
                 pd.Index(self.categories[col]).get_indexer(as_text_values(frame[col])).astype(np.int64) + 1
                 for col in self.categorical_columns
             ]
-            inputs["categorical"] = torch.from_numpy(np.stack(codes, axis=1))
+            inputs["categorical"] = np.stack(codes, axis=1)
         if self.tokenizer_json:
             tokenizer = Tokenizer.from_str(self.tokenizer_json)
             tokenizer.enable_truncation(self.max_length)
@@ -185,15 +197,17 @@ class Preprocessor:
                 ids[start : start + len(chunk)] = [
                     e.ids for e in encode(_joined_text(chunk, self.text_columns))
                 ]
-            inputs["tokens"] = torch.from_numpy(ids)
+            inputs["tokens"] = ids
         return inputs
 
-    def transform_targets(self, frame: pd.DataFrame, split: str = "this split") -> dict[str, Tensor]:
+    def transform_targets(self, frame: pd.DataFrame, split: str = "this split") -> "dict[str, Tensor]":
         """Encode the target columns.
 
         Raises:
             UserError: a classification value that the training split never saw.
         """
+        import torch
+
         out: dict[str, Tensor] = {}
         for t in self.targets:
             values = frame[t.name]

@@ -478,3 +478,15 @@ def _text_chunks(path: Path, encoding: str) -> tuple[Iterator[tuple[bytes, bool]
                 yield chunk, not ahead
 
     return chunks(), encoding if ascii_compatible else "utf-8"
+
+
+# Words that mean "no value" in exported tables; pandas would read them as text in an object column.
+NA_TOKENS = {"na", "n/a", "nan", "null", "none"}
+
+
+def missing_cells(column: pd.Series) -> pd.Series:
+    """True where a cell is empty or holds a missing-value word."""
+    if pd.api.types.is_numeric_dtype(column):
+        return column.isna()
+    as_text = column.astype(str).str.strip().str.lower()
+    return column.isna() | as_text.isin(NA_TOKENS) | as_text.eq("")
