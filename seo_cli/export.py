@@ -69,6 +69,31 @@ class Graph(torch.nn.Module):
         return tuple(out[name] for name in self.targets)
 
 
+class Reads(dict):
+    """A batch that records which of its inputs the model reads."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+@torch.no_grad()
+def inputs_read(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> list[str]:
+    """The inputs ``model`` reads, in batch order: the graph takes only those, so scoring an export of a
+    model without text (mlp) never tokenizes."""
+    batch = Reads({key: torch.from_numpy(value[:2]) for key, value in inputs.items()})
+    model.eval()(batch)
+    return [key for key in inputs if key in batch.read]
+
+
 def run_export(cfg: DictConfig) -> dict:
     """Export ``cfg.checkpoint`` to ``cfg.output`` and its sidecar, after the parity check.
 
@@ -86,8 +111,9 @@ def run_export(cfg: DictConfig) -> dict:
     torch_model = TorchModel(Path(cfg.checkpoint), "cpu", "error", list(cfg.allowed_targets))
     trained = torch_model.trained
     frame, where = parity_rows(torch_model, cfg)
-    inputs = trained.preprocessor.encode_inputs(frame)
     targets = [t.name for t in trained.targets]
+    inputs = trained.preprocessor.encode_inputs(frame)
+    inputs = {key: inputs[key] for key in inputs_read(trained.model, inputs)}
     graph = Graph(trained.model.eval(), list(inputs), targets)
     data, exporter = to_onnx(graph, inputs, cfg.opset)
     reference = torch_outputs(graph, inputs, targets, cfg.batch_size)

@@ -343,7 +343,7 @@ class OnnxModel:
 
     def outputs(self, frame: pd.DataFrame, batch_size: int) -> dict[str, np.ndarray]:
         """Per target: class probabilities ``[rows, classes]``, or the standardised value ``[rows]``."""
-        raw = self.raw_outputs(self.preprocessor.encode_inputs(frame), batch_size)
+        raw = self.raw_outputs(self.preprocessor.encode_inputs(frame, self.sidecar.inputs), batch_size)
         return {
             t.name: class_probabilities(raw[t.name]) if t.type == CLASSIFICATION else raw[t.name].reshape(-1)
             for t in self.targets

@@ -90,12 +90,12 @@ def load_model(cfg: DictConfig) -> Model:
         from seo_cli.onnx_model import OnnxModel
 
         return OnnxModel.load(Path(cfg.onnx_file), Path(cfg.sidecar) if cfg.sidecar else None)
-    if not cfg.checkpoint:
-        raise UserError("give checkpoint=<file>.pt to score with, or backend=onnx model=<file>.onnx.")
     if cfg.onnx_file:
         raise UserError(
             "model= names an ONNX export, which backend=onnx scores; add backend=onnx or drop model=."
         )
+    if not cfg.checkpoint:
+        raise UserError("give checkpoint=<file>.pt to score with, or backend=onnx model=<file>.onnx.")
     return TorchModel(Path(cfg.checkpoint), cfg.device.type, cfg.device.fallback, list(cfg.allowed_targets))
 
 

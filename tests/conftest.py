@@ -21,6 +21,7 @@ TALLY = pytest.StashKey[dict]()
 # pyproject.toml), so these start early and neither process is left waiting on the other's last long file.
 LONGEST_FIRST = (
     "test_ddp.py",  # 80
+    "test_export.py",  # 45
     "test_train_options.py",  # 40
     "reliability/test_fuzzed_configs.py",  # 35
     "e2e/test_cli.py",  # 30

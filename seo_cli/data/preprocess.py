@@ -161,11 +161,13 @@ class Preprocessor:
 
         return {key: torch.from_numpy(value) for key, value in self.encode_inputs(frame).items()}
 
-    def encode_inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    def encode_inputs(self, frame: pd.DataFrame, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """The model's inputs as arrays: ``numeric`` float32 ``[rows, columns]`` (imputed, transformed,
-        standardised), ``categorical`` int64 codes (0 = unseen), ``tokens`` int64 ``[rows, max_length]``."""
+        standardised), ``categorical`` int64 codes (0 = unseen), ``tokens`` int64 ``[rows, max_length]``;
+        only those in ``keys`` when given (a graph that reads no text need not tokenize)."""
+        wanted = set(keys) if keys is not None else {"numeric", "categorical", "tokens"}
         inputs: dict[str, np.ndarray] = {}
-        if self.numeric_columns:
+        if self.numeric_columns and "numeric" in wanted:
             x = frame[self.numeric_columns].to_numpy(dtype=np.float64)
             if self.numeric_fill:
                 x = np.where(np.isnan(x), np.asarray(self.numeric_fill), x)
@@ -177,14 +179,14 @@ class Preprocessor:
                 x = transformer.transform(x)
             x = (x - np.asarray(self.numeric_mean)) / np.asarray(self.numeric_scale)
             inputs["numeric"] = x.astype(np.float32)
-        if self.categorical_columns:
+        if self.categorical_columns and "categorical" in wanted:
             codes = [
                 # Unseen categories map to 0, the unknown slot; known ones to 1..n.
                 pd.Index(self.categories[col]).get_indexer(as_text_values(frame[col])).astype(np.int64) + 1
                 for col in self.categorical_columns
             ]
             inputs["categorical"] = np.stack(codes, axis=1)
-        if self.tokenizer_json:
+        if self.tokenizer_json and "tokens" in wanted:
             tokenizer = Tokenizer.from_str(self.tokenizer_json)
             tokenizer.enable_truncation(self.max_length)
             tokenizer.enable_padding(pad_id=0, pad_token=PAD, length=self.max_length)
