@@ -16,11 +16,18 @@ class UserError(Exception):
 
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Log a ``UserError`` as its sentence and exit 1; let anything else keep its traceback."""
+    """Log a ``UserError`` as its sentence (or a required key left unset as one) and exit 1; let
+    anything else keep its traceback."""
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         yield
     except UserError as err:
         logging.getLogger("seo_cli").error("%s", err)
+        sys.exit(1)
+    except MissingMandatoryValue as err:  # a ??? key of the command's config, left unset
+        key = err.full_key or "a required key"
+        logging.getLogger("seo_cli").error("%s has no value; give %s=... on the command line.", key, key)
         sys.exit(1)
 
 

@@ -103,12 +103,12 @@ def run_export(cfg: DictConfig) -> dict:
     Raises:
         UserError: a bad knob, checkpoint or input file; an export that differs from PyTorch.
     """
-    output = Path(cfg.output)
+    checkpoint, output = Path(cfg.checkpoint), Path(cfg.output)
     check_knobs(cfg, output)
     require_packages("seo-export")
     if cfg.quantize:
         require_packages("seo-export quantize=true")
-    torch_model = TorchModel(Path(cfg.checkpoint), "cpu", "error", list(cfg.allowed_targets))
+    torch_model = TorchModel(checkpoint, "cpu", "error", list(cfg.allowed_targets))
     trained = torch_model.trained
     frame, where = parity_rows(torch_model, cfg)
     targets = [t.name for t in trained.targets]

@@ -540,3 +540,13 @@ def test_sidecar_parse_accepts_what_export_writes(exports):
     checked = Sidecar.read(sidecar_path(path))
     assert checked.inputs == GRAPH_INPUTS["seo_multitask"] and checked.missing == "error"
     assert [t.name for t in checked.targets] == TARGETS
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "key"),
+    [("export", ["checkpoint=x.pt"], "output"), ("evaluate", [], "checkpoint"), ("export", [], "checkpoint")],
+)
+def test_a_required_key_left_unset_is_one_sentence(tmp_path, command, argv, key):
+    code, output = seo_command(getattr(seo_cli.cli, command), *argv, f"hydra.run.dir={tmp_path}")
+    assert code == 1 and "Traceback" not in output
+    assert f"{key} has no value; give {key}=... on the command line." in output
