@@ -76,6 +76,18 @@ def exports(checkpoints, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     }
 
 
+@pytest.fixture
+def graph_of(exports, monkeypatch):
+    """Tests of what seo-export does with a graph reuse the fixture's export of ``model`` instead of
+    exporting again (2-3 s each): ``to_onnx`` returns its bytes."""
+
+    def use(model: str) -> None:
+        data = exports[model][0].read_bytes()
+        monkeypatch.setattr(export_module, "to_onnx", lambda graph, inputs, opset: (data, "dynamo"))
+
+    return use
+
+
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory) -> Path:
     """Rows to score as a user has them, with three that cannot be scored."""
@@ -176,8 +188,9 @@ finally:
 
 
 def test_a_difference_beyond_the_tolerance_writes_nothing_and_says_how_large(
-    checkpoints, tmp_path, monkeypatch
+    checkpoints, graph_of, tmp_path, monkeypatch
 ):
+    graph_of("mlp")
     original = OnnxModel.raw_outputs
 
     def off_by_a_little(self, inputs, batch_size):
@@ -194,7 +207,8 @@ def test_a_difference_beyond_the_tolerance_writes_nothing_and_says_how_large(
     assert output.exists()
 
 
-def test_parity_rows_and_a_file_of_rows(checkpoints, pages, tmp_path):
+def test_parity_rows_and_a_file_of_rows(checkpoints, graph_of, pages, tmp_path):
+    graph_of("mlp")
     result = export(checkpoints["mlp"], tmp_path / "a.onnx", "parity_rows=10")
     assert result["rows"] == 10
     result = export(checkpoints["mlp"], tmp_path / "b.onnx", f"input='{pages}'")
@@ -202,7 +216,8 @@ def test_parity_rows_and_a_file_of_rows(checkpoints, pages, tmp_path):
     assert "accuracy_torch" not in result["fp32"]["intent"]  # the file has no labels
 
 
-def test_quantize_writes_int8_weights_and_reports_the_change(checkpoints, exports, pages, tmp_path):
+def test_quantize_writes_int8_weights_and_reports_the_change(checkpoints, exports, graph_of, pages, tmp_path):
+    graph_of("transformer")
     output = tmp_path / "int8.onnx"
     result = export(checkpoints["transformer"], output, "quantize=true")
     fp32, _ = exports["transformer"]
