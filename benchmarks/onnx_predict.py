@@ -26,8 +26,10 @@ alternating order from round to round; ``--repeats`` rounds, each figure the med
   logs no timestamp between those stages, so they are not split further.
 - peak RSS: ``ru_maxrss`` of the ``os.wait4`` of that one child, i.e. of the command's own process
   (and any children it waited for), not ``RUSAGE_CHILDREN`` of this process, which would be the
-  maximum over every command run so far. Also its CPU time (user + system), which other load on the
-  machine disturbs less than the wall time.
+  maximum over every command run so far. The median over rounds, and the largest: the PyTorch
+  backend's peak varies from run to run. Also its CPU time (user + system), which other load on the
+  machine disturbs less than the wall time, and per run the CPU time the rest of the machine took
+  meanwhile (``others_cpu_s``, from ``/proc/stat``): a run another process competed with shows there.
 
 The two backends' outputs on the large file (the last round's) are compared: the same columns and
 rows, class columns equal, numeric columns within ``rtol=1e-4, atol=1e-6``; the result is in the
@@ -73,27 +75,43 @@ def command(name: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", modules[name]]
 
 
+def busy_cpu_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (``/proc/stat``), or None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def run(argv: list[str], cwd: Path, logs: Path) -> dict:
-    """Run ``argv`` to its end; its wall time, CPU time and peak RSS (that one child's, from wait4).
+    """Run ``argv`` to its end; its wall time, CPU time and peak RSS (that one child's, from wait4), and
+    the CPU time everything else on the machine took meanwhile (``others_cpu_s``: another process
+    competing for the 2 cores shows there).
 
     Raises:
         SystemExit: the command failed (with the end of its stderr).
     """
     logs.parent.mkdir(parents=True, exist_ok=True)
     with open(logs.with_suffix(".out"), "wb") as out, open(logs.with_suffix(".err"), "wb") as err:
+        busy = busy_cpu_s()
         start = time.perf_counter()
         child = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         # wait4 on this pid: the rusage of this child alone. Popen.wait() would reap it without one.
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
+        busy = busy_cpu_s() - busy if busy is not None else None
     child.returncode = os.waitstatus_to_exitcode(status)  # already reaped: Popen must not wait again
     if child.returncode != 0:
         tail = "\n".join(logs.with_suffix(".err").read_text(errors="replace").strip().splitlines()[-15:])
         sys.exit(f"{' '.join(argv)} exited with {child.returncode}:\n{tail}")
+    cpu = usage.ru_utime + usage.ru_stime
     return {
         "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "cpu_s": cpu,
         "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "others_cpu_s": max(busy - cpu, 0.0) if busy is not None else None,
     }
 
 
@@ -184,12 +202,16 @@ def compare(torch_csv: Path, onnx_csv: Path) -> dict:
 
 def summarise(runs: dict[str, list[dict]], rows: int, small_rows: int) -> dict:
     """Medians of one (model, backend)'s runs, and its two rows/s figures."""
-    median = {size: {k: statistics.median(r[k] for r in runs[size]) for k in runs[size][0]} for size in runs}
+    median = {
+        size: {k: statistics.median(r[k] for r in runs[size]) for k in ("wall_s", "cpu_s", "peak_rss_mb")}
+        for size in runs
+    }
     scoring_s = median["large"]["wall_s"] - median["small"]["wall_s"]
     return {
         "wall_s": median["large"]["wall_s"],
         "cpu_s": median["large"]["cpu_s"],
         "peak_rss_mb": median["large"]["peak_rss_mb"],
+        "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs["large"]),
         "rows_per_s_whole": rows / median["large"]["wall_s"],
         "small_wall_s": median["small"]["wall_s"],
         "small_peak_rss_mb": median["small"]["peak_rss_mb"],
@@ -251,7 +273,16 @@ def table(results: dict, rows: int, small_rows: int, repeats: int) -> Table:
         title=f"seo-predict on {rows:,} rows, CPU ({os.cpu_count()} cores), median of {repeats}; "
         f"scoring = ({rows:,} - {small_rows:,}) rows over the wall-time difference of the two runs"
     )
-    columns = ["model", "backend", "wall s", "rows/s whole", "rows/s scoring", "CPU s", "peak RSS MiB"]
+    columns = [
+        "model",
+        "backend",
+        "wall s",
+        "rows/s whole",
+        "rows/s scoring",
+        "CPU s",
+        "peak RSS MiB",
+        "(max)",
+    ]
     columns += [f"wall s ({small_rows:,})", f"RSS MiB ({small_rows:,})", "outputs agree"]
     for column in columns:
         out.add_column(column, justify="left" if column in ("model", "backend", "outputs agree") else "right")
@@ -268,6 +299,7 @@ def table(results: dict, rows: int, small_rows: int, repeats: int) -> Table:
                 scoring,
                 f"{r['cpu_s']:.1f}",
                 f"{r['peak_rss_mb']:,.0f}",
+                f"{r['peak_rss_mb_max']:,.0f}",
                 f"{r['small_wall_s']:.1f}",
                 f"{r['small_peak_rss_mb']:,.0f}",
                 agree if backend == "onnx" else "",
@@ -279,7 +311,7 @@ def table(results: dict, rows: int, small_rows: int, repeats: int) -> Table:
 
         out.add_row(
             model, "onnx/torch", "", x("rows_per_s_whole"), x("rows_per_s_scoring"), x("cpu_s"), x("peak_rss"),
-            "", "", "", end_section=True,
+            "", "", "", "", end_section=True,
         )  # fmt: skip
     return out
 
@@ -347,9 +379,11 @@ def main() -> None:
                         figures = run(argv, directory, directory / "logs" / name)
                         runs[model][backend][size].append(figures)
                         log.info(
-                            "round %d/%d %s %s %s rows: %.1f s, CPU %.1f s, peak RSS %.0f MiB",
+                            "round %d/%d %s %s %s rows: %.1f s, CPU %.1f s, peak RSS %.0f MiB; "
+                            "other processes' CPU meanwhile %s s",
                             *(round_ + 1, args.repeats, model, backend, f"{counts[size]:,}"),
                             *(figures["wall_s"], figures["cpu_s"], figures["peak_rss_mb"]),
+                            "-" if figures["others_cpu_s"] is None else f"{figures['others_cpu_s']:.1f}",
                         )
         for model in args.models:
             result = {b: summarise(runs[model][b], args.rows, args.small_rows) for b in BACKENDS}
@@ -394,6 +428,7 @@ def main() -> None:
             "rows_per_s_scoring": "(rows - small_rows) / (median wall on the large file - median wall on the small)",
             "peak_rss_mb": "ru_maxrss of os.wait4 on the command's process (median over rounds)",
             "cpu_s": "user + system CPU seconds of the command on the large file (median)",
+            "others_cpu_s": "per run: busy CPU seconds of the machine (/proc/stat) less the command's own",
         },
         "setup_s": setup_s,
         "total_s": time.perf_counter() - started,
