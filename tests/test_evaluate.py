@@ -5,14 +5,13 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import CONF_DIR, smoke_checkpoint
+from helpers.commands import run_command
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -227,7 +226,9 @@ def test_comparison_differences_are_exact_and_paired(compared, runs):
         batches = make_batches(
             tensors.inputs, tensors.targets, batch_size=1024, device=CPU, placement="device"
         )
-        scored = Scorer(trained.targets, pre.target_scale).evaluate(trained.model, batches, split, trained.loss_fn)
+        scored = Scorer(trained.targets, pre.target_scale).evaluate(
+            trained.model, batches, split, trained.loss_fn
+        )
         per_model = {}
         for t in trained.targets:
             y, pred = scored.labels[t.name], scored.predictions[t.name]
@@ -299,26 +300,17 @@ def test_unknown_split_is_refused_while_composing_with_the_splits_listed():
 
     with pytest.raises(ConfigCompositionException) as err:
         compose_eval("checkpoint=x.pt", "split=bogus")
-    assert "Invalid value 'bogus', expected one of [train, val, test]" in str(err.value.__cause__ or err.value)
+    assert "Invalid value 'bogus', expected one of [train, val, test]" in str(
+        err.value.__cause__ or err.value
+    )
 
 
 @pytest.mark.slow
 def test_cli_missing_checkpoint_is_one_line_and_exit_code_1(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "seo_cli.evaluate",
-            f"checkpoint={tmp_path / 'missing.pt'}",
-            f"hydra.run.dir={tmp_path / 'out'}",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_command(
+        "evaluate", f"checkpoint={tmp_path / 'missing.pt'}", f"hydra.run.dir={tmp_path / 'out'}"
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert "Traceback" not in output
-    [line] = output.strip().splitlines()
+    assert done.code == 1, done.output
+    assert "Traceback" not in done.output
+    [line] = done.output.strip().splitlines()
     assert "missing.pt" in line and "does not exist" in line

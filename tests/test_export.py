@@ -2,9 +2,7 @@
 backends write the same rows, the ONNX path runs without torch, and a tampered or mismatched export is
 one sentence naming the file."""
 
-import contextlib
 import hashlib
-import io
 import json
 import subprocess
 import sys
@@ -16,11 +14,11 @@ import onnx
 import pandas as pd
 import pytest
 from conftest import CONF_DIR, smoke_checkpoint
+from helpers.commands import run_command
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from onnx import TensorProto, helper
 
-import seo_cli.cli
 from seo_cli import export as export_module
 from seo_cli import onnx_model
 from seo_cli.config import register_configs
@@ -282,51 +280,36 @@ def test_predict_names_the_file_each_backend_needs(pages, tmp_path, overrides, m
         predict(pages, tmp_path / "out.csv", *overrides)
 
 
-def seo_command(main, *argv: str) -> tuple[int, str]:
-    """A console script (``seo_cli.cli.<main>``) in this process: its exit code and output."""
-    out, saved = io.StringIO(), sys.argv
-    sys.argv = ["seo", *argv]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        sys.argv = saved
-    return code, out.getvalue()
-
-
 def test_the_commands_as_typed(checkpoints, pages, tmp_path):
-    code, output = seo_command(
-        seo_cli.cli.export,
+    done = run_command(
+        "export",
         f"checkpoint={checkpoints['mlp']}",
         f"output={tmp_path}/m.onnx",
         f"hydra.run.dir={tmp_path}/export",
     )
-    assert code == 0, output
+    assert done.code == 0, done.output
     assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.json").is_file()
     assert (tmp_path / "export" / "export.log").is_file()
-    code, output = seo_command(
-        seo_cli.cli.predict,
+    done = run_command(
+        "predict",
         "backend=onnx",
         f"model={tmp_path}/m.onnx",
         f"input={pages}",
         f"output={tmp_path}/scores.parquet",
         f"hydra.run.dir={tmp_path}/predict",
     )
-    assert code == 0, output
+    assert done.code == 0, done.output
     assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 57
-    code, output = seo_command(
-        seo_cli.cli.predict,
+    done = run_command(
+        "predict",
         "backend=onnx",
         f"model={tmp_path}/none.onnx",
         f"input={pages}",
         f"output={tmp_path}/x.csv",
         f"hydra.run.dir={tmp_path}/bad",
     )
-    assert code == 1 and "Traceback" not in output
-    assert f"sidecar {tmp_path}/none.json does not exist" in output
+    assert done.code == 1 and "Traceback" not in done.output
+    assert f"sidecar {tmp_path}/none.json does not exist" in done.output
 
 
 # --- tampered and mismatched exports ---------------------------------------------------------------
@@ -562,6 +545,6 @@ def test_sidecar_parse_accepts_what_export_writes(exports):
     [("export", ["checkpoint=x.pt"], "output"), ("evaluate", [], "checkpoint"), ("export", [], "checkpoint")],
 )
 def test_a_required_key_left_unset_is_one_sentence(tmp_path, command, argv, key):
-    code, output = seo_command(getattr(seo_cli.cli, command), *argv, f"hydra.run.dir={tmp_path}")
-    assert code == 1 and "Traceback" not in output
-    assert f"{key} has no value; give {key}=... on the command line." in output
+    done = run_command(command, *argv, f"hydra.run.dir={tmp_path}")
+    assert done.code == 1 and "Traceback" not in done.output
+    assert f"{key} has no value; give {key}=... on the command line." in done.output
