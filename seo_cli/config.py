@@ -59,6 +59,11 @@ class Scaling(Choice):
     power = "power"  # Yeo-Johnson, then z-score: for skewed counts
 
 
+class Padding(Choice):
+    longest = "longest"  # each batch cut to its longest row (rounded up to data.pad_to_multiple_of)
+    max_length = "max_length"  # every batch data.max_length wide
+
+
 class Placement(Choice):
     auto = "auto"  # on the device when it fits
     device = "device"
@@ -117,7 +122,9 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     numeric_scaling: Scaling = Scaling.standard
-    max_length: int = 64  # tokens per row after joining the text columns
+    max_length: Optional[int] = 64  # tokens per row after joining the text columns; null: from the data
+    padding: Padding = Padding.longest
+    pad_to_multiple_of: int = 8  # padding=longest: a batch's length is a multiple of this (fewer shapes)
     vocab_size: int = 4000  # upper bound of the tokenizer's vocabulary, fitted on the training texts
     max_classes: int = 1000  # a classification target with more classes is refused before training
     placement: Placement = Placement.auto

@@ -24,7 +24,7 @@ from rich.table import Table
 from seo_cli.bootstrap import HEADLINE, interval, metric_samples, resample_indices
 from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
-from seo_cli.data.batches import make_batches
+from seo_cli.data.batches import make_batches, pad_multiple
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
@@ -159,6 +159,7 @@ def evaluate_checkpoint(
         placement=trained.data.placement,
         num_workers=trained.data.num_workers,
         pin_memory=trained.data.pin_memory,
+        pad_to_multiple_of=pad_multiple(trained.data),
     )
     # In the precision it was trained in, so split=val gives exactly the numbers training logged.
     scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision)

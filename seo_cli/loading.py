@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from seo_cli.checkpoint import load_checkpoint, parse_stored_config
 from seo_cli.config import DataConfig
-from seo_cli.data.preprocess import Preprocessor
+from seo_cli.data.preprocess import MAX_LENGTH, Preprocessor
 from seo_cli.data.spec import Target
 from seo_cli.errors import UserError
 from seo_cli.registry import allowed_classes, build_from_file, lookup
@@ -106,6 +106,11 @@ def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
     if not 0 <= data.num_workers <= MAX_WORKERS:
         raise UserError(
             f"checkpoint {path}: data.num_workers of its config must be from 0 to {MAX_WORKERS}; use a checkpoint written by seo-train."
+        )
+    # Batches are cut to multiples of it: 0 would divide by zero.
+    if not 1 <= data.pad_to_multiple_of <= MAX_LENGTH:
+        raise UserError(
+            f"checkpoint {path}: data.pad_to_multiple_of of its config must be from 1 to {MAX_LENGTH}; use a checkpoint written by seo-train."
         )
     # seo-eval reads the training file again: a FIFO or a device (/dev/zero) would block or never end.
     for key in ("path", "test_path"):

@@ -95,10 +95,13 @@ class RunClock:
         self.epoch_start = self.speed.start
         return self.speed
 
-    def end_epoch(self) -> dict[str, float]:
+    def end_epoch(self, batches: object = None) -> dict[str, float]:
+        """The epoch's samples/s, and the share of its token slots that were padding (``batches``'
+        ``padding_fraction``, for text data)."""
         seconds, rows = time.perf_counter() - self.epoch_start, self.speed.epoch_rows * self.world_size
         self.rows, self.seconds = self.rows + rows, self.seconds + seconds
-        return {"speed/samples_per_second": rows / seconds}
+        padding = getattr(batches, "padding_fraction", dict)()
+        return {"speed/samples_per_second": rows / seconds} | padding
 
     def samples_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0

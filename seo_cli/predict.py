@@ -61,7 +61,7 @@ class TorchModel:
     def outputs(self, frame: pd.DataFrame, batch_size: int) -> dict[str, np.ndarray]:
         import torch
 
-        from seo_cli.data.batches import DeviceBatches
+        from seo_cli.data.batches import DeviceBatches, pad_multiple
         from seo_cli.evaluation import predict
         from seo_cli.metrics import as_numpy
 
@@ -69,7 +69,14 @@ class TorchModel:
         rows = {"row": torch.arange(len(frame))}
         with torch.no_grad():
             outputs, _ = predict(
-                self.trained.model, DeviceBatches(inputs, rows, batch_size=batch_size, device=self.device)
+                self.trained.model,
+                DeviceBatches(
+                    inputs,
+                    rows,
+                    batch_size=batch_size,
+                    device=self.device,
+                    pad_to_multiple_of=pad_multiple(self.trained.data),
+                ),
             )
         return as_numpy(outputs, self.targets)
 

@@ -24,7 +24,7 @@ from seo_cli import distributed
 from seo_cli.checkpoint import Checkpoint, CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.config import Placement
 from seo_cli.console import metrics_table, print_table, run_panel
-from seo_cli.data.batches import fits_on_device, make_batches
+from seo_cli.data.batches import fits_on_device, make_batches, pad_multiple
 from seo_cli.data.pipeline import PreparedData, prepare_data, targets_of
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Scorer
@@ -175,7 +175,12 @@ def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> 
         "num_workers": cfg.data.num_workers,
         "pin_memory": cfg.data.pin_memory,
         "shard": (distributed.rank(), distributed.world_size()) if distributed.enabled() else None,
+        "pad_to_multiple_of": pad_multiple(cfg.data),
     }
+    if cfg.trainer.cuda_graphs and loading["pad_to_multiple_of"]:
+        # A captured graph replays one shape: every batch stays data.max_length wide.
+        log.info("trainer.cuda_graphs: batches are padded to data.max_length, not to their longest row.")
+        loading["pad_to_multiple_of"] = None
     if cfg.trainer.overfit_batches:
         rows = cfg.trainer.overfit_batches * cfg.batch_size
         first = splits["train"].head(rows)

@@ -210,7 +210,7 @@ def fit(
 
             window.sync()  # .item() waits for the device's queued work, so the epoch's time includes it
             metrics = {"epoch": float(epoch + 1), **run.epoch_train_loss(epoch_loss)}
-            metrics |= clock.end_epoch() | memory.read()
+            metrics |= clock.end_epoch(train_batches) | memory.read()
             run.check_weights()  # a last step that overflowed the weights stops here, not in the metrics
             metrics |= validated(validate, ema.module if ema is not None else model, loop.global_step)
             if isinstance(scheduler, ReduceLROnPlateau):

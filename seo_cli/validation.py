@@ -115,7 +115,7 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
             problems.append(
                 "data.val_fraction + data.test_fraction must be below 1 so rows remain for training."
             )
-    if data.text_columns and not 1 <= data.max_length <= MAX_LENGTH:
+    if data.text_columns and data.max_length is not None and not 1 <= data.max_length <= MAX_LENGTH:
         problems.append(f"data.max_length={data.max_length} must be between 1 and {MAX_LENGTH} tokens.")
     if not 2 <= data.max_classes <= MAX_CLASSES:
         problems.append(
@@ -126,6 +126,8 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
 
     if not 0 <= cfg.seed < 2**32:
         problems.append(f"seed={cfg.seed} must be between 0 and 2**32 - 1 (numpy's seed range).")
+    if data.pad_to_multiple_of < 1:
+        problems.append(f"data.pad_to_multiple_of={data.pad_to_multiple_of} must be at least 1.")
     if data.vocab_size < 8:
         problems.append(
             f"data.vocab_size={data.vocab_size} must be at least 8 (the tokenizer keeps 3 special tokens)."
@@ -313,7 +315,7 @@ def dry_build(cfg: DictConfig, group: str, node: DictConfig, allowed: dict[str, 
                 num_numeric=len(data.numeric_columns),
                 categorical_cardinalities=[2] * len(data.categorical_columns),
                 vocab_size=max(data.vocab_size, 8) if data.text_columns else 0,
-                max_length=max(data.max_length, 1) if data.text_columns else 0,
+                max_length=max(data.max_length or MAX_LENGTH, 1) if data.text_columns else 0,
             ),
             "heads": {t.name: 2 if t.type == CLASSIFICATION else 1 for t in targets},
         },

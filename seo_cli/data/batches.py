@@ -7,10 +7,16 @@ per-sample ``__getitem__``, no collation and no host-to-device copy in the loop.
 Both draw the order of epoch ``e`` from a generator seeded with ``seed + e``, so a resumed run sees
 the batches the uninterrupted run would have. Under DDP (``shard=(rank, world_size)``) the rows of each
 rank come from ``DistributedSampler``, epoch by epoch through its ``set_epoch``.
+
+Dynamic padding (``pad_to_multiple_of``): token ids are stored padded to ``max_length``, and each batch
+is cut to its longest row, rounded up to the multiple, so a batch of headlines is not mostly padding.
+The lengths are read on the host once, so cutting a batch costs no device synchronisation; the text
+models mask padding, so a row's outputs do not depend on how much of it there is.
 """
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,6 +28,54 @@ log = logging.getLogger(__name__)
 
 # Keep at most this share of the GPU's free memory for the data, leaving the rest for the model.
 DEVICE_DATA_SHARE = 0.5
+
+
+class TokenPadding:
+    """Where each row's tokens end, and the length a batch of rows is cut to: its longest row rounded up
+    to ``multiple`` (at most the stored width, at least 1). Counts the token slots and the real tokens
+    of the batches cut since ``reset`` for ``speed/padding_fraction``.
+
+    Args:
+        tokens: int64 ``[rows, max_length]`` token ids, right-padded with ``pad_id`` (on any device).
+        multiple: round a batch's length up to this; None keeps every batch at ``max_length``.
+    """
+
+    def __init__(self, tokens: Tensor, multiple: int | None, pad_id: int = 0) -> None:
+        real = tokens.cpu() != pad_id
+        width = tokens.shape[1]
+        # The position after the last real token (a [PAD] typed inside a text stays a masked token).
+        self.lengths = torch.where(real.any(1), width - real.flip(1).int().argmax(1), 0)
+        self.width, self.multiple = width, multiple
+        self.reset()
+
+    def reset(self) -> None:
+        self.slots, self.real = 0, 0
+
+    def length(self, rows: Tensor | slice) -> int:
+        """The length the batch of host row numbers (or slice) ``rows`` is cut to; counted."""
+        lengths = self.lengths[rows]
+        if self.multiple is None:
+            cut = self.width
+        else:
+            longest = int(lengths.max()) if len(lengths) else 1
+            cut = min(self.width, max(1, -(-longest // self.multiple) * self.multiple))
+        self.slots += cut * len(lengths)
+        self.real += int(lengths.sum())
+        return cut
+
+    def fraction(self) -> dict[str, float]:
+        """``speed/padding_fraction``: the share of the token slots since ``reset`` that were padding."""
+        return {"speed/padding_fraction": 1 - self.real / self.slots} if self.slots else {}
+
+
+def pad_multiple(data: Any) -> int | None:
+    """``make_batches``' ``pad_to_multiple_of`` for a data config: its multiple under padding=longest,
+    None (every batch ``max_length`` wide) under padding=max_length."""
+    return int(data.pad_to_multiple_of) if str(data.padding) == "longest" else None
+
+
+def cut_tokens(inputs: dict[str, Tensor], length: int) -> dict[str, Tensor]:
+    return {k: v[:, :length] if k == "tokens" else v for k, v in inputs.items()}
 
 
 class DeviceBatches:
@@ -42,7 +96,9 @@ class DeviceBatches:
         seed: int = 0,
         shard: tuple[int, int] | None = None,
         drop_last: bool = False,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
+        self.padding = TokenPadding(inputs["tokens"], pad_to_multiple_of) if "tokens" in inputs else None
         self.inputs = {k: v.to(device) for k, v in inputs.items()}
         self.targets = {k: v.to(device) for k, v in targets.items()}
         self.batch_size = batch_size
@@ -59,39 +115,61 @@ class DeviceBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def padding_fraction(self) -> dict[str, float]:
+        """``speed/padding_fraction`` of the batches since the last call (empty without text)."""
+        if self.padding is None:
+            return {}
+        fraction = self.padding.fraction()
+        self.padding.reset()
+        return fraction
+
     def __len__(self) -> int:
         return -(-self.num_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
         if self.sampler is None and not self.shuffle:
             for start in range(0, self.num_rows, self.batch_size):
-                end = start + self.batch_size
+                rows = slice(start, start + self.batch_size)
                 yield (
-                    {k: v[start:end] for k, v in self.inputs.items()},
-                    {k: v[start:end] for k, v in self.targets.items()},
+                    self._cut({k: v[rows] for k, v in self.inputs.items()}, rows),
+                    {k: v[rows] for k, v in self.targets.items()},
                 )
             return
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch)
-            order = torch.tensor(list(self.sampler), device=self.device)
+            order = torch.tensor(list(self.sampler))
         else:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.total_rows, generator=generator).to(self.device)
-        for index in torch.split(order[: self.num_rows], self.batch_size):
+            order = torch.randperm(self.total_rows, generator=generator)
+        device_order = order.to(self.device)
+        for rows, index in zip(
+            torch.split(order[: self.num_rows], self.batch_size),
+            torch.split(device_order[: self.num_rows], self.batch_size),
+            strict=True,
+        ):
             yield (
-                {k: v[index] for k, v in self.inputs.items()},
+                self._cut({k: v[index] for k, v in self.inputs.items()}, rows),
                 {k: v[index] for k, v in self.targets.items()},
             )
 
+    def _cut(self, inputs: dict[str, Tensor], rows: Tensor | slice) -> dict[str, Tensor]:
+        return inputs if self.padding is None else cut_tokens(inputs, self.padding.length(rows))
+
 
 class _RowBatches(Dataset):
-    """Item ``i`` of this dataset is a whole batch: the rows listed in ``i`` (a tensor of indices)."""
+    """Item ``i`` of this dataset is a whole batch: the rows listed in ``i`` (a tensor of indices), its
+    tokens cut to ``padding``'s length for them."""
 
-    def __init__(self, inputs: dict[str, Tensor], targets: dict[str, Tensor]) -> None:
-        self.inputs, self.targets = inputs, targets
+    def __init__(
+        self, inputs: dict[str, Tensor], targets: dict[str, Tensor], padding: TokenPadding | None
+    ) -> None:
+        self.inputs, self.targets, self.padding = inputs, targets, padding
 
     def __getitem__(self, index: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        return {k: v[index] for k, v in self.inputs.items()}, {k: v[index] for k, v in self.targets.items()}
+        inputs = {k: v[index] for k, v in self.inputs.items()}
+        if self.padding is not None:  # a worker's copy: its counts are not the ones reported
+            inputs = cut_tokens(inputs, self.padding.length(index))
+        return inputs, {k: v[index] for k, v in self.targets.items()}
 
 
 class _IndexBatches(Sampler):
@@ -99,9 +177,16 @@ class _IndexBatches(Sampler):
     under DDP, this rank's rows as ``DistributedSampler`` deals them."""
 
     def __init__(
-        self, num_rows: int, batch_size: int, shuffle: bool, seed: int, shard: tuple[int, int] | None = None
+        self,
+        num_rows: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        shard: tuple[int, int] | None = None,
+        padding: TokenPadding | None = None,
     ) -> None:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.padding = padding  # counted here, in this process, as the batches are dealt
         self.shard_sampler = _shard_sampler(num_rows, shard, shuffle, seed)
         self.num_rows = len(self.shard_sampler) if self.shard_sampler is not None else num_rows
 
@@ -118,7 +203,10 @@ class _IndexBatches(Sampler):
             )
         else:
             order = torch.arange(self.num_rows)
-        yield from torch.split(order, self.batch_size)
+        for rows in torch.split(order, self.batch_size):
+            if self.padding is not None:
+                self.padding.length(rows)
+            yield rows
 
 
 class StreamedBatches:
@@ -138,11 +226,13 @@ class StreamedBatches:
         num_workers: int = 2,
         pin_memory: bool = True,
         shard: tuple[int, int] | None = None,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
         self.total_rows = len(next(iter(targets.values())))  # of the split, before sharding
-        self.sampler = _IndexBatches(self.total_rows, batch_size, shuffle, seed, shard)
+        self.padding = TokenPadding(inputs["tokens"], pad_to_multiple_of) if "tokens" in inputs else None
+        self.sampler = _IndexBatches(self.total_rows, batch_size, shuffle, seed, shard, self.padding)
         self.loader = DataLoader(
-            _RowBatches(inputs, targets),
+            _RowBatches(inputs, targets, self.padding),
             sampler=self.sampler,
             batch_size=None,  # each item is already a batch
             num_workers=num_workers,
@@ -156,6 +246,8 @@ class StreamedBatches:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.epoch = epoch
+
+    padding_fraction = DeviceBatches.padding_fraction
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -176,16 +268,26 @@ def make_batches(
     num_workers: int = 2,
     pin_memory: bool = True,
     shard: tuple[int, int] | None = None,
+    pad_to_multiple_of: int | None = None,
 ) -> "DeviceBatches | StreamedBatches":
     """Batches of one split, placed by ``placement``: device | stream | auto (the device when it fits).
 
     ``shard``: (rank, world size) under DDP: this rank's share of the rows.
+    ``pad_to_multiple_of``: cut each batch's tokens to its longest row rounded up to this; None: keep
+    every batch at the stored ``max_length``.
     """
     if placement == "auto":
         placement = "device" if fits_on_device([inputs, targets], device) else "stream"
     if placement == "device":
         return DeviceBatches(
-            inputs, targets, batch_size=batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard
+            inputs,
+            targets,
+            batch_size=batch_size,
+            device=device,
+            shuffle=shuffle,
+            seed=seed,
+            shard=shard,
+            pad_to_multiple_of=pad_to_multiple_of,
         )
     return StreamedBatches(
         inputs,
@@ -196,6 +298,7 @@ def make_batches(
         num_workers=num_workers,
         pin_memory=pin_memory,
         shard=shard,
+        pad_to_multiple_of=pad_to_multiple_of,
     )
 
 

@@ -13,6 +13,7 @@ The encoding itself is numpy (``encode_inputs``); torch is imported only where t
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
 TOKENIZER_SAMPLE = 200_000  # training texts the tokenizer learns its vocabulary from, at most
@@ -69,13 +72,14 @@ class Preprocessor:
         numeric_columns: list[str],
         categorical_columns: list[str],
         targets: list[Target],
-        max_length: int,
+        max_length: int | None,
         vocab_size: int,
         numeric_scaling: str = "standard",
     ) -> "Preprocessor":
         """Fit on the training rows only, so no statistic of validation or test rows leaks into training.
 
         Args:
+            max_length: tokens kept per row; None: from the data (``length_from_data``).
             numeric_scaling: standard (z-score) | power (Yeo-Johnson, then z-score).
         """
         mean, scale, power, fill = [], [], [], []
@@ -105,7 +109,10 @@ class Preprocessor:
             sample = (
                 frame if len(frame) <= TOKENIZER_SAMPLE else frame.sample(TOKENIZER_SAMPLE, random_state=0)
             )
-            tokenizer_json = _train_tokenizer(_joined_text(sample, text_columns), vocab_size).to_str()
+            tokenizer = _train_tokenizer(_joined_text(sample, text_columns), vocab_size)
+            tokenizer_json = tokenizer.to_str()
+            if max_length is None:
+                max_length = length_from_data(tokenizer, _joined_text(sample, text_columns))
         encodings = []
         for target in targets:
             values = frame[target.name]
@@ -126,7 +133,7 @@ class Preprocessor:
             numeric_power=power,
             categories=categories,
             tokenizer_json=tokenizer_json,
-            max_length=max_length,
+            max_length=max_length or 1,
             targets=encodings,
             numeric_fill=fill,
         )
@@ -408,6 +415,30 @@ def _tokenizer_problem(text: str) -> str | None:
     if specials != [0, 1, 2]:
         return f"its first tokens are not {PAD}, {UNK}, {SEP}"
     return None
+
+
+LENGTH_SAMPLE = 20_000  # training texts whose token counts set max_length when it is not given
+LENGTH_QUANTILE = 0.99
+
+
+def length_from_data(tokenizer: Tokenizer, texts: list[str]) -> int:
+    """``max_length`` when ``data.max_length`` is null: the 99th percentile of the token counts of (a
+    seeded sample of) the training texts, rounded up to a multiple of 8, from 8 to ``MAX_LENGTH``. Logged."""
+    if len(texts) > LENGTH_SAMPLE:
+        picked = np.random.default_rng(0).choice(len(texts), LENGTH_SAMPLE, replace=False)
+        texts = [texts[i] for i in picked]
+    counts = np.array([len(e.ids) for e in tokenizer.encode_batch(texts)]) if texts else np.zeros(1)
+    quantile = float(np.quantile(counts, LENGTH_QUANTILE))
+    length = int(min(MAX_LENGTH, max(8, -(-math.ceil(quantile) // 8) * 8)))
+    log.info(
+        "data.max_length=null: %d tokens, the 99th percentile of %d training rows' token counts (%d) rounded "
+        "up to a multiple of 8 (the longest has %d); longer rows are cut there.",
+        length,
+        len(counts),
+        math.ceil(quantile),
+        int(counts.max()),
+    )
+    return length
 
 
 def as_text_values(values: pd.Series) -> pd.Series:

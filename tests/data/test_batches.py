@@ -134,3 +134,73 @@ def test_a_streamed_run_trains_to_the_same_weights_as_a_device_run(train_run, on
     a = torch.load(on_device / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(streamed / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def ragged_tokens(lengths: list[int], width: int = 32) -> torch.Tensor:
+    """Right-padded token ids: row i has lengths[i] tokens (ids 5..), then [PAD] (0)."""
+    tokens = torch.zeros(len(lengths), width, dtype=torch.int64)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = torch.arange(5, 5 + n)
+    return tokens
+
+
+LENGTHS = [3, 17, 1, 0, 9, 32, 5, 2]  # 0: a text without tokens; 32: one filling max_length
+
+
+@pytest.mark.parametrize("placement", ["device", "stream"])
+def test_each_batch_is_cut_to_its_longest_row_rounded_up_to_the_multiple(placement):
+    tokens = ragged_tokens(LENGTHS)
+    inputs, targets = {"tokens": tokens}, {"y": torch.arange(len(LENGTHS))}
+    batches = batching.make_batches(
+        inputs, targets, batch_size=2, device=torch.device("cpu"), placement=placement, num_workers=0,
+        pad_to_multiple_of=8,
+    )  # fmt: skip
+    widths = [x["tokens"].shape[1] for x, _ in batches]
+    # rows (3, 17) -> 24, (1, 0) -> 8, (9, 32) -> 32 (never above max_length), (5, 2) -> 8
+    assert widths == [24, 8, 32, 8]
+    for x, y in batches:  # nothing but padding is cut
+        assert torch.equal(x["tokens"], tokens[y["y"], : x["tokens"].shape[1]])
+        assert (tokens[y["y"], x["tokens"].shape[1] :] == 0).all()
+    # 8 rows x (24, 24, 8, 8, 32, 32, 8, 8) slots = 144, of which 69 real tokens
+    assert batches.padding_fraction() == {"speed/padding_fraction": pytest.approx(1 - 69 / 144)}
+    assert batches.padding_fraction() == {}  # read once per epoch
+    fixed = batching.make_batches(
+        inputs, targets, batch_size=2, device=torch.device("cpu"), placement=placement, num_workers=0
+    )
+    assert [x["tokens"].shape[1] for x, _ in fixed] == [32] * 4
+    assert fixed.padding_fraction() == {"speed/padding_fraction": pytest.approx(1 - 69 / 256)}
+
+
+def test_a_pad_token_inside_a_text_is_not_where_the_text_ends():
+    tokens = ragged_tokens([6, 2])
+    tokens[0, 2] = 0  # "[PAD]" typed in the text: the model masks it, the rows after it are still text
+    batches = DeviceBatches(
+        {"tokens": tokens},
+        {"y": torch.arange(2)},
+        batch_size=2,
+        device=torch.device("cpu"),
+        pad_to_multiple_of=1,
+    )
+    [(x, _)] = list(batches)
+    assert x["tokens"].shape[1] == 6 and torch.equal(x["tokens"], tokens[:, :6])
+
+
+def test_shuffled_and_sharded_batches_are_cut_per_batch():
+    lengths = [n % 29 for n in range(0, 290, 7)]
+    tokens = ragged_tokens(lengths)
+    targets = {"y": torch.arange(len(lengths))}
+    for shard in (None, (1, 2)):
+        batches = DeviceBatches(
+            {"tokens": tokens},
+            targets,
+            batch_size=4,
+            device=torch.device("cpu"),
+            shuffle=True,
+            seed=3,
+            shard=shard,
+            pad_to_multiple_of=4,
+        )
+        for x, y in batches:
+            longest = max(lengths[i] for i in y["y"].tolist())
+            assert x["tokens"].shape[1] == min(32, max(4, -(-longest // 4) * 4))
+            assert torch.equal(x["tokens"], tokens[y["y"], : x["tokens"].shape[1]])

@@ -155,3 +155,23 @@ def test_without_text_columns_there_are_no_tokens(frame):
     pre = fit(frame.iloc[:5], text_columns=[])
     assert set(pre.transform_inputs(frame)) == {"numeric", "categorical"}
     assert pre.input_spec.vocab_size == 0 and pre.input_spec.max_length == 0
+
+
+def test_max_length_from_the_data_is_the_99th_percentile_rounded_up_to_8(caplog):
+    """Row i holds i + 1 words ("seo" repeated): token counts 1..100, the 99th percentile 99.01 -> 100,
+    rounded up to a multiple of 8 -> 104; longer rows would be cut there."""
+    rows = pd.DataFrame({"title": [" ".join(["seo"] * n) for n in range(1, 101)], "label": ["a", "b"] * 50})
+    targets = [Target("label", CLASSIFICATION)]
+    with caplog.at_level("INFO", logger="seo_cli.data.preprocess"):
+        pre = Preprocessor.fit(
+            rows, text_columns=["title"], numeric_columns=[], categorical_columns=[], targets=targets,
+            max_length=None, vocab_size=50,
+        )  # fmt: skip
+    assert pre.max_length == 104
+    assert "data.max_length=null: 104 tokens, the 99th percentile of 100 training rows' token counts (100)" in caplog.text
+    assert pre.encode_inputs(rows)["tokens"].shape == (100, 104)
+    short = Preprocessor.fit(
+        rows.head(5), text_columns=["title"], numeric_columns=[], categorical_columns=[], targets=targets,
+        max_length=None, vocab_size=50,
+    )  # fmt: skip
+    assert short.max_length == 8  # never below 8
