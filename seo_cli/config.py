@@ -124,7 +124,8 @@ class DataConfig:
     numeric_scaling: Scaling = Scaling.standard
     max_length: Optional[int] = 64  # tokens per row after joining the text columns; null: from the data
     padding: Padding = Padding.longest
-    pad_to_multiple_of: int = 8  # padding=longest: a batch's length is a multiple of this (fewer shapes)
+    pad_to_multiple_of: Optional[int] = None  # padding=longest: round a batch's length up to it; null: 1, 32 under compile
+    bucket_by_length: bool = False  # training batches group rows of similar length (less padding still)
     vocab_size: int = 4000  # upper bound of the tokenizer's vocabulary, fitted on the training texts
     max_classes: int = 1000  # a classification target with more classes is refused before training
     placement: Placement = Placement.auto

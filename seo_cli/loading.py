@@ -108,7 +108,7 @@ def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
             f"checkpoint {path}: data.num_workers of its config must be from 0 to {MAX_WORKERS}; use a checkpoint written by seo-train."
         )
     # Batches are cut to multiples of it: 0 would divide by zero.
-    if not 1 <= data.pad_to_multiple_of <= MAX_LENGTH:
+    if data.pad_to_multiple_of is not None and not 1 <= data.pad_to_multiple_of <= MAX_LENGTH:
         raise UserError(
             f"checkpoint {path}: data.pad_to_multiple_of of its config must be from 1 to {MAX_LENGTH}; use a checkpoint written by seo-train."
         )

@@ -175,7 +175,8 @@ def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> 
         "num_workers": cfg.data.num_workers,
         "pin_memory": cfg.data.pin_memory,
         "shard": (distributed.rank(), distributed.world_size()) if distributed.enabled() else None,
-        "pad_to_multiple_of": pad_multiple(cfg.data),
+        "pad_to_multiple_of": pad_multiple(cfg.data, compiled=cfg.compile),
+        "bucket_by_length": cfg.data.bucket_by_length,  # shuffled (training) batches only
     }
     if cfg.trainer.cuda_graphs and loading["pad_to_multiple_of"]:
         # A captured graph replays one shape: every batch stays data.max_length wide.

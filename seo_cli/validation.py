@@ -126,7 +126,7 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
 
     if not 0 <= cfg.seed < 2**32:
         problems.append(f"seed={cfg.seed} must be between 0 and 2**32 - 1 (numpy's seed range).")
-    if data.pad_to_multiple_of < 1:
+    if data.pad_to_multiple_of is not None and data.pad_to_multiple_of < 1:
         problems.append(f"data.pad_to_multiple_of={data.pad_to_multiple_of} must be at least 1.")
     if data.vocab_size < 8:
         problems.append(

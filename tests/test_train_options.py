@@ -189,19 +189,36 @@ def test_progress_rich_draws_bars_and_plain_logs_lines(train_run, capsys, caplog
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "optimizer", "scheduler", "loss", "device", "logger", "data", "debug", "experiment", "hparams_search")
+GROUPS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "loss",
+    "device",
+    "logger",
+    "data",
+    "debug",
+    "experiment",
+    "hparams_search",
+)
 EVERY_OPTION = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize("group, option", EVERY_OPTION, ids=[f"{g}={o}" for g, o in EVERY_OPTION])
-def test_debug_smoke_composes_with_every_option_and_passes_the_start_up_checks(compose_train, tmp_path, group, option):
+def test_debug_smoke_composes_with_every_option_and_passes_the_start_up_checks(
+    compose_train, tmp_path, group, option
+):
     """debug=smoke is the quick check of any option: with each one it must compose and pass the checks a run
     makes before loading data (a warm-up longer than the smoke run, under DDP's halved steps too)."""
     from seo_cli.validation import check_train_config, known_run_length
 
     extra = []
     if (group, option) == ("data", "csv"):
-        extra = [f"data.path={tmp_path / 'pages.csv'}", "data.numeric_columns=[a]", "data.targets=[{name:y,type:regression}]"]
+        extra = [
+            f"data.path={tmp_path / 'pages.csv'}",
+            "data.numeric_columns=[a]",
+            "data.targets=[{name:y,type:regression}]",
+        ]
     cfg = compose_train("debug=smoke", f"{group}={option}", *extra)
     # An experiment file sets its own sizes (tests/e2e/test_experiments.py smoke-runs them); another debug
     # option replaces smoke.
@@ -222,3 +239,30 @@ def test_debug_overfit_drives_the_loss_of_one_fixed_batch_near_zero(train_run):
     assert rows[0]["val/loss"] > 1.0
     assert summary["metrics"]["val/loss"] < 0.1  # validated on the same 32 rows it trained on
     assert summary["metrics"]["test/loss"] == pytest.approx(summary["metrics"]["val/loss"], rel=1e-5)
+
+
+def test_padding_and_length_buckets_cut_the_padding_trained_on_not_the_results(train_run):
+    """data.padding=max_length trains on 48-token rows of titles; longest cuts each batch to its longest row, and
+    bucket_by_length groups similar lengths. Padding is masked, so the model learns the same (the losses
+    agree to float rounding), and the share of padding logged per epoch falls."""
+    runs = {
+        name: train_run("model=textcnn", "data.text_columns=[title]", *overrides)  # titles: 5-15 tokens
+        for name, overrides in {
+            "fixed": ["data.padding=max_length"],
+            "longest": [],
+            "buckets": ["data.bucket_by_length=true"],
+        }.items()
+    }
+    padding = {
+        name: [
+            r["speed/padding_fraction"]
+            for r in read_jsonl(d / "metrics.jsonl")
+            if "speed/padding_fraction" in r
+        ]
+        for name, (_, d) in runs.items()
+    }
+    assert all(len(p) == 1 for p in padding.values())  # one epoch, one figure
+    assert padding["fixed"][0] > padding["longest"][0] > padding["buckets"][0]
+    assert padding["fixed"][0] > 0.3 and padding["buckets"][0] < 0.1
+    fixed, longest = runs["fixed"][0]["metrics"], runs["longest"][0]["metrics"]
+    assert longest["val/loss"] == pytest.approx(fixed["val/loss"], rel=1e-5)

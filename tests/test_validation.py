@@ -285,3 +285,14 @@ def test_value_ranges_are_the_constructors_own_and_checked_before_data_loads(com
         check_train_config(compose_train("model=mlp", "model.dropout=1.5"))
     with pytest.raises(UserError, match=r"^optimizer.momentum=-1.0 is refused by torch.optim.SGD \(Invalid momentum"):
         check_train_config(compose_train("optimizer=sgd", "optimizer.momentum=-1.0"))
+
+
+def test_pad_to_multiple_of_below_1_is_refused_and_the_default_follows_compile(compose_train):
+    with pytest.raises(UserError, match=r"^data.pad_to_multiple_of=0 must be at least 1\.$"):
+        check_train_config(compose_train("data.pad_to_multiple_of=0"))
+    from seo_cli.data.batches import pad_multiple
+
+    assert pad_multiple(compose_train().data) == 1  # eager: each batch exactly its longest row
+    assert pad_multiple(compose_train().data, compiled=True) == 32  # compiled: few shapes
+    assert pad_multiple(compose_train("data.pad_to_multiple_of=8").data, compiled=True) == 8
+    assert pad_multiple(compose_train("data.padding=max_length").data) is None

@@ -68,10 +68,41 @@ class TokenPadding:
         return {"speed/padding_fraction": 1 - self.real / self.slots} if self.slots else {}
 
 
-def pad_multiple(data: Any) -> int | None:
-    """``make_batches``' ``pad_to_multiple_of`` for a data config: its multiple under padding=longest,
-    None (every batch ``max_length`` wide) under padding=max_length."""
-    return int(data.pad_to_multiple_of) if str(data.padding) == "longest" else None
+BUCKET_BATCHES = (
+    50  # batches whose rows are sorted by length together: long enough to group, short enough to mix
+)
+
+
+def bucketed(order: Tensor, lengths: Tensor, batch_size: int, generator: torch.Generator) -> Tensor:
+    """``order`` (row numbers, already shuffled) regrouped so each batch holds rows of similar length: cut
+    into chunks of ``BUCKET_BATCHES`` batches, each chunk sorted by length (stable), then the batches of
+    the whole epoch in an order drawn from ``generator``. Every row stays exactly once; the result
+    depends only on ``order`` and the generator's seed (exact resume, DDP: each rank its own rows)."""
+    chunk = batch_size * BUCKET_BATCHES
+    parts = []
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        parts.append(rows[torch.sort(lengths[rows], stable=True).indices])
+    grouped = torch.cat(parts) if parts else order
+    batches = list(torch.split(grouped, batch_size))
+    # A short last batch stays last, as in an unbucketed epoch: the same batch sizes, the same steps.
+    last = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    picked = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return torch.cat(picked + last) if picked or last else grouped
+
+
+COMPILED_MULTIPLE = 32  # under compile=true: few shapes, so few recompilations
+
+
+def pad_multiple(data: Any, compiled: bool = False) -> int | None:
+    """``make_batches``' ``pad_to_multiple_of`` for a data config: under padding=longest its
+    ``pad_to_multiple_of``, or by default 1 (32 for a compiled model); None (every batch ``max_length``
+    wide) under padding=max_length."""
+    if str(data.padding) != "longest":
+        return None
+    if data.pad_to_multiple_of is not None:
+        return int(data.pad_to_multiple_of)
+    return COMPILED_MULTIPLE if compiled else 1
 
 
 def cut_tokens(inputs: dict[str, Tensor], length: int) -> dict[str, Tensor]:
@@ -97,8 +128,10 @@ class DeviceBatches:
         shard: tuple[int, int] | None = None,
         drop_last: bool = False,
         pad_to_multiple_of: int | None = None,
+        bucket_by_length: bool = False,
     ) -> None:
         self.padding = TokenPadding(inputs["tokens"], pad_to_multiple_of) if "tokens" in inputs else None
+        self.bucket_by_length = bucket_by_length and shuffle and self.padding is not None
         self.inputs = {k: v.to(device) for k, v in inputs.items()}
         self.targets = {k: v.to(device) for k, v in targets.items()}
         self.batch_size = batch_size
@@ -135,17 +168,18 @@ class DeviceBatches:
                     {k: v[rows] for k, v in self.targets.items()},
                 )
             return
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch)
             order = torch.tensor(list(self.sampler))
         else:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.total_rows, generator=generator)
+        order = order[: self.num_rows]
+        if self.bucket_by_length:
+            order = bucketed(order, self.padding.lengths, self.batch_size, generator)
         device_order = order.to(self.device)
         for rows, index in zip(
-            torch.split(order[: self.num_rows], self.batch_size),
-            torch.split(device_order[: self.num_rows], self.batch_size),
-            strict=True,
+            torch.split(order, self.batch_size), torch.split(device_order, self.batch_size), strict=True
         ):
             yield (
                 self._cut({k: v[index] for k, v in self.inputs.items()}, rows),
@@ -184,9 +218,11 @@ class _IndexBatches(Sampler):
         seed: int,
         shard: tuple[int, int] | None = None,
         padding: TokenPadding | None = None,
+        bucket_by_length: bool = False,
     ) -> None:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.padding = padding  # counted here, in this process, as the batches are dealt
+        self.bucket_by_length = bucket_by_length and shuffle and padding is not None
         self.shard_sampler = _shard_sampler(num_rows, shard, shuffle, seed)
         self.num_rows = len(self.shard_sampler) if self.shard_sampler is not None else num_rows
 
@@ -194,15 +230,16 @@ class _IndexBatches(Sampler):
         return -(-self.num_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.shard_sampler is not None:
             self.shard_sampler.set_epoch(self.epoch)
             order = torch.tensor(list(self.shard_sampler))
         elif self.shuffle:
-            order = torch.randperm(
-                self.num_rows, generator=torch.Generator().manual_seed(self.seed + self.epoch)
-            )
+            order = torch.randperm(self.num_rows, generator=generator)
         else:
             order = torch.arange(self.num_rows)
+        if self.bucket_by_length:
+            order = bucketed(order, self.padding.lengths, self.batch_size, generator)
         for rows in torch.split(order, self.batch_size):
             if self.padding is not None:
                 self.padding.length(rows)
@@ -227,10 +264,13 @@ class StreamedBatches:
         pin_memory: bool = True,
         shard: tuple[int, int] | None = None,
         pad_to_multiple_of: int | None = None,
+        bucket_by_length: bool = False,
     ) -> None:
         self.total_rows = len(next(iter(targets.values())))  # of the split, before sharding
         self.padding = TokenPadding(inputs["tokens"], pad_to_multiple_of) if "tokens" in inputs else None
-        self.sampler = _IndexBatches(self.total_rows, batch_size, shuffle, seed, shard, self.padding)
+        self.sampler = _IndexBatches(
+            self.total_rows, batch_size, shuffle, seed, shard, self.padding, bucket_by_length
+        )
         self.loader = DataLoader(
             _RowBatches(inputs, targets, self.padding),
             sampler=self.sampler,
@@ -269,12 +309,14 @@ def make_batches(
     pin_memory: bool = True,
     shard: tuple[int, int] | None = None,
     pad_to_multiple_of: int | None = None,
+    bucket_by_length: bool = False,
 ) -> "DeviceBatches | StreamedBatches":
     """Batches of one split, placed by ``placement``: device | stream | auto (the device when it fits).
 
     ``shard``: (rank, world size) under DDP: this rank's share of the rows.
     ``pad_to_multiple_of``: cut each batch's tokens to its longest row rounded up to this; None: keep
-    every batch at the stored ``max_length``.
+    every batch at the stored ``max_length``. ``bucket_by_length``: shuffled batches group rows of
+    similar length (``bucketed``).
     """
     if placement == "auto":
         placement = "device" if fits_on_device([inputs, targets], device) else "stream"
@@ -288,6 +330,7 @@ def make_batches(
             seed=seed,
             shard=shard,
             pad_to_multiple_of=pad_to_multiple_of,
+            bucket_by_length=bucket_by_length,
         )
     return StreamedBatches(
         inputs,
@@ -299,6 +342,7 @@ def make_batches(
         pin_memory=pin_memory,
         shard=shard,
         pad_to_multiple_of=pad_to_multiple_of,
+        bucket_by_length=bucket_by_length,
     )
 
 

@@ -746,6 +746,13 @@ CASES = [
         frozenset({"seo-eval", "resume=PATH"}),
         {"resume=PATH": "data.source"},
     ),
+    Case(
+        4,
+        "pad-to-multiple-of-0",  # batches are cut to multiples of it
+        config(lambda c, x: c["data"].update(pad_to_multiple_of=0)),
+        "data.pad_to_multiple_of",
+        SCORES,
+    ),
     Case(4, "yaml-billion-laughs", config_text(billion_laughs), "anchors or aliases", BUILDS),
     Case(4, "interpolation-chain-2e12-characters", config_text(interpolation_chain), "interpolation", BUILDS),
     Case(
