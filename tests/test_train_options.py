@@ -246,7 +246,8 @@ def test_padding_and_length_buckets_cut_the_padding_trained_on_not_the_results(t
     bucket_by_length groups similar lengths. Padding is masked, so the model learns the same (the losses
     agree to float rounding), and the share of padding logged per epoch falls."""
     runs = {
-        name: train_run("model=textcnn", "data.text_columns=[title]", *overrides)  # titles: 5-15 tokens
+        # Titles: 5-15 tokens. On the CPU: a GPU picks other kernels for other shapes (rounding differs more).
+        name: train_run("model=textcnn", "data.text_columns=[title]", "device=cpu", *overrides)
         for name, overrides in {
             "fixed": ["data.padding=max_length"],
             "longest": [],
