@@ -547,6 +547,8 @@ def describe(frame: pd.DataFrame, truth: dict[str, np.ndarray], csv: Path, train
 
 
 def main() -> None:
+    import seo_cli
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=32_000, help="headlines in the CSV (70%% train)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; each figure the median")
@@ -663,6 +665,7 @@ def main() -> None:
             **{p: version(p) for p in ("seo-cli", "torch", "tokenizers", "pandas")},
         },
         "git": git_revision(),
+        "seo_cli_imported_from": str(Path(seo_cli.__file__).resolve().parent),  # the children import the same
         "rows": args.rows,
         "epochs": args.epochs,
         "repeats": args.repeats,
