@@ -54,7 +54,8 @@ Workloads (fixed, so results compare across versions):
 
 Targets (reported as pass / miss, or n/a where this run cannot tell): W1 on a GPU, (d) at least
 2x (c)'s steps/s and ``d+cuda_graphs`` at least 2,000 steps/s; W2 on a GPU, ``d+compile`` at least
-1.6x (c)'s tokens/s and at least 30% MFU; W1 on the CPU, (d) at least 1.3x (a); W3 ``--help``
+1.6x (c)'s tokens/s and at least 30% MFU; W1 on the CPU, (d) at least 1.8x (a) (``d+foreach``: the
+same run with ``optimizer.fused=false``, the default before fused became the CPU's too); W3 ``--help``
 under 2 s and ``debug=smoke`` under 15 s (for a 2-core CPU). ``--quick`` sizes are not the fixed
 workloads, so only W3 is judged there.
 
@@ -197,6 +198,8 @@ VARIANTS: dict[str, list[Variant]] = {
         Variant("b", "b"),
         Variant("c", "c"),
         Variant("d", "d"),
+        # The optimizer kernel before fused became the CPU's default too (issue 19): the same run, foreach.
+        Variant("d+foreach", "d", overrides=("optimizer.fused=false",)),
         Variant("d+cuda_graphs", "d", overrides=("trainer.cuda_graphs=true",)),
     ],
     "w2": [
@@ -725,11 +728,11 @@ GOALS = [
     ),
     Goal("W2 GPU: d+compile MFU >= 30%", "w2", "cuda", lambda r: _value(r, "w2", "d+compile", "mfu"), 0.30),
     Goal(
-        "W1 CPU: d steps/s >= 1.3x the minimal loop's",
+        "W1 CPU: d steps/s >= 1.8x the minimal loop's",
         "w1",
         "cpu",
         lambda r: _ratio(r, "w1", "d", "a", "steps_per_second"),
-        1.3,
+        1.8,
     ),
     Goal("W3: seo-train --help < 2 s", "w3", None, lambda r: _value(r, "w3", "help", "seconds"), 2.0, False),
     Goal(

@@ -150,8 +150,8 @@ def build_model(
     loss_fn = build(cfg.loss, "loss", allowed, targets=targets_of(data.config), class_counts=data.class_counts).to(device)
     log.info("Instantiating optimizer <%s>", cfg.optimizer._target_)
     kernel = {}
-    if "fused" in cfg.optimizer and cfg.optimizer.fused is None and device.type == "cuda":
-        kernel["fused"] = True  # fused: null becomes the fused kernel on CUDA
+    if "fused" in cfg.optimizer and cfg.optimizer.fused is None and device.type in ("cuda", "cpu"):
+        kernel["fused"] = True  # fused: null becomes the fused kernel on CUDA and the CPU (torch >= 2.4)
     if cfg.trainer.cuda_graphs:
         kernel["capturable"] = True  # torch's capture check asks for it, fused or not
     optimizer = build(cfg.optimizer, "optimizer", allowed, params=model.parameters(), **kernel)

@@ -43,8 +43,16 @@ def test_each_optimizer_trains_with_its_own_state(train_run, option, state_key):
     summary, run_dir = train_run(f"optimizer={option}", "learning_rate=1e-2", "scheduler=none")
     param_state = next(iter(_state(run_dir)["optimizer"]["state"].values()))
     assert state_key in param_state
+    # optimizer.fused=null: the fused kernel on the CPU too, for the optimizers that have one
+    assert _state(run_dir)["optimizer"]["param_groups"][0].get("fused") is (True if option != "rmsprop" else None)
     assert _state(run_dir)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2)
     assert math.isfinite(summary["metrics"]["val/loss"])
+
+
+def test_optimizer_fused_false_keeps_the_foreach_kernel(train_run):
+    _, run_dir = train_run("optimizer=adamw", "optimizer.fused=false")
+    group = _state(run_dir)["optimizer"]["param_groups"][0]
+    assert group["fused"] is False and group["foreach"] in (None, True)
 
 
 def _lrs(run_dir):
