@@ -40,7 +40,6 @@ the load average is recorded, and a warning printed when it is high.
 """
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine import cpu_model, git_revision, version
 from rich.console import Console
 from rich.table import Table
 
@@ -236,36 +236,10 @@ def ratios(results: dict) -> dict:
     }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
-def git_revision() -> str | None:
-    """The checkout's commit, with ``+dirty`` when the working tree differs from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty.strip() else "")
 
 
 def table(results: dict, rows: int, small_rows: int, repeats: int) -> Table:

@@ -88,6 +88,7 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
+from machine import git_revision
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
@@ -847,19 +848,6 @@ def targets_table(verdicts: list[dict]) -> Table:
     return table
 
 
-def git_revision() -> str | None:
-    """The checkout's commit, with ``+dirty`` when the working tree differs from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty.strip() else "")
 
 
 @contextlib.contextmanager
