@@ -63,7 +63,6 @@ spread of the repeats if larger); padding fraction of (c) under 10%. Prints a ta
 """
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import math
@@ -80,6 +79,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine import cpu_model, git_revision, version
 from rich.console import Console
 from rich.table import Table
 
@@ -482,38 +482,6 @@ def table(results: dict, args: argparse.Namespace, rows: int) -> Table:
                 end_section=variant == list(VARIANTS)[-1],
             )
     return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def git_revision() -> str | None:
-    """The checkout's commit, with ``+dirty`` when the working tree differs from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty.strip() else "")
 
 
 def describe(frame: pd.DataFrame, truth: dict[str, np.ndarray], csv: Path, train_fraction: float) -> dict:
