@@ -7,17 +7,23 @@ and with length buckets, per model, on the CPU.
     python benchmarks/short_text.py --models transformer --repeats 3
 
 The rows (:func:`generate_headlines`, seeded, written once as CSV to a temporary directory): a
-headline of 5-20 words (a triangular count peaking at 9) and a binary label ``clickbait``. Each
-headline has a latent class y ~ Bernoulli(0.5); its frame (an opening phrase, and usually a closing
-one) comes from class y's frame list with probability 1 - ``FRAME_NOISE`` = 0.85, else from the other
-class's (clickbait: "you won't believe ...", "17 reasons why ...", "... and the internet is losing it";
-news: "... approves budget for 2024", "... says report", "shares fall 12% after ..."); the words between
-are content words drawn from a Zipf law over a few thousand seeded pseudo-words (and a few dozen
-real ones), a quarter of them function words (the, of, in, ...), all independent of y; the label is y. So the frame is the only signal and the best possible
-accuracy is about 0.85 (``label_agrees_with_frame`` in the JSON: the share of validation-size rows
-whose label equals the frame's class, what a classifier that reads the frame perfectly would score).
-Punctuation (``won't``, ``?``, ``!``, ``:``, ``%``) and the long tail of rare words make seo-train's
-BPE tokenizer (``data.vocab_size`` 8,000) cut about 1.1 tokens per word (measured and reported).
+headline of 5-20 words (a triangular count peaking at 9) and a binary label ``clickbait`` = y ~
+Bernoulli(0.5). Two signals:
+
+- the frame (an opening phrase, and in 70% of rows a closing one) comes from class y's list with
+  probability 1 - ``FRAME_NOISE`` = 0.85, else from the other class's (clickbait: "you won't believe
+  ...", "17 reasons why ...", "... and the internet is losing it"; news: "... approves budget for
+  2024", "... says report", "shares fall 12% after ..."): reading it alone scores 0.85
+  (``label_agrees_with_frame`` in the JSON);
+- the words between: a quarter function words (the, of, in, ...), the rest content words from a Zipf
+  law over 6,000 seeded pseudo-words and a few dozen real ones, of which 20% (``LEAN_RATE``) come
+  from y's own list of 300 "leaning" words (drawn from Zipf ranks 30-3,000).
+
+The Bayes classifier (which knows the process) scores about 0.90 (``bayes_accuracy``); one epoch of
+either model reads the frame and few of the leaning words, about 0.85. Punctuation (``won't``,
+``?``, ``!``, ``:``, ``%``) and the long tail of rare words make seo-train's BPE tokenizer
+(``data.vocab_size`` 8,000) cut about 1.1 tokens per word, 12.4 tokens a headline (p99 22, at most
+29; measured and reported).
 
 Runs, each ``seo-train`` as its own subprocess (the console script of this interpreter's environment),
 ``--epochs`` epochs (default 1), ``device=cpu logger=none``, the models' default configs, ``batch_size``
@@ -56,9 +62,11 @@ Per run:
   ``--settle-s``); the disturbed runs stay in the JSON (``disturbed_runs``) but not in the medians
   (a run still disturbed after the last retry is kept, with ``"disturbed": true``).
 
-Targets of the issue, judged per model: (b) or (c) at least 5x fixed's epoch speed; val accuracy the
-same within noise (|difference| at most 2 binomial standard errors of the validation split, or of the
-spread of the repeats if larger); padding fraction of (c) under 10%. Prints a table and writes
+Targets of the issue, judged per model: (b) or (c) at least 5x fixed's epoch speed (the ratio of
+the medians); val accuracy the same within noise (|median difference| at most 2 x the larger of the
+standard error of a difference of two accuracies on the validation split, sqrt(2 p (1 - p) / n), and
+the standard deviation of either variant's accuracies over the rounds); padding fraction of (c)
+under 10%. Prints a table and writes
 ``benchmarks/results/short_text_cpu.json``.
 """
 
