@@ -2,6 +2,7 @@
 Imported by the scripts in this folder (``python benchmarks/<script>.py`` puts the folder on the path)."""
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -39,3 +40,13 @@ def git_revision() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+dirty" if dirty.strip() else "")
+
+
+def machine() -> dict:
+    """The ``machine`` entry of a result: CPU, cores, platform and the thread-count variables set."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+    }

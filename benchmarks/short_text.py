@@ -87,7 +87,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from machine import cpu_model, git_revision, version
+from machine import git_revision, machine, version
 from rich.console import Console
 from rich.table import Table
 
@@ -627,14 +627,7 @@ def main() -> None:
         "benchmark": "seo-train epoch time on short text, fixed padding to 128 vs longest vs length buckets (issue 19); "
         "see the module docstring",
         "command": " ".join(["python", "benchmarks/short_text.py", *sys.argv[1:]]),
-        "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "threads_env": {
-                k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
-            },
-        },
+        "machine": machine(),
         "load_average": {"before": load_before, "after": os.getloadavg()[0]},
         "versions": {
             "python": platform.python_version(),
