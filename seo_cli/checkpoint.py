@@ -319,16 +319,17 @@ class CheckpointManager:
         )
 
     def save_epoch(
-        self, state: dict[str, Any], *, epoch: int, monitor: str, value: float, improved: bool
+        self, state: dict[str, Any], *, epoch: int, monitor: str, value: float, improved: bool, numbered: bool = True
     ) -> tuple[Path | None, Path | None]:
-        """Write the files due after ``epoch`` (1-based); returns (best.pt if written, last.pt if written).
+        """Write the files due after a validation at the end of ``epoch`` (1-based); returns (best.pt if
+        written, last.pt if written). ``numbered=False`` (a validation inside an epoch): no numbered file.
 
         Order matters for a kill at any point: new files first, then deletions, then ``last.pt``, the
         file a resume starts from, so a resumed run redoes the epoch and rewrites the same files.
         """
         best = last = None
         evicted: list[dict[str, Any]] = []
-        if self.save_top_k != 0 and epoch % self.every_n_epochs == 0 and not math.isnan(value):
+        if numbered and self.save_top_k != 0 and epoch % self.every_n_epochs == 0 and not math.isnan(value):
             entry = {"name": numbered_name(epoch, monitor, value), "value": value, "epoch": epoch}
             self.numbered.append(entry)
             evicted = self._evictions()
@@ -802,6 +803,7 @@ POSITION = {  # trainer.LoopState's fields (a test keeps the two lists equal)
     "history": HISTORY,
     "best_value": NUMBER,
     "best_epoch": COUNT,
+    "best_step": COUNT,
     "best_metrics": METRICS,
     "micro_splits": _rule(
         lambda v: _is_int(v, 1, 2**30) and v & (v - 1) == 0, "a power of two from 1 to 2**30"

@@ -175,6 +175,7 @@ class TrainerConfig:
     precision: str = "32"  # 32 | bf16 | fp16
     seed: int = 0  # re-seeds the ranks of a DDP run resumed on a different number of processes
     log_every_n_steps: int = 50
+    val_check_interval: Optional[int] = None  # also validate every n optimizer steps inside an epoch
     monitor: str = "val/loss"  # metric that picks best.pt, e.g. val/intent/accuracy
     mode: Mode = Mode.min
     progress: Progress = Progress.auto
@@ -186,7 +187,7 @@ class TrainerConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     overfit_batches: int = 0  # >0: train and validate on these first training batches only (debug=overfit)
     profile: bool = False  # trace optimizer steps 3-5 with torch.profiler into <run dir>/profile (debug=profile)
-    cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (static shapes; CUDA only)
+    cuda_graphs: bool = False  # capture the whole training step in a CUDA graph per batch shape (CUDA only)
 
 
 @dataclass

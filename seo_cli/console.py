@@ -82,17 +82,21 @@ class TrainProgress:
                 status,
             )
 
-    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def validated(self, epoch: int, metrics: dict[str, float], step: int | None = None) -> None:
+        """A validation's metrics: at the epoch's end, or at optimizer ``step`` inside it."""
         shown = {k: v for k, v in metrics.items() if k.count("/") <= 1 or k.endswith(("/accuracy", "/r2"))}
+        where = "done" if step is None else f"step {step}"
         if self.bars is not None:
-            self.bars.update(self.task, completed=self.steps_per_epoch or 0)
+            if step is None:
+                self.bars.update(self.task, completed=self.steps_per_epoch or 0)
             if self.bars.console.is_terminal:  # a live display: the table goes above the bars
-                self.bars.console.print(epoch_table(epoch, self.epochs, metrics))
+                self.bars.console.print(epoch_table(epoch, self.epochs, metrics, step))
                 return
         log.info(
-            "epoch %d/%d done  %s",
+            "epoch %d/%d %s  %s",
             epoch + 1,
             self.epochs,
+            where,
             "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()),
         )
 
@@ -101,14 +105,14 @@ class TrainProgress:
             self.bars.stop()
 
 
-def epoch_table(epoch: int, epochs: int, metrics: dict[str, float]) -> Table:
+def epoch_table(epoch: int, epochs: int, metrics: dict[str, float], step: int | None = None) -> Table:
     """Train and validation side by side: the losses, and each target's accuracy or R^2."""
     rows: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         split, _, name = key.partition("/")
         if split in ("train", "val") and (name == "loss" or name.endswith(("/loss", "/accuracy", "/r2"))):
             rows.setdefault(name, {})[split] = value
-    table = Table(title=f"epoch {epoch + 1}/{epochs}")
+    table = Table(title=f"epoch {epoch + 1}/{epochs}" + (f", step {step}" if step is not None else ""))
     for column in ("metric", "train", "val"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, values in rows.items():

@@ -2,14 +2,15 @@
 captured once in a CUDA graph and replayed from then on: one launch per step instead of hundreds, and
 no Python between the kernels.
 
-A batch of another shape than the captured one (an epoch's short last batch) takes the eager path. The
-learning rate becomes a device tensor the scheduler fills in place. Capture needs warm-up steps on a
-side stream; they run on the first batch and are then undone in place (weights, optimizer state and the
-CUDA generator put back), so the run trains on its own steps only.
+Each shape of batch (a length bucket, an epoch's short last batch) gets its own graph, captured the
+first time it comes, up to MAX_GRAPHS. The learning rate becomes a device tensor the scheduler fills in
+place. Capture needs warm-up steps on a side stream; they run on the batch and are then undone in place
+(weights, optimizer state and the CUDA generator put back), so the run trains on its own steps only.
 """
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,11 +24,30 @@ from seo_cli.runtime import autocast
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3
+MAX_GRAPHS = 32  # captured shapes; a run with more (lengths not padded to a multiple) steps the rest eagerly
+
+
+@dataclass
+class Captured:
+    """One captured step: the graph, the static tensors it reads (a window's inputs and labels are copied
+    in) and writes (the step's mean loss and the pre-clip gradient norm)."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: Batch
+    labels: Batch
+    rows: int
+    loss: Tensor
+    norm: Tensor | None
 
 
 class StepGraph:
-    """Replays the captured step for windows of the captured shapes; ``replay`` answers None otherwise,
-    and always when ``enabled`` is false, so the loop calls it unconditionally."""
+    """Replays a captured step for each window, capturing one graph per shape of window it meets (a
+    bucket length, the epoch's short last batch); ``replay`` answers None where the eager step must run,
+    and always when ``enabled`` is false, so the loop calls it unconditionally.
+
+    Under ``compile=true`` the compiled model runs inside the captured step: the warm-up steps compile it
+    for the new shape, and the graph then replays its kernels with the backward and the optimizer step.
+    """
 
     def __init__(
         self,
@@ -40,45 +60,57 @@ class StepGraph:
     ) -> None:
         self.enabled, self.model, self.loss_fn, self.optimizer = enabled, model, loss_fn, optimizer
         self.precision, self.clip = precision, clip
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphs: dict[tuple, Captured] = {}
+        self.warned = False  # about a shape beyond MAX_GRAPHS
 
     def replay(self, window: list[tuple[Batch, Batch]]) -> tuple[Tensor, int, Tensor | None] | None:
         """One training step on ``window``: (the sum of its row losses, its rows, the pre-clip norm), or
         None where the eager step must run instead."""
         if not self.enabled or len(window) != 1:
             return None
-        if self.graph is None:
-            self._capture(window)
-        if _shapes(window) != self.shapes:
+        shapes = _shapes(window)
+        step = self.graphs.get(shapes)
+        if step is None and len(self.graphs) < MAX_GRAPHS:
+            step = self.graphs[shapes] = self._capture(window)
+        if step is None:
+            if not self.warned:
+                log.warning(
+                    "trainer.cuda_graphs: %d shapes of batch captured; further shapes train without a graph "
+                    "(set data.pad_to_multiple_of to keep the number of lengths small).",
+                    MAX_GRAPHS,
+                )
+                self.warned = True
             # The last replay's gradients must not add to the eager step's (a replay assigns them afresh).
             self.optimizer.zero_grad(set_to_none=True)
             return None
         inputs, labels = window[0]
-        pytree.tree_map(lambda static, new: static.copy_(new, non_blocking=True), self.inputs, move_to(inputs, self.device))
-        pytree.tree_map(lambda static, new: static.copy_(new, non_blocking=True), self.labels, move_to(labels, self.device))
-        self.graph.replay()
-        return self.loss * self.rows, self.rows, None if self.norm is None else self.norm.clone()
+        device = step.loss.device
+        pytree.tree_map(lambda static, new: static.copy_(new, non_blocking=True), step.inputs, move_to(inputs, device))
+        pytree.tree_map(lambda static, new: static.copy_(new, non_blocking=True), step.labels, move_to(labels, device))
+        step.graph.replay()
+        return step.loss * step.rows, step.rows, None if step.norm is None else step.norm.clone()
 
-    def _step(self) -> tuple[Tensor, Tensor | None]:
-        with autocast(self.device, self.precision):
-            loss = self.loss_fn(self.model(self.inputs), self.labels)
+    def _step(self, inputs: Batch, labels: Batch, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        with autocast(device, self.precision):
+            loss = self.loss_fn(self.model(inputs), labels)
         loss.backward()
         norm = self.clip()
         self.optimizer.step()
         return loss.detach().float(), norm
 
-    def _capture(self, window: list[tuple[Batch, Batch]]) -> None:
-        """Raises:
-        UserError: the step could not be captured (a host sync inside the model or the loss).
+    def _capture(self, window: list[tuple[Batch, Batch]]) -> Captured:
+        """Capture the step for ``window``'s shapes after warm-up steps on it, which are then undone.
+
+        Raises:
+            UserError: the step could not be captured (a host sync inside the model or the loss).
         """
         model, optimizer = self.model, self.optimizer
-        device = self.device = next(model.parameters()).device
+        device = next(model.parameters()).device
         inputs, labels = window[0]
-        self.shapes, self.rows = _shapes(window), batch_size_of(labels)
-        self.inputs = pytree.tree_map(torch.clone, move_to(inputs, device))
-        self.labels = pytree.tree_map(torch.clone, move_to(labels, device))
+        inputs, labels = pytree.tree_map(torch.clone, move_to(inputs, device)), pytree.tree_map(torch.clone, move_to(labels, device))
         for group in optimizer.param_groups:
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            if not isinstance(group["lr"], Tensor):  # the graphs captured so far read this very tensor
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
         params = [p for p in model.parameters() if p.requires_grad]
         saved_params = [p.detach().clone() for p in params]
         saved_state = {
@@ -87,18 +119,18 @@ class StepGraph:
             if p in optimizer.state
         }
         rng = torch.cuda.get_rng_state(device)
+        graph = torch.cuda.CUDAGraph()
         try:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):
                     optimizer.zero_grad(set_to_none=True)
-                    self._step()
+                    self._step(inputs, labels, device)
             torch.cuda.current_stream(device).wait_stream(side)
             optimizer.zero_grad(set_to_none=True)  # captured with no gradients: each replay assigns them
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.loss, self.norm = self._step()
+            with torch.cuda.graph(graph):
+                loss, norm = self._step(inputs, labels, device)
         except RuntimeError as err:
             raise UserError(
                 f"trainer.cuda_graphs=true could not capture the training step ({str(err).strip().splitlines()[0][:160]}); "
@@ -112,7 +144,14 @@ class StepGraph:
                     if isinstance(value, Tensor):  # state the warm-up created starts from zero, as it would have
                         value.copy_(saved_state[param][key]) if param in saved_state else value.zero_()
         torch.cuda.set_rng_state(rng, device)
-        log.info("trainer.cuda_graphs: the training step is captured for batches of %d rows.", self.rows)
+        rows = batch_size_of(labels)
+        log.info(
+            "trainer.cuda_graphs: the training step is captured for batches of %d rows%s (graph %d).",
+            rows,
+            f" x {inputs['tokens'].shape[1]} tokens" if isinstance(inputs, dict) and "tokens" in inputs else "",
+            len(self.graphs) + 1,
+        )
+        return Captured(graph, inputs, labels, rows, loss, norm)
 
 
 def _shapes(window: list) -> tuple:

@@ -175,13 +175,10 @@ def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> 
         "num_workers": cfg.data.num_workers,
         "pin_memory": cfg.data.pin_memory,
         "shard": (distributed.rank(), distributed.world_size()) if distributed.enabled() else None,
-        "pad_to_multiple_of": pad_multiple(cfg.data, compiled=cfg.compile),
+        # Compiled code and captured graphs are specialised to shapes: lengths padded to a multiple of 32.
+        "pad_to_multiple_of": pad_multiple(cfg.data, compiled=cfg.compile or cfg.trainer.cuda_graphs),
         "bucket_by_length": cfg.data.bucket_by_length,  # shuffled (training) batches only
     }
-    if cfg.trainer.cuda_graphs and loading["pad_to_multiple_of"]:
-        # A captured graph replays one shape: every batch stays data.max_length wide.
-        log.info("trainer.cuda_graphs: batches are padded to data.max_length, not to their longest row.")
-        loading["pad_to_multiple_of"] = None
     if cfg.trainer.overfit_batches:
         rows = cfg.trainer.overfit_batches * cfg.batch_size
         first = splits["train"].head(rows)
@@ -323,7 +320,10 @@ def best_checkpoint(result: FitResult, resume_path: Path | None) -> Path:
     if result.best_checkpoint is not None or resume_path is None:
         return result.best_checkpoint
     best = resume_path.parent / "best.pt"
-    if not best.exists() or load_checkpoint(best)["epoch"] != result.best_epoch:
+    if not best.exists():
+        return resume_path
+    saved = load_checkpoint(best)  # the best validation's step (its epoch, for a checkpoint older than best_step)
+    if (saved["global_step"] != result.best_step) if result.best_step else (saved["epoch"] != result.best_epoch):
         return resume_path
     return best
 
@@ -349,7 +349,7 @@ def summarize(
         "objective": cfg.objective,
         "objective_value": objective_value,
         "best_epoch": result.best_epoch,
-        "epochs_trained": len(result.history),
+        "epochs_trained": result.epochs_trained,
         "stopped_early": result.stopped_early,
         "global_step": result.global_step,
         "micro_batch_size": -(-cfg.batch_size // result.micro_batch_splits),
@@ -381,7 +381,7 @@ def report(cfg: DictConfig, result: FitResult, summary: dict) -> None:
     )
     status = "pruned by the tuner" if result.pruned else "stopped early" if result.stopped_early else "done"
     best = summary["best_checkpoint"]
-    print_table(run_panel(result.best_epoch, len(result.history), cfg.trainer.monitor, result.best_value, best, status))
+    print_table(run_panel(result.best_epoch, result.epochs_trained, cfg.trainer.monitor, result.best_value, best, status))
     log.info("Best checkpoint: %s", best)
     log.info("Evaluate it with: seo-eval checkpoint=%s", best)
 

@@ -73,7 +73,8 @@ class LoopState:
     window_grad_norms: list[float] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     best_value: float = math.nan
-    best_epoch: int = 0  # 0: no best yet
+    best_epoch: int = 0  # the 1-based epoch of the best validation; 0: no best yet
+    best_step: int = 0  # the optimizer step of the best validation
     best_metrics: dict[str, float] = field(default_factory=dict)
     micro_splits: int = 1  # each batch is cut in this many micro-batches (grows on CUDA out-of-memory)
     fp16_skipped_steps: int = 0
@@ -87,14 +88,21 @@ class LoopState:
         for key, value in state.items():
             setattr(self, key, value)
 
-    def record_epoch(self, metrics: dict[str, float], monitored: float, mode: str) -> bool:
-        """Close the epoch just trained; True when it is the best so far (the first always is, so
-        best.pt always exists)."""
+    def end_epoch(self) -> None:
         self.epoch, self.batches_done, self.epoch_loss, self.epoch_rows = self.epoch + 1, 0, 0.0, 0
+
+    def epoch_number(self) -> int:
+        """The 1-based epoch the loop is inside, or has just ended."""
+        return self.epoch + (self.batches_done > 0)
+
+    def record_validation(self, metrics: dict[str, float], monitored: float, mode: str) -> bool:
+        """Add a validation to the history; True when it is the best so far (the first always is, so
+        best.pt always exists)."""
         self.history.append(metrics)
         improved = self.best_epoch == 0 or improves(monitored, self.best_value, mode)
         if improved:
-            self.best_value, self.best_epoch, self.best_metrics = monitored, self.epoch, metrics
+            self.best_value, self.best_metrics = monitored, metrics
+            self.best_epoch, self.best_step = self.epoch_number(), self.global_step
         return improved
 
     def count_fp16_skip(self, skipped: bool) -> None:
@@ -113,12 +121,14 @@ class LoopState:
 
 @dataclass
 class FitResult:
-    history: list[dict[str, float]]
+    history: list[dict[str, float]]  # one entry per validation: each epoch's end, and every val_check_interval steps
     best_epoch: int
     best_value: float
     best_metrics: dict[str, float]
     global_step: int
     samples_per_second: float
+    best_step: int = 0
+    epochs_trained: int = 0
     best_checkpoint: Path | None = None
     last_checkpoint: Path | None = None
     stopped_early: bool = False
@@ -143,7 +153,8 @@ def fit(
     peak_flops: float | None = None,
     profile_dir: Path | None = None,
 ) -> FitResult:
-    """Train ``model`` for ``config.epochs`` epochs, validating after each.
+    """Train ``model`` for ``config.epochs`` epochs, validating after each (and every
+    ``config.val_check_interval`` optimizer steps, if set).
 
     Args:
         train_batches: re-iterable ``(inputs, targets)`` batches; ``set_epoch(epoch)`` is called if it has one.
@@ -156,7 +167,7 @@ def fit(
         TrainingInterrupted: SIGTERM or SIGINT; ``last.pt`` was written first.
     """
     device, accumulate = next(model.parameters()).device, config.accumulate_grad_batches
-    num_batches, loop, sink, pruned = count_batches(train_batches), LoopState(), sink or MetricsSink(None), False
+    num_batches, loop, sink = count_batches(train_batches), LoopState(), sink or MetricsSink(None)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")  # a no-op unless fp16
     ema = averaged(model, config.ema.decay)  # None unless trainer.ema.decay
     run = RunState(model, optimizer, scheduler, scaler, loop, checkpoints, early_stopping(config), ema)
@@ -166,6 +177,7 @@ def fit(
     graph = StepGraph(config.cuda_graphs, model, loss_fn, optimizer, config.precision, clip)
     window, clock = LossWindow(config, loop, device, run), RunClock(distributed.world_size())
     progress = TrainProgress(config.progress, config.epochs, -(-num_batches // accumulate))
+    check = ValidationCheck(run, validate, config, sink, progress, trial)
     with stop_on_signals() as signals, profiler(profile_dir) as profiling, progress:
         for epoch in range(loop.epoch, loop.epoch if run.finished() else config.epochs):
             model.train()
@@ -202,30 +214,24 @@ def fit(
                     sink.log(values, loop.global_step)
                     progress.update(epoch, -(-loop.batches_done // accumulate), values)
                 mid_epoch = loop.batches_done < num_batches or not num_batches
+                if mid_epoch and check.due(loop.global_step):  # trainer.val_check_interval: validate inside the epoch
+                    window.sync()
+                    if check(run.epoch_so_far(epoch, epoch_loss, num_batches), epoch_loss, signals):
+                        break
                 if signals or (run.wants_step_save() and mid_epoch):
                     window.sync()
                     run.save_last(epoch_loss, collective=not signals)
                     if signals:
                         raise TrainingInterrupted(signals[0], loop.global_step, run.last_saved)
-
+            if check.stopped:  # early stopping or the tuner, at a validation inside the epoch
+                break
             window.sync()  # .item() waits for the device's queued work, so the epoch's time includes it
             metrics = {"epoch": float(epoch + 1), **run.epoch_train_loss(epoch_loss)}
             metrics |= clock.end_epoch(train_batches) | memory.read()
-            run.check_weights()  # a last step that overflowed the weights stops here, not in the metrics
-            metrics |= validated(validate, ema.module if ema is not None else model, loop.global_step)
-            if isinstance(scheduler, ReduceLROnPlateau):
-                scheduler.step(metric(metrics, getattr(scheduler, "monitor", None) or config.monitor))
-            improved = loop.record_epoch(metrics, metric(metrics, config.monitor), config.mode)
-            sink.log(metrics, loop.global_step)
-            progress.end_epoch(epoch, metrics)
-            stopping = run.stops_early(metrics)
-            run.save_epoch(metrics, config.monitor, improved, interrupted=bool(signals))
-            if signals:
-                raise TrainingInterrupted(signals[0], loop.global_step, run.last_saved)
-            pruned = should_prune(trial, loop.epoch, metrics)
-            if pruned or stopping:
+            loop.end_epoch()
+            if check(metrics, epoch_loss, signals):
                 break
-    return run.result(clock.samples_per_second(), pruned)
+    return run.result(clock.samples_per_second(), check.pruned)
 
 
 class RunState:
@@ -249,6 +255,7 @@ class RunState:
         self.ddp = ddp_of(model) is not None
         self.last_saved: Path | None = None  # the last.pt this run wrote or resumed from
         self.best_saved: Path | None = None
+        self.saved_step = -1  # the optimizer step of the last validation's checkpoint files
 
     def state_dict(self, epoch_loss: Tensor, collective: bool = True) -> dict[str, Any]:
         """``collective``: every rank is here (not a signal, which one rank may see first)."""
@@ -286,6 +293,11 @@ class RunState:
             distributed.all_reduce_sum(rows)
         return {"epoch_loss": loss.item(), "epoch_rows": int(rows.item())}
 
+    def epoch_so_far(self, epoch: int, epoch_loss: Tensor, num_batches: int) -> dict[str, float]:
+        """The (0-based) ``epoch``'s progress as a fractional epoch, and its training loss so far."""
+        done = self.loop.batches_done / num_batches if num_batches else 0.0
+        return {"epoch": epoch + done, **self.epoch_train_loss(epoch_loss)}
+
     def epoch_train_loss(self, epoch_loss: Tensor) -> dict[str, float]:
         totals = self.epoch_partial(epoch_loss)  # under DDP: summed over the ranks
         return {"train/loss": totals["epoch_loss"] / max(totals["epoch_rows"], 1)}
@@ -309,18 +321,19 @@ class RunState:
             self.check_weights()
             self.last_saved = self.checkpoints.save("last.pt", self.state_dict(epoch_loss, collective))
 
-    def save_epoch(self, metrics: dict[str, float], monitor: str, improved: bool, interrupted: bool) -> None:
-        """The files due after the epoch just recorded; under a signal last.pt even with save_best_only."""
+    def save_validation(self, value: float, monitor: str, improved: bool, epoch_loss: Tensor, interrupted: bool) -> None:
+        """The files due after the validation just recorded (no numbered files inside an epoch); under a
+        signal last.pt even with save_best_only."""
         if self.checkpoints is None:
             return
-        self.check_weights()
-        state = self.state_dict(torch.zeros(()))
+        state, loop = self.state_dict(epoch_loss), self.loop
+        self.saved_step = loop.global_step
         best, last = self.checkpoints.save_epoch(
-            state, epoch=self.loop.epoch, monitor=monitor, value=metrics[monitor], improved=improved
+            state, epoch=loop.epoch, monitor=monitor, value=value, improved=improved, numbered=not loop.batches_done
         )
         self.best_saved, self.last_saved = best or self.best_saved, last or self.last_saved
         if interrupted and self.checkpoints.save_best_only:
-            self.last_saved = self.checkpoints.save("last.pt", self.state_dict(torch.zeros(()), collective=False))
+            self.last_saved = self.checkpoints.save("last.pt", self.state_dict(epoch_loss, collective=False))
 
     def result(self, samples_per_second: float, pruned: bool) -> FitResult:
         loop = self.loop
@@ -331,6 +344,8 @@ class RunState:
             best_metrics=loop.best_metrics,
             global_step=loop.global_step,
             samples_per_second=samples_per_second,
+            best_step=loop.best_step,
+            epochs_trained=loop.epoch,
             best_checkpoint=self.best_path(),
             last_checkpoint=self.last_saved,
             stopped_early=self.early_stop is not None and self.early_stop.stopped_epoch > 0,
@@ -341,16 +356,17 @@ class RunState:
 
     def wants_step_save(self) -> bool:
         """last.pt is due at this optimizer step (trainer.checkpoint.every_n_steps)."""
-        return self.checkpoints is not None and self.checkpoints.wants_step_save(self.loop.global_step)
+        step = self.loop.global_step
+        return self.checkpoints is not None and self.checkpoints.wants_step_save(step) and self.saved_step != step
 
     def stops_early(self, metrics: dict[str, float]) -> bool:
-        """Tell early stopping the epoch just recorded; True (and a log line) when the run should stop."""
+        """Tell early stopping the validation just recorded; True (and a log line) when the run should stop."""
         stop = self.early_stop
-        if stop is None or not stop.update(metric(metrics, stop.monitor), self.loop.epoch):
+        if stop is None or not stop.update(metric(metrics, stop.monitor), self.loop.epoch_number()):
             return False
         log.info(
-            "Early stopping after epoch %d: %s has not improved by more than %g for %d epochs (best %.6g).",
-            self.loop.epoch,
+            "Early stopping in epoch %d: %s has not improved by more than %g for %d validations (best %.6g).",
+            self.loop.epoch_number(),
             stop.monitor,
             stop.min_delta,
             stop.patience,
@@ -442,6 +458,55 @@ class RunState:
             f" (batch {loop.batches_done} of epoch {loop.epoch + 1})" if loop.batches_done else "",
             self.device,
         )
+
+
+class ValidationCheck:
+    """A validation and what follows from it, in this order: the plateau scheduler, the best so far, the
+    log, early stopping, the checkpoint files, the tuner's verdict. At each epoch's end and, with
+    ``trainer.val_check_interval``, every that many optimizer steps inside an epoch; early stopping's
+    patience and the tuner's steps count these validations.
+    """
+
+    def __init__(
+        self,
+        run: RunState,
+        validate: Callable[[nn.Module], dict[str, float]] | None,
+        config: TrainerConfig,
+        sink: MetricsSink,
+        progress: TrainProgress,
+        trial: Any,
+    ) -> None:
+        self.run, self.validate, self.config, self.sink, self.progress, self.trial = run, validate, config, sink, progress, trial
+        self.interval = config.val_check_interval
+        self.stopped = self.pruned = False
+
+    def due(self, global_step: int) -> bool:
+        return self.interval is not None and global_step % self.interval == 0
+
+    def __call__(self, metrics: dict[str, float], epoch_loss: Tensor, signals: list[int]) -> bool:
+        """Validate and act on it; True when the run stops here (early stopping or the tuner).
+
+        Raises:
+            TrainingInterrupted: a signal arrived; last.pt was written first.
+        """
+        run, loop, config = self.run, self.run.loop, self.config
+        run.check_weights()  # a last step that overflowed the weights stops here, not in the metrics
+        metrics |= validated(self.validate, run.ema.module if run.ema is not None else run.model, loop.global_step)
+        if isinstance(run.scheduler, ReduceLROnPlateau):
+            run.scheduler.step(metric(metrics, getattr(run.scheduler, "monitor", None) or config.monitor))
+        monitored = metric(metrics, config.monitor)
+        improved = loop.record_validation(metrics, monitored, config.mode)
+        self.sink.log(metrics, loop.global_step)
+        self.progress.validated(loop.epoch_number() - 1, metrics, loop.global_step if loop.batches_done else None)
+        stopping = run.stops_early(metrics)
+        run.save_validation(monitored, config.monitor, improved, epoch_loss, interrupted=bool(signals))
+        if signals:
+            raise TrainingInterrupted(signals[0], loop.global_step, run.last_saved)
+        self.pruned = should_prune(self.trial, len(loop.history), metrics)
+        self.stopped = self.pruned or stopping
+        if loop.batches_done:  # inside an epoch: training goes on
+            run.model.train()
+        return self.stopped
 
 
 class LossWindow:
@@ -666,14 +731,15 @@ def validated(validate: Callable[[nn.Module], dict[str, float]] | None, model: n
         raise TrainingDiverged(f"by step {step}, {err}") from None
 
 
-def should_prune(trial: Any, epoch: int, metrics: dict[str, float]) -> bool:
-    """Ask the tuning trial whether to stop; under DDP only rank 0 holds the trial, and its answer goes to
-    every rank (so every DDP rank must call this)."""
-    prune = trial is not None and trial.should_prune(epoch, metric(metrics, trial.monitor))
+def should_prune(trial: Any, validations: int, metrics: dict[str, float]) -> bool:
+    """Ask the tuning trial whether to stop, reporting the ``validations``-th validation (the epoch without
+    val_check_interval); under DDP only rank 0 holds the trial, and its answer goes to every rank (so
+    every DDP rank must call this)."""
+    prune = trial is not None and trial.should_prune(validations, metric(metrics, trial.monitor))
     if distributed.enabled():
         prune = distributed.from_main(prune)
     if prune:
-        log.info("The tuner pruned this trial after epoch %d.", epoch)
+        log.info("The tuner pruned this trial after validation %d.", validations)
     return prune
 
 

@@ -145,6 +145,10 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
             problems.append(f"data.{key} lists {', '.join(repeated)} more than once; list each column once.")
     if cfg.trainer.log_every_n_steps < 1:
         problems.append(f"trainer.log_every_n_steps={cfg.trainer.log_every_n_steps} must be at least 1.")
+    if cfg.trainer.val_check_interval is not None and cfg.trainer.val_check_interval < 1:
+        problems.append(
+            f"trainer.val_check_interval={cfg.trainer.val_check_interval} must be at least 1 (optimizer steps), or null."
+        )
     if cfg.device.num_devices < 1:
         problems.append(f"device.num_devices={cfg.device.num_devices} must be 1 or more.")
     if cfg.device.timeout_s <= 0:
@@ -366,10 +370,5 @@ def _cuda_graph_conflicts(cfg: DictConfig) -> list[str]:
         problems.append(
             "trainer.cuda_graphs=true needs a capturable optimizer step; set optimizer.fused=null (fused on CUDA) "
             f"{fix}."
-        )
-    if cfg.compile:
-        problems.append(
-            "trainer.cuda_graphs=true and compile=true both capture the step; choose one "
-            "(compile=true alone, or trainer.cuda_graphs=true alone)."
         )
     return problems
