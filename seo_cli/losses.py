@@ -89,15 +89,20 @@ class MultiTargetLoss(nn.Module):
             if target.type == CLASSIFICATION:
                 counts = class_counts[target.name]
                 self.register_buffer(f"class_weight_{i}", _class_weights(class_weights, target, counts))
+        # Cross entropy without a weight when all are 1: the same loss, fewer kernels per step.
+        self.unweighted = {
+            t.name: bool((self.class_weight(t.name) == 1).all()) for t in self.targets if t.type == CLASSIFICATION
+        }
 
     def class_weight(self, name: str) -> Tensor:
         """The per-class weights of classification target ``name``."""
         return getattr(self, f"class_weight_{[t.name for t in self.targets].index(name)}")
 
     def forward(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
-        total = outputs[self.targets[0].name].new_zeros(())
+        total = None  # a weight of 1 and the first term add no kernel: the step launches fewer
         for name, term in self.terms(outputs, targets).items():
-            total = total + self.weights[name] * term
+            weighted = term if self.weights[name] == 1.0 else self.weights[name] * term
+            total = weighted if total is None else total + weighted
         return total
 
     def terms(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -106,7 +111,8 @@ class MultiTargetLoss(nn.Module):
         for target in self.targets:
             out, y = outputs[target.name], targets[target.name]
             if target.type == CLASSIFICATION:
-                terms[target.name] = self._classification_term(out, y, self.class_weight(target.name))
+                weight = None if self.unweighted[target.name] else self.class_weight(target.name)
+                terms[target.name] = self._classification_term(out, y, weight)
             elif self.regression == "mse":
                 terms[target.name] = F.mse_loss(out.float(), y)
             elif self.regression == "l1":
@@ -115,13 +121,13 @@ class MultiTargetLoss(nn.Module):
                 terms[target.name] = F.huber_loss(out.float(), y, delta=self.huber_delta)
         return terms
 
-    def _classification_term(self, logits: Tensor, y: Tensor, class_weight: Tensor) -> Tensor:
+    def _classification_term(self, logits: Tensor, y: Tensor, class_weight: Tensor | None) -> Tensor:
         logits = logits.float()
         if self.classification == "cross_entropy":
             return F.cross_entropy(logits, y, weight=class_weight, label_smoothing=self.label_smoothing)
         # Focal loss: cross entropy scaled by (1 - p_true)^gamma, class-weighted like cross entropy.
         log_p = F.log_softmax(logits, dim=-1).gather(1, y.unsqueeze(1)).squeeze(1)
-        w = class_weight[y]
+        w = class_weight[y] if class_weight is not None else torch.ones_like(log_p)
         focal = -((1 - log_p.exp()) ** self.focal_gamma) * log_p * w
         return focal.sum() / w.sum()
 

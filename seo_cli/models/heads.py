@@ -23,8 +23,17 @@ class OutputHeads(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(in_features, size) for size in heads.values())
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = {}
-        for name, layer in zip(self.names, self.layers, strict=True):
-            out = layer(features)
-            outputs[name] = out.squeeze(-1) if layer.out_features == 1 else out
-        return outputs
+        # One matrix product for every head (their weights stacked), cut into each head's columns: a step
+        # launches 3 kernels forward and 3 backward instead of 3 per head; each weight's gradient is a
+        # contiguous block of the stacked one, so no copy is made.
+        layers = self.layers
+        if len(layers) == 1:
+            joined = layers[0](features)
+        else:
+            weight = torch.cat([layer.weight for layer in layers])
+            joined = nn.functional.linear(features, weight, torch.cat([layer.bias for layer in layers]))
+        parts = joined.split([layer.out_features for layer in layers], dim=-1)
+        return {
+            name: out.squeeze(-1) if layer.out_features == 1 else out
+            for name, layer, out in zip(self.names, layers, parts, strict=True)
+        }
