@@ -3,41 +3,109 @@
 The same seeded resamples serve every model evaluated on the same rows, so the difference of two
 models' metrics gets its own (paired) interval: if it excludes 0, B is better than A on these rows
 beyond resampling noise.
+
+Resample ``r`` is row ``r`` of :func:`resample_indices`. Its metrics depend only on how often it drew
+each row, so the resamples are drawn a block of ``CHUNK`` at a time from the one seeded stream (numpy
+continues the stream across calls, so the blocks equal the single draw) and turned into per-row counts
+``w``; every headline metric is then a sum over the rows weighted by ``w``, for a whole block at once:
+
+- accuracy and macro-F1 from the weighted confusion counts (true, predicted and correct per class),
+  one sparse product per block; R^2, MAE and RMSE from weighted sums of the errors and targets, one
+  matrix product per block;
+- ROC AUC as a weighted rank statistic: per class the rows are sorted once by score, and a resample's
+  AUC is the weight of (positive, negative) pairs with the positive ranked higher, ties counting half,
+  over the product of the two weights (the Mann-Whitney form of what scikit-learn computes).
+
+1,000 resamples of 1,000,000 rows then cost seconds instead of hours, and equal the per-resample
+scikit-learn computation up to float rounding (tests/test_bootstrap.py keeps that computation).
 """
 
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
 import numpy as np
-from sklearn import metrics as skm
+from scipy import sparse
+from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
 from seo_cli.data.spec import CLASSIFICATION
 
 HEADLINE = {CLASSIFICATION: ("accuracy", "f1_macro", "roc_auc"), "regression": ("r2", "mae", "rmse")}
-CHUNK = 100  # resamples materialised at once: 100 x rows indices stay small for large test sets
+CHUNK = 128  # resamples per block: their counts of 1,000,000 rows take 128 MB as uint8
+# The AUC's rank sums run over tiles of BLOCK x TILE_BLOCKS sorted rows (8,192 at most), whose counts
+# in a block of resamples (2 x 2 MB as uint16) stay in the CPU's cache.
+BLOCK = 32
+TILE_BLOCKS = 256
+ROW_TILE = 8_192  # rows per step of the weighted sums: [8,192 x 128] counts as float64 take 8 MB
+DENSE_CLASSES = 32  # a classification target with more: its 3 x classes indicator columns are sparse
 
 
 def resample_indices(num_rows: int, resamples: int, seed: int) -> np.ndarray:
-    """``[resamples, num_rows]`` row indices drawn with replacement."""
+    """``[resamples, num_rows]`` row indices drawn with replacement: what the resamples are, by definition.
+
+    Materialises ``resamples x num_rows`` integers; :class:`Resamples` draws the same ones block by block.
+    """
     return np.random.default_rng(seed).integers(0, num_rows, size=(resamples, num_rows))
 
 
+@dataclass(frozen=True)
+class Resamples:
+    """The seeded resamples of ``num_rows`` rows, as blocks of per-row counts (see the module docstring)."""
+
+    num_rows: int
+    count: int
+    seed: int
+
+    def counts(self, chunk: int = CHUNK) -> Iterator[np.ndarray]:
+        """``[chunk, num_rows]`` uint8 blocks: how often each resample drew each row.
+
+        A count above 255 would wrap, but a row's count is Binomial(num_rows, 1 / num_rows), about
+        Poisson(1): P(count > 255) < 1e-500 per row, at any size.
+        """
+        rng = np.random.default_rng(self.seed)
+        for start in range(0, self.count, chunk):
+            size = min(chunk, self.count - start)
+            block = np.empty((size, self.num_rows), dtype=np.uint8)
+            for r in range(size):
+                # One resample at a time: the same stream as resample_indices, 8 bytes a row at most.
+                drawn = rng.integers(0, self.num_rows, size=self.num_rows)
+                block[r] = np.bincount(drawn, minlength=self.num_rows)
+            yield block
+
+
+def counts_of(indices: np.ndarray, num_rows: int) -> np.ndarray:
+    """``[resamples, num_rows]`` counts of explicit row indices (a test's hand-made resamples)."""
+    return np.stack([np.bincount(row, minlength=num_rows) for row in indices]).astype(np.uint8)
+
+
 def metric_samples(
-    task: str, y_true: np.ndarray, y_pred: np.ndarray, indices: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Each headline metric on each resample: ``{metric: [resamples]}``.
+    predictions: dict[str, tuple[str, np.ndarray, np.ndarray]],
+    counts: Iterable[np.ndarray],
+    threads: int = 1,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each headline metric of each target on each resample: ``{target: {metric: [resamples]}}``.
 
     Args:
-        y_pred: class probabilities ``[N, K]`` for classification, values ``[N]`` for regression.
+        predictions: ``{target: (task, y_true, y_pred)}``, all of the same rows; y_pred holds class
+            probabilities ``[N, K]`` for classification, values ``[N]`` for regression. Several models'
+            targets under distinct keys share each block of resamples (the paired comparison).
+        counts: blocks ``[resamples, N]`` of per-row counts, e.g. ``Resamples(...).counts()``.
+        threads: blocks scored at once; the next block is drawn in this thread meanwhile.
     """
-    parts: dict[str, list[np.ndarray]] = {m: [] for m in HEADLINE[task]}
-    for start in range(0, len(indices), CHUNK):
-        idx = indices[start : start + CHUNK]
-        values = (
-            _classification(y_true, y_pred, idx)
-            if task == CLASSIFICATION
-            else _regression(y_true, y_pred, idx)
-        )
-        for name, v in values.items():
-            parts[name].append(v)
-    return {name: np.concatenate(v) for name, v in parts.items()}
+    scorers = {
+        name: (_ClassificationSums if task == CLASSIFICATION else _RegressionSums)(y_true, y_pred)
+        for name, (task, y_true, y_pred) in predictions.items()
+    }
+    sums = _WeightedSums(list(scorers.values()))
+    # One BLAS thread per product: the blocks run in threads already, and OpenBLAS's own threads
+    # made these small products 100x slower on the 2-core machine whenever another process ran.
+    with threadpool_limits(limits=1, user_api="blas"):
+        blocks = _map_blocks(lambda block: _score_block(scorers, sums, block), counts, threads)
+    return {
+        name: {m: np.concatenate([b[name][m] for b in blocks]) for m in HEADLINE[predictions[name][0]]}
+        for name in scorers
+    }
 
 
 def interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -50,40 +118,283 @@ def interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, floa
     return float(low), float(high)
 
 
-def _classification(y_true: np.ndarray, proba: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
-    num_classes = proba.shape[1]
-    y, pred = y_true[idx], proba.argmax(axis=1)[idx]  # [R, N] each
-    accuracy = (y == pred).mean(axis=1)
-    # Per-resample confusion counts with one bincount: cell (r, true, predicted).
-    offsets = np.arange(len(idx))[:, None] * num_classes * num_classes
-    counts = np.bincount((offsets + y * num_classes + pred).ravel(), minlength=len(idx) * num_classes**2)
-    confusion = counts.reshape(len(idx), num_classes, num_classes)
-    tp = np.diagonal(confusion, axis1=1, axis2=2)
-    denominator = confusion.sum(axis=1) + confusion.sum(axis=2)  # (tp + fp) + (tp + fn)
-    # As scikit-learn's f1_score(average="macro", labels=all classes, zero_division=0).
-    f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape, dtype=float), where=denominator > 0)
-    roc_auc = np.array([_roc_auc(y_true[i], proba[i]) for i in idx])
-    return {"accuracy": accuracy, "f1_macro": f1.mean(axis=1), "roc_auc": roc_auc}
+def _map_blocks(
+    score: Callable[[np.ndarray], dict], counts: Iterable[np.ndarray], threads: int
+) -> list[dict]:
+    """``score`` of every block, in order; with threads > 1, up to ``threads`` blocks are scored while
+    this thread draws the next (numpy releases the GIL in the draws, gathers, sums and products)."""
+    if threads <= 1:
+        return [score(block) for block in counts]
+    results: list[Future] = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for block in counts:
+            # At most threads + 1 blocks held at once (2 x 128 MB each at 1,000,000 rows).
+            pending = [f for f in results if not f.done()]
+            if len(pending) > threads:
+                pending[0].result()
+            results.append(pool.submit(score, block))
+        return [f.result() for f in results]
 
 
-def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
-    present = np.unique(y_true)
-    if len(present) < 2:
-        return float("nan")
-    if proba.shape[1] == 2:
-        return float(skm.roc_auc_score(y_true, proba[:, 1]))
-    # One-vs-rest macro over the classes drawn, as metrics.classification_report computes it.
-    sub = proba[:, present] / proba[:, present].sum(axis=1, keepdims=True)
-    codes = np.searchsorted(present, y_true)
-    if len(present) == 2:
-        return float(skm.roc_auc_score(codes, sub[:, 1]))
-    return float(skm.roc_auc_score(codes, sub, multi_class="ovr", average="macro"))
+def _score_block(scorers: dict, sums: "_WeightedSums", block: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """The metrics of one block of resamples ``[c, N]`` for every target."""
+    if block.shape[1] != sums.num_rows:
+        raise ValueError(f"counts of {block.shape[1]} rows for predictions of {sums.num_rows}")
+    # Row-major counts [N + 1, c] with a zero row last, which padded positions point at: a gather
+    # then reads a row's c counts as one piece.
+    counts = np.empty((sums.num_rows + 1, block.shape[0]), dtype=np.uint8)
+    counts[-1] = 0
+    for start in range(0, sums.num_rows, ROW_TILE):
+        part = block[:, start : start + ROW_TILE]
+        counts[start : start + part.shape[1]] = part.T
+    del block
+    total, weighted = sums.of(counts)
+    return {
+        name: scorer.metrics(part, counts, total)
+        for (name, scorer), part in zip(scorers.items(), weighted, strict=True)
+    }
 
 
-def _regression(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
-    y, pred = y_true[idx], y_pred[idx]
-    error = pred - y
-    ss_res = (error**2).sum(axis=1)
-    ss_tot = ((y - y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
-    r2 = np.divide(ss_res, ss_tot, out=np.full(len(idx), np.nan), where=ss_tot > 0)
-    return {"r2": 1 - r2, "mae": np.abs(error).mean(axis=1), "rmse": np.sqrt((error**2).mean(axis=1))}
+class _WeightedSums:
+    """Every target's per-row columns summed with each resample's counts, in one pass over the rows:
+    a float64 matrix product per tile for the dense columns (a ones column first: the resample's
+    size), a sparse product for a classification target with many classes."""
+
+    def __init__(self, scorers: list) -> None:
+        self.num_rows = scorers[0].num_rows
+        widths = [0 if s.sparse else s.width for s in scorers]
+        self.dense = np.zeros((self.num_rows, 1 + sum(widths)))
+        self.dense[:, 0] = 1
+        self.slices, self.sparse = [], []
+        start = 1
+        for scorer, width in zip(scorers, widths, strict=True):
+            if scorer.sparse:
+                matrix = scorer.sparse_columns()
+                self.sparse.append([matrix[s : s + ROW_TILE].T for s in range(0, self.num_rows, ROW_TILE)])
+                self.slices.append(len(self.sparse) - 1)
+            else:
+                scorer.fill(self.dense[:, start : start + width])
+                self.slices.append(slice(start, start + width))
+                start += width
+
+    def of(self, counts: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The resamples' sizes ``[c]`` and ``[width, c]`` weighted sums per scorer, of row-major counts."""
+        c = counts.shape[1]
+        dense = np.zeros((self.dense.shape[1], c))
+        extra = [np.zeros((tiles[0].shape[0], c)) for tiles in self.sparse]
+        weights = np.empty((ROW_TILE, c))
+        for i, start in enumerate(range(0, self.num_rows, ROW_TILE)):
+            stop = min(start + ROW_TILE, self.num_rows)
+            w = weights[: stop - start]
+            w[...] = counts[start:stop]
+            dense += self.dense[start:stop].T @ w
+            for tiles, out in zip(self.sparse, extra, strict=True):
+                out += tiles[i] @ w
+        return dense[0], [extra[s] if isinstance(s, int) else dense[s] for s in self.slices]
+
+
+class _RegressionSums:
+    """R^2, MAE and RMSE of weighted sums: sum w e^2, sum w |e|, sum w y and sum w y^2."""
+
+    sparse = False
+    width = 4
+
+    def __init__(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+        self.y_true, self.y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+        self.num_rows = len(self.y_true)
+
+    def fill(self, columns: np.ndarray) -> None:
+        error = self.y_pred - self.y_true
+        centred = (
+            self.y_true - self.y_true.mean()
+        )  # sums of squares about a resample's mean stay well conditioned
+        columns[:, 0], columns[:, 1], columns[:, 2], columns[:, 3] = (
+            error**2,
+            np.abs(error),
+            centred,
+            centred**2,
+        )
+
+    def metrics(self, sums: np.ndarray, counts: np.ndarray, total: np.ndarray) -> dict[str, np.ndarray]:
+        squared, absolute, y, y2 = sums
+        ss_tot = y2 - y**2 / total
+        # All drawn targets equal: ss_tot is 0, up to the rounding of the two sums.
+        ss_tot[ss_tot <= 1e-12 * y2] = np.nan
+        return {"r2": 1 - squared / ss_tot, "mae": absolute / total, "rmse": np.sqrt(squared / total)}
+
+
+@dataclass
+class _RankPlan:
+    """One class's rows sorted once by score, for the weighted rank statistic of :func:`_pairs_below`.
+
+    ``positive`` / ``negative``: per tile, the row at each sorted position if it is a positive / a
+    negative, else the zero row ``N``; within a tile position ``b * BLOCK + j`` sits at
+    ``j * blocks + b`` ([BLOCK, blocks] layout). ``tie_*``: the rows of the tie groups that hold both
+    positives and negatives, in group order, and where each group starts.
+    """
+
+    positive: np.ndarray
+    negative: np.ndarray
+    blocks: int
+    tie_positive: np.ndarray
+    tie_positive_starts: np.ndarray
+    tie_negative: np.ndarray
+    tie_negative_starts: np.ndarray
+
+
+def _rank_plan(score: np.ndarray, is_positive: np.ndarray, rows: np.ndarray, num_rows: int) -> _RankPlan:
+    """The plan of ``rows`` (the only rows a resample using it draws), scored by ``score``."""
+    order = np.lexsort((~is_positive, score))  # by score; positives first among equal scores
+    sorted_rows, sorted_positive, sorted_score = rows[order], is_positive[order], score[order]
+    blocks = max(1, min(TILE_BLOCKS, -(-len(rows) // BLOCK)))
+    tile = BLOCK * blocks
+    padded = -(-len(rows) // tile) * tile
+    positive = np.full(padded, num_rows, dtype=np.intp)
+    negative = np.full(padded, num_rows, dtype=np.intp)
+    positive[: len(rows)] = np.where(sorted_positive, sorted_rows, num_rows)
+    negative[: len(rows)] = np.where(sorted_positive, num_rows, sorted_rows)
+
+    def layout(a: np.ndarray) -> np.ndarray:
+        return a.reshape(-1, blocks, BLOCK).transpose(0, 2, 1).reshape(-1, tile).copy()
+
+    group = np.concatenate([[0], np.cumsum(sorted_score[1:] != sorted_score[:-1])])
+    with_positive = np.bincount(group[sorted_positive], minlength=group[-1] + 1) > 0
+    with_negative = np.bincount(group[~sorted_positive], minlength=group[-1] + 1) > 0
+    mixed = (with_positive & with_negative)[group]
+
+    def tie_rows(kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        picked = mixed & kind
+        return sorted_rows[picked], np.flatnonzero(np.diff(group[picked], prepend=-1))
+
+    return _RankPlan(
+        layout(positive), layout(negative), blocks, *tie_rows(sorted_positive), *tie_rows(~sorted_positive)
+    )
+
+
+def _pairs_below(counts: np.ndarray, plan: _RankPlan, small_counts: bool) -> np.ndarray:
+    """Per resample (column of ``counts``): the weight of (positive, negative) row pairs with the
+    positive scored higher, ties counting half: sum over positives of w x (negative weight below).
+
+    Within a tile the running negative weight of each BLOCK of positions is carried down the BLOCK
+    rows of the [BLOCK, blocks, c] layout (BLOCK vector steps); the blocks' totals then carry across
+    the tile in float64, and the tiles' totals across the rows. The sums within a block are exact in
+    uint16 when no count exceeds 15 (``small_counts``: at most (32 x 15 / 2)^2 = 57,600), else in
+    float32 (at most (32 x 255 / 2)^2 < 2^24); uint16 steps take half the time of float32 ones.
+    The buffers are made once: allocating them per tile cost as much as the arithmetic.
+    """
+    c, blocks = counts.shape[1], plan.blocks
+    tile = BLOCK * blocks
+    dtype = np.uint16 if small_counts else np.float32
+    taken = np.empty((2, tile, c), dtype=np.uint8)
+    pos, neg = np.empty((2, BLOCK, blocks, c), dtype=dtype)
+    running, within, positive_total, scratch = np.empty((4, blocks, c), dtype=dtype)
+    below = np.zeros(c)  # pairs within blocks
+    across = np.zeros(c)  # pairs across blocks and tiles
+    carried = np.zeros(c)  # negative weight of the tiles before
+    for positive_rows, negative_rows in zip(plan.positive, plan.negative, strict=True):
+        np.take(counts, positive_rows, axis=0, out=taken[0])
+        np.take(counts, negative_rows, axis=0, out=taken[1])
+        pos.reshape(tile, c)[...] = taken[0]
+        neg.reshape(tile, c)[...] = taken[1]
+        np.copyto(running, neg[0])
+        np.copyto(positive_total, pos[0])
+        within.fill(0)
+        for j in range(1, BLOCK):
+            np.multiply(pos[j], running, out=scratch)
+            within += scratch
+            running += neg[j]
+            positive_total += pos[j]
+        below += within.sum(axis=0, dtype=np.float64)
+        block_negative = running.T.astype(np.float64)  # [c, blocks]
+        before = np.cumsum(block_negative, axis=1) - block_negative + carried[:, None]
+        across += np.einsum("cb,cb->c", positive_total.T.astype(np.float64), before)
+        carried += block_negative.sum(axis=1)
+    ties = np.zeros(c)
+    if len(plan.tie_positive_starts):
+        p = np.add.reduceat(counts[plan.tie_positive].astype(np.float64), plan.tie_positive_starts, axis=0)
+        n = np.add.reduceat(counts[plan.tie_negative].astype(np.float64), plan.tie_negative_starts, axis=0)
+        ties = (p * n).sum(axis=0)
+    return below + across + 0.5 * ties
+
+
+class _ClassificationSums:
+    """Accuracy and macro-F1 from weighted confusion counts; ROC AUC from a :class:`_RankPlan` per
+    class, one-vs-rest macro over the classes a resample drew, as ``seo_cli.metrics`` computes it
+    (with the probabilities renormalised over those classes when some are missing)."""
+
+    def __init__(self, y_true: np.ndarray, proba: np.ndarray) -> None:
+        self.y_true, self.proba = np.asarray(y_true), proba
+        self.num_rows, k = proba.shape
+        self.width = 3 * k  # per class: true, predicted, right
+        self.sparse = k > DENSE_CLASSES
+        self.plans: dict[tuple[int, ...], list[tuple[int, _RankPlan]]] = {}
+        self.lock = threading.Lock()
+
+    def _cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns of the 1s: each row's true class, k + its predicted class, 2k + its class when right."""
+        k = self.proba.shape[1]
+        predicted = self.proba.argmax(axis=1)
+        right = np.flatnonzero(predicted == self.y_true)
+        rows = np.concatenate([np.arange(self.num_rows), np.arange(self.num_rows), right])
+        return rows, np.concatenate([self.y_true, k + predicted, 2 * k + self.y_true[right]])
+
+    def fill(self, columns: np.ndarray) -> None:
+        columns[self._cells()] = 1
+
+    def sparse_columns(self) -> sparse.csr_matrix:
+        rows, cols = self._cells()
+        return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(self.num_rows, self.width))
+
+    def metrics(self, sums: np.ndarray, counts: np.ndarray, total: np.ndarray) -> dict[str, np.ndarray]:
+        k = self.proba.shape[1]
+        true, predicted, correct = sums[:k], sums[k : 2 * k], sums[2 * k :]
+        denominator = true + predicted
+        f1 = np.divide(2 * correct, denominator, out=np.zeros_like(correct), where=denominator > 0)
+        return {
+            "accuracy": correct.sum(axis=0) / total,
+            "f1_macro": f1.mean(axis=0),
+            "roc_auc": self._roc_auc(counts, true),
+        }
+
+    def _roc_auc(self, counts: np.ndarray, true: np.ndarray) -> np.ndarray:
+        auc = np.full(counts.shape[1], np.nan)
+        small_counts = counts.max() <= 15  # nearly always: P(a count > 15) is about 2e-14 per row
+        patterns, which = np.unique((true > 0).T, axis=0, return_inverse=True)
+        for p, pattern in enumerate(patterns):
+            present = tuple(np.flatnonzero(pattern).tolist())
+            if len(present) < 2:
+                continue  # undefined with one class drawn
+            columns = np.flatnonzero(which.ravel() == p)
+            block = counts if len(columns) == counts.shape[1] else np.ascontiguousarray(counts[:, columns])
+            weight = true[:, columns]
+            drawn = weight[list(present)].sum(axis=0)
+            values = [
+                _pairs_below(block, plan, small_counts) / (weight[positive] * (drawn - weight[positive]))
+                for positive, plan in self._plans(present)
+            ]
+            auc[columns] = np.mean(values, axis=0)
+        return auc
+
+    def _plans(self, present: tuple[int, ...]) -> list[tuple[int, _RankPlan]]:
+        """(positive class, plan) of each AUC averaged over the resamples that drew the classes ``present``."""
+        with self.lock:  # blocks scored in threads share the plans
+            if present not in self.plans:
+                self.plans[present] = self._make_plans(present)
+            return self.plans[present]
+
+    def _make_plans(self, present: tuple[int, ...]) -> list[tuple[int, _RankPlan]]:
+        k, n = self.proba.shape[1], len(self.y_true)
+        if k == 2:
+            return [(1, _rank_plan(self.proba[:, 1], self.y_true == 1, np.arange(n), n))]
+        if len(present) == k:
+            rows, scores = np.arange(n), self.proba
+        else:
+            # As seo_cli.metrics: the drawn classes' probabilities, renormalised (in the same float32).
+            rows = np.flatnonzero(np.isin(self.y_true, present))
+            drawn = self.proba[rows][:, list(present)]
+            scores = np.zeros((len(rows), k), dtype=drawn.dtype)
+            scores[:, list(present)] = drawn / drawn.sum(axis=1, keepdims=True)
+        y = self.y_true[rows]
+        # Two classes drawn: one AUC, of the second class's score; more: one per class, averaged.
+        classes = present[1:] if len(present) == 2 else present
+        return [(c, _rank_plan(scores[:, c], y == c, rows, n)) for c in classes]

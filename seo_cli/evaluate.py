@@ -12,6 +12,9 @@ plus ``comparison.md``), with bootstrap confidence intervals of the headline met
 import json
 import logging
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,14 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from rich.table import Table
 
-from seo_cli.bootstrap import HEADLINE, interval, metric_samples, resample_indices
+from seo_cli.bootstrap import HEADLINE, Resamples, interval, metric_samples
 from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches, pad_multiple
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
-from seo_cli.evaluation import Scorer
+from seo_cli.evaluation import Evaluation, Scorer
 from seo_cli.files import write_text
 from seo_cli.loading import TrainedModel, load_trained
 from seo_cli.report import write_report
@@ -113,8 +116,13 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.eval_batch_size < 1:
         raise UserError(f"eval_batch_size={cfg.eval_batch_size} must be at least 1.")
     device = pick_device(cfg.device.type, cfg.device.fallback)
-    models = [load_trained(path, device, cfg.allowed_targets) for path in checkpoint_paths(cfg.checkpoint)]
-    frame, split = evaluation_rows(models[0], cfg)
+    clock = Stopwatch()
+    with clock("load"):
+        models = [
+            load_trained(path, device, cfg.allowed_targets) for path in checkpoint_paths(cfg.checkpoint)
+        ]
+    with clock("read"):
+        frame, split = evaluation_rows(models[0], cfg)
     for other in models[1:]:
         if other.data != models[0].data or other.seed != models[0].seed:
             log.warning(
@@ -122,13 +130,23 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
                 other.path,
                 models[0].path,
             )
-    indices = resample_indices(len(frame), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
-    results, samples = [], []
-    for i, trained in enumerate(models):
+    scored = [score_checkpoint(trained, frame, split, cfg, device, clock) for trained in models]
+    samples: list[dict[str, np.ndarray]] = [{} for _ in models]
+    if cfg.bootstrap:
+        with clock("bootstrap"):
+            samples = bootstrap_samples(models, scored, split, len(frame), cfg)
+    results = []
+    for i, (trained, (scored_model, predictions)) in enumerate(zip(models, scored, strict=True)):
         out_dir = run_dir if len(models) == 1 else run_dir / f"{i:02d}_{trained.path.parent.parent.name}"
-        result, model_samples = evaluate_checkpoint(trained, frame, split, cfg, indices, device, out_dir)
+        result = checkpoint_result(trained, scored_model, samples[i], split, len(frame), cfg)
+        with clock("report"):
+            write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+            if cfg.report:
+                write_report(out_dir, result, predictions, trained.targets, trained.state.get("history"))
+        print_target_tables(result, trained.targets, split)
+        log.info("Wrote %s", out_dir / ("report.md" if cfg.report else "metrics.json"))
         results.append(result)
-        samples.append(model_samples)
+    log.info("Seconds per stage: %s", ", ".join(f"{k} {v:.1f}" for k, v in clock.seconds.items()))
     if len(models) == 1:
         return results[0]
     comparison = compare(models, results, samples, cfg.confidence)
@@ -139,32 +157,50 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     return {"checkpoints": results, "comparison": comparison}
 
 
-def evaluate_checkpoint(
+class Stopwatch:
+    """Wall seconds per stage of a run, summed over the checkpoints (``with clock("read"): ...``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def score_checkpoint(
     trained: TrainedModel,
     frame: pd.DataFrame,
     split: str,
     cfg: DictConfig,
-    indices: np.ndarray | None,
     device: torch.device,
-    out_dir: Path,
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """Score one checkpoint on ``frame``; write its metrics.json (and report); return it and its bootstrap samples."""
+    clock: Stopwatch,
+) -> tuple[Evaluation, dict[str, dict[str, np.ndarray]]]:
+    """Predictions and metrics of one checkpoint on ``frame``, and per target its labels and
+    predictions in the target's own units (regression outputs are standardised), for plots and intervals."""
     pre = trained.preprocessor
-    tensors = tensorize(pre, frame, split)
-    batches = make_batches(
-        tensors.inputs,
-        tensors.targets,
-        batch_size=cfg.eval_batch_size,
-        device=device,
-        placement=trained.data.placement,
-        num_workers=trained.data.num_workers,
-        pin_memory=trained.data.pin_memory,
-        pad_to_multiple_of=pad_multiple(trained.data),
-    )
+    with clock("preprocess"):
+        tensors = tensorize(pre, frame, split)
+        batches = make_batches(
+            tensors.inputs,
+            tensors.targets,
+            batch_size=cfg.eval_batch_size,
+            device=device,
+            placement=trained.data.placement,
+            num_workers=trained.data.num_workers,
+            pin_memory=trained.data.pin_memory,
+            pad_to_multiple_of=pad_multiple(trained.data),
+        )
     # In the precision it was trained in, so split=val gives exactly the numbers training logged.
     scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision)
-    scored = scorer.evaluate(trained.model, batches, split, trained.loss_fn)
-    # Plots and intervals in the targets' own units: regression outputs are standardised.
+    with clock("inference"):
+        outputs, labels = scorer.predict(trained.model, batches, split)
+    with clock("metrics"):
+        scored = scorer.score(outputs, labels, split, trained.loss_fn)
     predictions = {}
     for t in trained.targets:
         y_true, y_pred = scored.labels[t.name], scored.predictions[t.name]
@@ -172,31 +208,47 @@ def evaluate_checkpoint(
             mean, std = pre.target_scale[t.name]
             y_true, y_pred = y_true * std + mean, y_pred * std + mean
         predictions[t.name] = {"y_true": y_true, "y_pred": y_pred}
-    samples: dict[str, np.ndarray] = {}
-    intervals: dict[str, list[float]] = {}
-    if indices is not None:
-        for t in trained.targets:
-            p = predictions[t.name]
-            for metric, values in metric_samples(t.type, p["y_true"], p["y_pred"], indices).items():
-                key = f"{split}/{t.name}/{metric}"
-                samples[key] = values
-                intervals[key] = list(interval(values, cfg.confidence))
-    result = {
+    return scored, predictions
+
+
+def bootstrap_samples(
+    models: list[TrainedModel], scored: list[tuple[Evaluation, dict]], split: str, rows: int, cfg: DictConfig
+) -> list[dict[str, np.ndarray]]:
+    """Per checkpoint, the headline metrics on each of the ``cfg.bootstrap`` seeded resamples of the rows,
+    ``{"<split>/<target>/<metric>": [resamples]}``: every checkpoint's targets in one pass over the
+    resamples, so each resample scores every checkpoint on the same rows."""
+    wanted = {
+        (i, t.name): (t.type, predictions[t.name]["y_true"], predictions[t.name]["y_pred"])
+        for i, (trained, (_, predictions)) in enumerate(zip(models, scored, strict=True))
+        for t in trained.targets
+    }
+    resamples = Resamples(rows, cfg.bootstrap, cfg.seed)
+    values = metric_samples(wanted, resamples.counts(), threads=torch.get_num_threads())
+    samples: list[dict[str, np.ndarray]] = [{} for _ in models]
+    for (i, name), metrics in values.items():
+        samples[i] |= {f"{split}/{name}/{metric}": v for metric, v in metrics.items()}
+    return samples
+
+
+def checkpoint_result(
+    trained: TrainedModel,
+    scored: Evaluation,
+    samples: dict[str, np.ndarray],
+    split: str,
+    rows: int,
+    cfg: DictConfig,
+) -> dict:
+    """What metrics.json holds for one checkpoint: its metrics, their intervals and per-target reports."""
+    return {
         "checkpoint": str(trained.path),
         "epoch": trained.state.get("epoch"),
         "split": split if split != "eval" else f"file:{cfg.data.path}",
-        "rows": len(frame),
+        "rows": rows,
         "metrics": scored.metrics,
-        "intervals": intervals,
+        "intervals": {key: list(interval(values, cfg.confidence)) for key, values in samples.items()},
         "bootstrap": {"resamples": cfg.bootstrap, "confidence": cfg.confidence, "seed": cfg.seed},
         "targets": scored.reports,
     }
-    write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-    if cfg.report:
-        write_report(out_dir, result, predictions, trained.targets, trained.state.get("history"))
-    print_target_tables(result, trained.targets, split)
-    log.info("Wrote %s", out_dir / ("report.md" if cfg.report else "metrics.json"))
-    return result, samples
 
 
 def compare(models: list[TrainedModel], results: list[dict], samples: list[dict], confidence: float) -> dict:

@@ -42,14 +42,18 @@ def concat(parts: list[Batch]) -> Batch:
         UserError: no batches at all (an empty evaluation split).
     """
     if not parts:
-        raise UserError("the evaluation data has no batches; give validation or test data with at least one row.")
+        raise UserError(
+            "the evaluation data has no batches; give validation or test data with at least one row."
+        )
     leaves = [pytree.tree_flatten(part)[0] for part in parts]
     spec = pytree.tree_flatten(parts[0])[1]
     return pytree.tree_unflatten([torch.cat(column) for column in zip(*leaves, strict=True)], spec)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[tuple[Batch, Batch]], precision: str = "32") -> tuple[Batch, Batch]:
+def predict(
+    model: nn.Module, batches: Iterable[tuple[Batch, Batch]], precision: str = "32"
+) -> tuple[Batch, Batch]:
     """Model outputs (in float32) and labels of every batch, concatenated on the device (no host transfer here)."""
     model.eval()
     device = next(model.parameters()).device
@@ -98,15 +102,34 @@ class Scorer:
         Raises:
             TrainingDiverged: the model's predictions are not finite.
         """
+        outputs, labels = self.predict(model, batches, split)
+        return self.score(outputs, labels, split, loss_fn)
+
+    def predict(
+        self, model: nn.Module, batches: Iterable[tuple[Batch, Batch]], split: str
+    ) -> tuple[Batch, Batch]:
+        """The outputs and labels of every row of ``batches`` (of all ranks under DDP), on the device."""
         outputs, labels = predict(model, batches, self.precision)
         if distributed.enabled():
             outputs = distributed.gather_rows(outputs, batches.total_rows)
             labels = distributed.gather_rows(labels, batches.total_rows)
+        return outputs, labels
+
+    def score(
+        self, outputs: Batch, labels: Batch, split: str, loss_fn: Callable[[Any, Any], Tensor] | None = None
+    ) -> Evaluation:
+        """Loss and metrics of the outputs of :meth:`predict`.
+
+        Raises:
+            TrainingDiverged: the predictions are not finite.
+        """
         metrics: dict[str, float] = {}
         if loss_fn is not None:
             metrics[f"{split}/loss"] = loss_fn(outputs, labels).item()
             if hasattr(loss_fn, "terms"):
-                metrics |= {f"{split}/{name}/loss": v.item() for name, v in loss_fn.terms(outputs, labels).items()}
+                metrics |= {
+                    f"{split}/{name}/loss": v.item() for name, v in loss_fn.terms(outputs, labels).items()
+                }
         if isinstance(labels, Tensor):
             labels = {self.targets[0].name: labels}
         label_arrays = {name: y.reshape(-1).cpu().numpy() for name, y in labels.items()}

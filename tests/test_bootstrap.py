@@ -1,4 +1,6 @@
-"""Bootstrap intervals: each resample's metric equals scikit-learn's on the same rows, and the percentiles are right."""
+"""Bootstrap intervals: each resample's metrics equal scikit-learn's on the same rows (the slow
+per-resample computation, kept here as the reference), the resamples are the seeded draws whatever
+the block size, and the percentiles are right."""
 
 import math
 
@@ -7,21 +9,44 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
 
 from seo_cli import bootstrap
-from seo_cli.bootstrap import HEADLINE, interval, metric_samples, resample_indices
+from seo_cli.bootstrap import HEADLINE, Resamples, counts_of, interval, metric_samples, resample_indices
 from seo_cli.metrics import classification_report
 
 
 def softmax_proba(rng: np.random.Generator, y: np.ndarray, k: int, signal: float = 1.5) -> np.ndarray:
     logits = signal * np.eye(k)[y] + rng.normal(size=(len(y), k))
     e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)  # as the models' softmax gives them
 
 
-def same(a: float, b: float) -> bool:
+def reference(task: str, y: np.ndarray, pred: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The headline metrics of each resample the slow way: its rows materialised, scikit-learn on them
+    (ROC AUC as seo_cli.metrics reports it: one-vs-rest macro over the classes drawn)."""
+    values: dict[str, list[float]] = {m: [] for m in HEADLINE[task]}
+    for rows in indices:
+        y_r, pred_r = y[rows], pred[rows]
+        if task == "classification":
+            k = pred.shape[1]
+            labels = pred_r.argmax(axis=1)
+            values["accuracy"].append(accuracy_score(y_r, labels))
+            values["f1_macro"].append(
+                f1_score(y_r, labels, average="macro", labels=list(range(k)), zero_division=0)
+            )
+            values["roc_auc"].append(classification_report(y_r, pred_r)["roc_auc"])
+        else:
+            values["r2"].append(r2_score(y_r, pred_r) if np.ptp(y_r) > 0 else math.nan)
+            values["mae"].append(mean_absolute_error(y_r, pred_r))
+            values["rmse"].append(math.sqrt(mean_squared_error(y_r, pred_r)))
+    return {m: np.array(v) for m, v in values.items()}
+
+
+def assert_same(got: dict[str, np.ndarray], expected: dict[str, np.ndarray], rel: float = 1e-12) -> None:
     """Equal up to float rounding; NaN equals NaN (an AUC undefined on both sides)."""
-    if math.isnan(a) or math.isnan(b):
-        return math.isnan(a) and math.isnan(b)
-    return a == pytest.approx(b, rel=1e-12, abs=1e-12)
+    assert set(got) == set(expected)
+    for name in expected:
+        np.testing.assert_allclose(
+            got[name], expected[name], rtol=rel, atol=rel, equal_nan=True, err_msg=name
+        )
 
 
 def test_resample_indices_are_seeded_and_shaped():
@@ -38,55 +63,107 @@ def test_resample_indices_are_seeded_and_shaped():
     assert counts.min() > 0.9 * 2000 and counts.max() < 1.1 * 2000
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 25, 128])
+def test_resamples_drawn_in_blocks_are_the_single_draw(chunk):
+    """numpy continues one stream across calls, so blocks of any size give resample_indices' rows."""
+    expected = counts_of(resample_indices(37, 25, seed=5), 37)
+    blocks = list(Resamples(37, 25, seed=5).counts(chunk))
+    assert [len(b) for b in blocks] == [min(chunk, 25 - s) for s in range(0, 25, chunk)]
+    assert all(b.dtype == np.uint8 for b in blocks)
+    np.testing.assert_array_equal(np.vstack(blocks), expected)
+    assert (np.vstack(blocks).sum(axis=1) == 37).all()  # each resample draws as many rows as there are
+
+
 CLASSIFICATION_CASES = {
-    # name: (rows, classes, class probabilities of the labels)
-    "binary": (40, 2, [0.7, 0.3]),
-    "three classes, one rare": (30, 3, [0.6, 0.33, 0.07]),
-    "three classes, tiny": (6, 3, [0.5, 0.3, 0.2]),
+    # name: (rows, classes, class probabilities of the labels, scores rounded to make ties)
+    "binary": (40, 2, [0.7, 0.3], False),
+    "three classes, one rare": (30, 3, [0.6, 0.33, 0.07], False),
+    "three classes, tiny": (6, 3, [0.5, 0.3, 0.2], False),
+    "four classes, tied scores": (300, 4, [0.35, 0.15, 0.25, 0.25], True),
+    "binary, tied scores": (200, 2, [0.5, 0.5], True),
+    "five classes, rare ones, ties": (80, 5, [0.85, 0.06, 0.04, 0.03, 0.02], True),
 }
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.filterwarnings("ignore:A single label was found")
 @pytest.mark.parametrize("case", list(CLASSIFICATION_CASES))
 def test_classification_samples_equal_sklearn_on_each_resample(case):
-    n, k, priors = CLASSIFICATION_CASES[case]
+    n, k, priors, ties = CLASSIFICATION_CASES[case]
     rng = np.random.default_rng(3)
     y = rng.choice(k, size=n, p=priors)
     y[:k] = np.arange(k)  # every class occurs in the evaluated rows
     proba = softmax_proba(rng, y, k)
-    idx = resample_indices(n, 20, seed=11)
-    # Two more: one class drawn only (AUC undefined, a class never predicted), and one class missing.
+    if ties:  # few distinct scores: many tie groups with positives and negatives in them
+        proba = np.round(proba * 8) / 8 + np.float32(1e-3)
+        proba /= proba.sum(axis=1, keepdims=True)
+    idx = resample_indices(n, 30, seed=11)
+    # Three more: one class drawn only (AUC undefined, a class never predicted, and counts over 15,
+    # which the AUC sums in float32 instead of uint16), one class missing, and only the last two classes.
     only_first = np.zeros(n, dtype=idx.dtype)
     without_last = np.flatnonzero(y != k - 1)[np.arange(n) % (y != k - 1).sum()]
-    idx = np.vstack([idx, only_first, without_last])
-    samples = metric_samples("classification", y, proba, idx)
+    last_two = np.flatnonzero(y >= k - 2)[np.arange(n) % (y >= k - 2).sum()]
+    idx = np.vstack([idx, only_first, without_last, last_two])
+    samples = metric_samples({"t": ("classification", y, proba)}, [counts_of(idx, n)])["t"]
     assert set(samples) == set(HEADLINE["classification"]) == {"accuracy", "f1_macro", "roc_auc"}
-    assert all(v.shape == (22,) for v in samples.values())
-    pred = proba.argmax(axis=1)
-    for r, rows in enumerate(idx):
-        y_r, pred_r = y[rows], pred[rows]
-        assert same(samples["accuracy"][r], accuracy_score(y_r, pred_r)), r
-        expected_f1 = f1_score(y_r, pred_r, average="macro", labels=list(range(k)), zero_division=0)
-        assert same(samples["f1_macro"][r], expected_f1), r
-        expected_auc = classification_report(y_r, proba[rows])["roc_auc"]
-        assert same(samples["roc_auc"][r], expected_auc), r
-    assert np.isnan(samples["roc_auc"][-2])
-    if k > 2:
-        assert np.isfinite(samples["roc_auc"][-1])  # AUC over the two classes drawn
+    assert all(v.shape == (len(idx),) for v in samples.values())
+    assert_same(samples, reference("classification", y, proba, idx))
+    assert np.isnan(samples["roc_auc"][-3])
+    assert np.isfinite(samples["roc_auc"][-1])  # the AUC of the two classes drawn
+    assert np.isfinite(samples["roc_auc"][-2]) == (k > 2)
 
 
 def test_regression_samples_equal_sklearn_on_each_resample():
     rng = np.random.default_rng(4)
     y = rng.normal(10.0, 3.0, size=50)
-    pred = y + rng.normal(0.5, 2.0, size=50)
-    idx = resample_indices(50, 20, seed=2)
-    samples = metric_samples("regression", y, pred, idx)
+    pred = (y + rng.normal(0.5, 2.0, size=50)).astype(np.float32)
+    idx = np.vstack([resample_indices(50, 20, seed=2), np.zeros(50, dtype=np.int64)])  # the last: one row
+    samples = metric_samples({"t": ("regression", y, pred)}, [counts_of(idx, 50)])["t"]
     assert set(samples) == set(HEADLINE["regression"]) == {"r2", "mae", "rmse"}
-    for r, rows in enumerate(idx):
-        assert samples["r2"][r] == pytest.approx(r2_score(y[rows], pred[rows]), rel=1e-10), r
-        assert samples["mae"][r] == pytest.approx(mean_absolute_error(y[rows], pred[rows]), rel=1e-10), r
-        rmse = math.sqrt(mean_squared_error(y[rows], pred[rows]))
-        assert samples["rmse"][r] == pytest.approx(rmse, rel=1e-10), r
+    assert_same(samples, reference("regression", y, pred, idx), rel=1e-10)
+    assert np.isnan(samples["r2"][-1])  # every drawn target equal: R^2 undefined
+
+
+def test_several_targets_share_the_resamples_and_blocks_do_not_change_them():
+    """Block sizes and threads change how the work is cut, never a sample; two models' targets in one
+    call each equal the model scored alone."""
+    rng = np.random.default_rng(6)
+    n = 60
+    y_class = rng.integers(0, 3, size=n)
+    y_reg = rng.normal(size=n)
+    predictions = {
+        "a": ("classification", y_class, softmax_proba(rng, y_class, 3)),
+        "b": ("classification", y_class, softmax_proba(rng, y_class, 3, signal=0.5)),
+        "c": ("regression", y_reg, y_reg + rng.normal(0, 0.5, size=n)),
+    }
+    expected = {name: reference(*p, resample_indices(n, 45, seed=9)) for name, p in predictions.items()}
+    for chunk, threads in ((bootstrap.CHUNK, 1), (7, 1), (7, 2), (45, 2)):
+        got = metric_samples(predictions, Resamples(n, 45, seed=9).counts(chunk), threads=threads)
+        for name in predictions:
+            assert_same(got[name], expected[name], rel=1e-10)
+    alone = metric_samples({"b": predictions["b"]}, Resamples(n, 45, seed=9).counts())
+    np.testing.assert_array_equal(alone["b"]["roc_auc"], got["b"]["roc_auc"])
+
+
+def test_auc_sums_across_tiles_and_both_number_types(monkeypatch):
+    """Rows over several tiles of the rank sums (small tiles here), and counts in both of its number
+    types (uint16 when no count is over 15, float32 otherwise): the pairs equal a brute-force count."""
+    monkeypatch.setattr(bootstrap, "BLOCK", 4)
+    monkeypatch.setattr(bootstrap, "TILE_BLOCKS", 3)  # 12 rows a tile
+    rng = np.random.default_rng(1)
+    n = 100
+    score = np.round(rng.random(n), 1).astype(np.float32)  # ties
+    positive = rng.random(n) < 0.4
+    counts = np.vstack([rng.integers(0, 16, size=(5, n)), rng.integers(0, 200, size=(2, n))]).astype(np.uint8)
+    plan = bootstrap._rank_plan(score, positive, np.arange(n), n)
+    assert plan.positive.shape[0] == 9  # 100 rows in tiles of 12
+    row_major = np.vstack([counts.T, np.zeros((1, len(counts)), dtype=np.uint8)])
+    above = (score[:, None] > score[None, :]) + 0.5 * (score[:, None] == score[None, :])
+    for r, w in enumerate(counts.astype(np.float64)):
+        expected = (w * positive) @ above @ (w * ~positive)
+        for small in (True, False) if r < 5 else (False,):
+            got = bootstrap._pairs_below(row_major[:, r : r + 1], plan, small)
+            assert got[0] == expected, (r, small)
 
 
 def test_interval_is_the_percentiles():
@@ -117,35 +194,8 @@ def test_accuracy_interval_has_the_binomial_width():
     predicted[wrong] = 1 - y[wrong]
     proba = np.where(predicted[:, None] == np.arange(2), 0.8, 0.2)
     assert accuracy_score(y, proba.argmax(axis=1)) == 0.8
-    samples = metric_samples("classification", y, proba, resample_indices(n, 500, seed=0))
+    samples = metric_samples({"t": ("classification", y, proba)}, Resamples(n, 500, seed=0).counts())["t"]
     low, high = interval(samples["accuracy"], 0.95)
     assert low < 0.8 < high
     expected_width = 2 * 1.96 * math.sqrt(0.8 * 0.2 / n)
     assert high - low == pytest.approx(expected_width, rel=0.2)
-
-
-def test_chunk_boundaries_do_not_change_the_samples(monkeypatch):
-    """250 resamples cross the default CHUNK of 100 twice and end in a partial chunk."""
-    rng = np.random.default_rng(6)
-    n = 30
-    y_class = rng.integers(0, 2, size=n)
-    proba = softmax_proba(rng, y_class, 2)
-    y_reg = rng.normal(size=n)
-    pred_reg = y_reg + rng.normal(0, 0.5, size=n)
-    idx = resample_indices(n, 250, seed=9)
-    by_chunk = {}
-    for chunk in (bootstrap.CHUNK, 7, 1000):  # the default, small uneven chunks, all in one go
-        monkeypatch.setattr(bootstrap, "CHUNK", chunk)
-        by_chunk[chunk] = metric_samples("classification", y_class, proba, idx) | metric_samples(
-            "regression", y_reg, pred_reg, idx
-        )
-    in_one_go = by_chunk.pop(1000)
-    assert set(in_one_go) == {"accuracy", "f1_macro", "roc_auc", "r2", "mae", "rmse"}
-    for chunk, samples in by_chunk.items():
-        for name, values in samples.items():
-            assert values.shape == (250,), (chunk, name)
-            np.testing.assert_array_equal(values, in_one_go[name], err_msg=f"CHUNK={chunk} {name}")
-    # And the first resample computed on its own is the first sample, whatever the chunking.
-    first = metric_samples("classification", y_class, proba, idx[:1])
-    assert first["accuracy"][0] == in_one_go["accuracy"][0]
-    assert first["roc_auc"][0] == in_one_go["roc_auc"][0]

@@ -15,7 +15,7 @@ from helpers.commands import run_command
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from seo_cli.bootstrap import interval, metric_samples, resample_indices
+from seo_cli.bootstrap import Resamples, interval, metric_samples
 from seo_cli.config import register_configs
 from seo_cli.data import seo_pages
 from seo_cli.data.batches import make_batches
@@ -218,7 +218,6 @@ def test_comparison_differences_are_exact_and_paired(compared, runs):
     cfg = compose_eval("checkpoint=x", "bootstrap=100")
     models = [load_trained(runs[name], CPU, []) for name in ("multitask", "mlp")]
     frame, split = evaluation_rows(models[0], cfg)
-    indices = resample_indices(len(frame), 100, seed=0)
     samples = []
     for trained in models:
         pre = trained.preprocessor
@@ -229,16 +228,16 @@ def test_comparison_differences_are_exact_and_paired(compared, runs):
         scored = Scorer(trained.targets, pre.target_scale).evaluate(
             trained.model, batches, split, trained.loss_fn
         )
-        per_model = {}
+        per_target = {}
         for t in trained.targets:
             y, pred = scored.labels[t.name], scored.predictions[t.name]
             if t.type != "classification":
                 mean, std = pre.target_scale[t.name]
                 y, pred = y * std + mean, pred * std + mean
-            per_model |= {
-                f"test/{t.name}/{m}": v for m, v in metric_samples(t.type, y, pred, indices).items()
-            }
-        samples.append(per_model)
+            per_target[t.name] = (t.type, y, pred)
+        # Each model on its own: the same seed draws the same resamples.
+        values = metric_samples(per_target, Resamples(len(frame), 100, seed=0).counts())
+        samples.append({f"test/{name}/{m}": v for name, ms in values.items() for m, v in ms.items()})
     for key, entry in other["metrics"].items():
         paired = interval(samples[1][key] - samples[0][key], 0.95)
         assert entry["difference_interval"] == pytest.approx(list(paired), rel=1e-6, abs=1e-9), key
