@@ -84,7 +84,7 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
         data = DataConfig(
             **{**data.__dict__, "source": "file", "split_column": None, "test_path": None, **overrides}
         )
-        frame, source = load_frame(data, first.seed, cfg.data.path)
+        frame, source = load_frame(data, first.seed, cfg.data.path, mapped_only=True)
         return drop_rows_without_target(frame, data, source), "eval"
     return split_rows(first, str(cfg.split)), str(cfg.split)
 
@@ -142,7 +142,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         with clock("report"):
             write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
             if cfg.report:
-                write_report(out_dir, result, predictions, trained.targets, trained.state.get("history"))
+                history = trained.state.get("history")
+                write_report(out_dir, result, predictions, trained.targets, history, scored_model.curves)
         print_target_tables(result, trained.targets, split)
         log.info("Wrote %s", out_dir / ("report.md" if cfg.report else "metrics.json"))
         results.append(result)

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from seo_cli import distributed
-from seo_cli.data.spec import Target
+from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
-from seo_cli.metrics import as_numpy, flatten, target_reports
+from seo_cli.metrics import Curves, as_numpy, flatten, ranking_curves, target_reports
 from seo_cli.runtime import autocast
 
 Batch = Any  # a tensor, or a dict / list / tuple of tensors
@@ -74,6 +74,7 @@ class Evaluation:
     reports: dict[str, dict]
     predictions: dict[str, Any]  # class probabilities [N, K], or values [N]
     labels: dict[str, Any]
+    curves: dict[str, Curves]  # per classification target: its ROC and precision-recall curves
 
 
 @dataclass(frozen=True)
@@ -140,5 +141,19 @@ class Scorer:
                 f"the model's {split} predictions for {', '.join(diverged)} are NaN or infinite (its weights have "
                 "diverged); lower learning_rate or set trainer.gradient_clip_val=1.0."
             )
-        reports = target_reports(predictions, label_arrays, self.targets, self.target_scale, self.class_names)
-        return Evaluation(metrics | flatten(reports, split), reports, predictions, label_arrays)
+        curves = {
+            t.name: ranking_curves(
+                label_arrays[t.name], predictions[t.name], self._names(t.name, predictions)
+            )
+            for t in self.targets
+            if t.type == CLASSIFICATION
+        }
+        reports = target_reports(
+            predictions, label_arrays, self.targets, self.target_scale, self.class_names, curves
+        )
+        return Evaluation(metrics | flatten(reports, split), reports, predictions, label_arrays, curves)
+
+    def _names(self, target: str, predictions: dict[str, np.ndarray]) -> list[str]:
+        """A classification target's class names, or their indices as text."""
+        names = (self.class_names or {}).get(target)
+        return names or [str(i) for i in range(predictions[target].shape[1])]

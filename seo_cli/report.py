@@ -13,17 +13,18 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn import metrics as skm
 
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.files import atomic_path, write_text
+from seo_cli.metrics import Curve, Curves, ranking_curves
 
 log = logging.getLogger(__name__)
 
 DPI = 110
 PLOT_SIZE = (6.4, 4.8)  # inches; 704 x 528 px at DPI
 CURVES_SIZE = (11.0, 4.2)
-Curve = tuple[str, np.ndarray, np.ndarray, float]  # (class name, x, y, area)
+CURVE_POINTS = 2_000  # per plotted ROC or precision-recall curve: about 3 per pixel of its width
+SCATTER_POINTS = 20_000  # per scatter plot: beyond it the marks only pile up and cost time
 
 
 def write_report(
@@ -32,8 +33,13 @@ def write_report(
     predictions: dict[str, dict[str, np.ndarray]],
     targets: list[Target],
     history: list[dict[str, float]] | None = None,
+    curves: dict[str, Curves] | None = None,
 ) -> Path:
     """Write PNG plots under out_dir/"plots" and out_dir/"report.md" (which embeds them with relative links); returns the report path.
+
+    Args:
+        curves: the classification targets' ROC and precision-recall curves when the caller has them
+            (``seo_cli.metrics.ranking_curves``; computed here otherwise).
 
     Each file is written atomically. Raises:
         UserError: a file cannot be written (a full disk, a read-only folder), naming it.
@@ -49,9 +55,11 @@ def write_report(
             names = report["class_names"]
             lines += _per_class_table(report) + _confusion_table(report)
             plot_confusion(plots / f"{stem}_confusion.png", report["confusion_matrix"], names, t.name)
-            roc = roc_curves(pred["y_true"], pred["y_pred"], names)
+            if curves and t.name in curves:
+                roc, pr = curves[t.name]
+            else:
+                roc, pr = ranking_curves(pred["y_true"], pred["y_pred"], names)
             plot_curves(plots / f"{stem}_roc.png", roc, f"{t.name}: ROC", "AUC", roc=True)
-            pr = pr_curves(pred["y_true"], pred["y_pred"], names)
             plot_curves(plots / f"{stem}_pr.png", pr, f"{t.name}: precision-recall", "AP", roc=False)
             images = [("confusion matrix", "confusion"), ("ROC curves", "roc"), ("precision-recall", "pr")]
         else:
@@ -77,26 +85,6 @@ def file_stems(names: list[str]) -> dict[str, str]:
     return stems
 
 
-def roc_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> list[Curve]:
-    """(class, fpr, tpr, AUC) one-vs-rest per class with positive and negative rows; binary: class 1 only."""
-    curves = []
-    for name, positive, score in _one_vs_rest(y_true, proba, class_names):
-        if positive.any() and not positive.all():  # undefined without both kinds of row
-            fpr, tpr, _ = skm.roc_curve(positive, score)
-            curves.append((name, fpr, tpr, float(skm.auc(fpr, tpr))))
-    return curves
-
-
-def pr_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> list[Curve]:
-    """(class, recall, precision, average precision) one-vs-rest per class with positive rows."""
-    curves = []
-    for name, positive, score in _one_vs_rest(y_true, proba, class_names):
-        if positive.any():
-            precision, recall, _ = skm.precision_recall_curve(positive, score)
-            curves.append((name, recall, precision, float(skm.average_precision_score(positive, score))))
-    return curves
-
-
 def plot_confusion(path: Path, matrix: list[list[int]], class_names: list[str], target: str) -> None:
     cm, k = np.asarray(matrix), len(class_names)
     fig = _figure(PLOT_SIZE if k <= 8 else (0.55 * k + 2.0, 0.55 * k + 1.6))
@@ -115,7 +103,7 @@ def plot_curves(path: Path, curves: list[Curve], title: str, area: str, roc: boo
     """ROC (with the chance diagonal) or precision-recall curves, the area of each in the legend."""
     ax = _figure(PLOT_SIZE).add_subplot()
     for name, x, y, value in curves:
-        ax.plot(x, y, label=f"{name} ({area} {value:.3f})")
+        ax.plot(*thin_curve(x, y), label=f"{name} ({area} {value:.3f})")
     if roc:
         ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
     if curves:
@@ -128,15 +116,36 @@ def plot_curves(path: Path, curves: list[Curve], title: str, area: str, roc: boo
 
 
 def plot_scatter(path: Path, y_true: np.ndarray, y_pred: np.ndarray, target: str) -> None:
+    """Predicted against actual values: all rows up to ``SCATTER_POINTS``, else that many drawn at
+    random (seeded, so the same rows each time), said in the title; the diagonal spans all rows."""
     ax = _figure(PLOT_SIZE).add_subplot()
+    shown = scatter_rows(len(y_true))
     # plot() with markers draws 1e6 points in about a second; scatter() takes several.
-    ax.plot(y_true, y_pred, ".", ms=3, alpha=0.3)
-    both = np.concatenate([y_true, y_pred])
-    lo, hi = np.nanmin(both), np.nanmax(both)
+    ax.plot(y_true[shown], y_pred[shown], ".", ms=3, alpha=0.3)
+    lo, hi = min(np.nanmin(y_true), np.nanmin(y_pred)), max(np.nanmax(y_true), np.nanmax(y_pred))
     ax.plot([lo, hi], [lo, hi], "--", color="grey", label="ideal (y = x)")
     ax.legend(loc="upper left")
-    ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title=f"{target}: predicted vs actual")
+    title = f"{target}: predicted vs actual"
+    if len(shown) < len(y_true):
+        title += f"\n{len(shown):,} of {len(y_true):,} rows, drawn at random"
+    ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title=title)
     save_figure(ax.figure, path)
+
+
+def thin_curve(x: np.ndarray, y: np.ndarray, points: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``points`` of a curve's points, evenly spaced along it, its first and last kept: a ROC or
+    precision-recall curve of 1,000,000 rows has up to as many points, far more than a plot has pixels."""
+    if len(x) <= points:
+        return x, y
+    keep = np.unique(np.linspace(0, len(x) - 1, points).round().astype(np.intp))
+    return x[keep], y[keep]
+
+
+def scatter_rows(rows: int, points: int = SCATTER_POINTS) -> np.ndarray:
+    """The rows a scatter plot shows: all, or ``points`` of them drawn with a fixed seed, in order."""
+    if rows <= points:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(0).choice(rows, size=points, replace=False))
 
 
 def plot_residuals(path: Path, y_true: np.ndarray, y_pred: np.ndarray, target: str) -> None:
@@ -182,13 +191,6 @@ def _figure(size: tuple[float, float]) -> Figure:
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def _one_vs_rest(
-    y_true: np.ndarray, proba: np.ndarray, class_names: list[str]
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    classes = [1] if proba.shape[1] == 2 else range(proba.shape[1])
-    return [(class_names[k], y_true == k, proba[:, k]) for k in classes]
 
 
 def _split_prefix(result: dict, targets: list[Target]) -> str:

@@ -217,3 +217,44 @@ def test_as_numpy_gives_probabilities_and_flat_values():
     np.testing.assert_allclose(arrays["ctr"], [1.5, -2.0])
     # A bare tensor is the first target's output.
     np.testing.assert_allclose(as_numpy(logits, targets[:1])["intent"], arrays["intent"])
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.parametrize("classes, present", [(2, [0, 1]), (4, [0, 1, 2, 3]), (4, [0, 1, 3])])
+def test_classification_report_equals_scikit_learns_own_scores(classes, present):
+    """The scores derived from one confusion count and one pair of curves per class equal what
+    scikit-learn's scoring functions give on the same rows (ties and an absent class included)."""
+    from sklearn import metrics as skm
+    from sklearn.preprocessing import label_binarize
+
+    rng = np.random.default_rng(classes + len(present))
+    y = rng.choice(present, size=500)
+    logits = 1.5 * np.eye(classes)[y] + rng.normal(size=(500, classes))
+    proba = np.round(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), 2)  # ties
+    proba /= proba.sum(axis=1, keepdims=True)
+    pred, labels = proba.argmax(axis=1), list(range(classes))
+    report = classification_report(y, proba)
+    assert report["accuracy"] == skm.accuracy_score(y, pred)
+    assert report["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-15)
+    for average in ("weighted", "macro"):
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y, pred, labels=labels, average=average, zero_division=0
+        )
+        assert [report[f"{m}_{average}"] for m in ("precision", "recall", "f1")] == pytest.approx(
+            [p, r, f], abs=1e-15
+        )
+    assert report["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=labels).tolist()
+    per_class = skm.classification_report(y, pred, labels=labels, output_dict=True, zero_division=0)
+    for k in labels:
+        assert report["per_class"][str(k)] == pytest.approx(per_class[str(k)], abs=1e-15)
+    if classes == 2:
+        auc, ap = skm.roc_auc_score(y, proba[:, 1]), skm.average_precision_score(y, proba[:, 1])
+    elif len(present) == classes:
+        auc = skm.roc_auc_score(y, proba, multi_class="ovr")
+        ap = skm.average_precision_score(label_binarize(y, classes=labels), proba)
+    else:
+        renormalised = proba[:, present] / proba[:, present].sum(axis=1, keepdims=True)
+        auc = skm.roc_auc_score(np.searchsorted(present, y), renormalised, multi_class="ovr")
+        ap = skm.average_precision_score(label_binarize(y, classes=labels)[:, present], proba[:, present])
+    assert report["roc_auc"] == pytest.approx(auc, abs=1e-15)
+    assert report["average_precision"] == pytest.approx(ap, abs=1e-15)

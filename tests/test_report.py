@@ -8,8 +8,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, Target
-from seo_cli.metrics import classification_report, regression_report
-from seo_cli.report import file_stems, pr_curves, roc_curves, write_report
+from seo_cli.metrics import classification_report, ranking_curves, regression_report
+from seo_cli.report import CURVE_POINTS, SCATTER_POINTS, file_stems, scatter_rows, thin_curve, write_report
 
 TARGETS = [
     Target("page/type", CLASSIFICATION),
@@ -159,23 +159,51 @@ def test_intervals_found_for_a_file_split(tmp_path, prefix):
 def test_binary_roc_and_pr_match_sklearn():
     _, predictions = synthetic_eval()
     y, proba = predictions["is_local"]["y_true"], predictions["is_local"]["y_pred"]
-    [(name, _, _, auc)] = roc_curves(y, proba, ["no", "yes"])
+    [(name, _, _, auc)], [(_, _, _, ap)] = ranking_curves(y, proba, ["no", "yes"])
     assert name == "yes"
-    assert auc == pytest.approx(roc_auc_score(y, proba[:, 1]))
-    [(_, _, _, ap)] = pr_curves(y, proba, ["no", "yes"])
-    assert ap == pytest.approx(average_precision_score(y, proba[:, 1]))
+    assert auc == roc_auc_score(y, proba[:, 1])
+    assert ap == average_precision_score(y, proba[:, 1])
 
 
 def test_multiclass_curves_are_one_vs_rest_and_skip_absent_classes():
     _, predictions = synthetic_eval()
     y, proba = predictions["page/type"]["y_true"], predictions["page/type"]["y_pred"]
-    curves = roc_curves(y, proba, PAGE_CLASSES)
-    assert [c[0] for c in curves] == PAGE_CLASSES
-    for k, (_, _, _, auc) in enumerate(curves):
-        assert auc == pytest.approx(roc_auc_score(y == k, proba[:, k]))
+    roc, pr = ranking_curves(y, proba, PAGE_CLASSES)
+    assert [c[0] for c in roc] == [c[0] for c in pr] == PAGE_CLASSES
+    for k, ((_, _, _, auc), (_, _, _, ap)) in enumerate(zip(roc, pr, strict=True)):
+        assert auc == roc_auc_score(y == k, proba[:, k])
+        assert ap == average_precision_score(y == k, proba[:, k])
     present = y != 2
-    assert [c[0] for c in roc_curves(y[present], proba[present], PAGE_CLASSES)] == ["how to", "product"]
-    assert [c[0] for c in pr_curves(y[present], proba[present], PAGE_CLASSES)] == ["how to", "product"]
+    roc, pr = ranking_curves(y[present], proba[present], PAGE_CLASSES)
+    assert [c[0] for c in roc] == [c[0] for c in pr] == ["how to", "product"]
+
+
+def test_plotted_curves_are_thinned_to_their_first_and_last_points_and_evenly_between():
+    """A curve of 1,000,000 rows is plotted with at most CURVE_POINTS points, its ends kept."""
+    rng = np.random.default_rng(2)
+    n = 200_000
+    y = rng.integers(0, 2, n)
+    score = y * 0.3 + rng.random(n)
+    [(_, fpr, tpr, _)], [(_, recall, precision, _)] = ranking_curves(
+        y, np.stack([1 - score, score], 1), ["n", "p"]
+    )
+    for x, v in ((fpr, tpr), (recall, precision)):
+        assert len(x) > 10 * CURVE_POINTS  # the full curve, as scikit-learn returns it
+        thin_x, thin_v = thin_curve(x, v)
+        assert len(thin_x) == len(thin_v) == CURVE_POINTS
+        assert (thin_x[0], thin_v[0], thin_x[-1], thin_v[-1]) == (x[0], v[0], x[-1], v[-1])
+        assert np.isin(thin_x + 1j * thin_v, x + 1j * v).all()  # points of the curve, in its order
+        assert np.all(np.diff(thin_x) >= 0) if x[-1] > x[0] else np.all(np.diff(thin_x) <= 0)
+    short = (np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.8, 1.0]))
+    assert thin_curve(*short) == short  # few points: all kept
+
+
+def test_scatter_rows_are_all_or_a_seeded_sample():
+    np.testing.assert_array_equal(scatter_rows(500), np.arange(500))
+    rows = scatter_rows(1_000_000)
+    assert len(rows) == SCATTER_POINTS == len(np.unique(rows))
+    assert np.all(np.diff(rows) > 0) and rows[-1] < 1_000_000
+    np.testing.assert_array_equal(rows, scatter_rows(1_000_000))  # the same rows each time
 
 
 def test_file_stems_are_safe_and_unique():

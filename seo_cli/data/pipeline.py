@@ -42,19 +42,28 @@ def targets_of(data: DataConfig) -> list[Target]:
     return [Target(t.name, str(t.type)) for t in data.targets]
 
 
-def load_frame(data: DataConfig, seed: int, path: str | None = None) -> tuple[pd.DataFrame, Source]:
+def load_frame(
+    data: DataConfig, seed: int, path: str | None = None, mapped_only: bool = False
+) -> tuple[pd.DataFrame, Source]:
     """The rows of the dataset (or of the file ``path``), checked against the column mapping, and their source.
 
     Numeric columns come back as floats, with NaN where a value is missing; "NA", "null" and the like
-    count as missing in numeric and target columns (in text columns they are text).
+    count as missing in numeric and target columns (in text columns they are text). ``mapped_only``:
+    a file's other columns are not read where its format allows (``read_table``'s ``columns``).
     """
     if data.source == "seo_pages":
         return seo_pages.generate_seo_pages(num_rows=data.num_rows, seed=seed), Source(
             "the seo_pages dataset"
         )
-    frame, source = read_table(path or data.path, data.format, list(data.column_names), data.encoding)
     mapped = [*data.text_columns, *data.numeric_columns, *data.categorical_columns]
     mapped += [t.name for t in data.targets] + ([data.split_column] if data.split_column else [])
+    frame, source = read_table(
+        path or data.path,
+        data.format,
+        list(data.column_names),
+        data.encoding,
+        columns=mapped if mapped_only else None,
+    )
     check_plain_cells(frame, mapped, source)
     _check_columns(frame, data, source)
     for target in targets_of(data):

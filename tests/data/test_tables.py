@@ -40,6 +40,19 @@ def test_every_format_reads_the_same_frame(tmp_path, name):
     pd.testing.assert_frame_equal(read_table(path)[0], FRAME)
 
 
+@pytest.mark.parametrize("name", ["pages.parquet", "pages.csv"])
+def test_columns_reads_only_those_of_a_parquet_file_that_has_them_all(tmp_path, name):
+    path = tmp_path / name
+    write(FRAME, path)
+    wanted = read_table(path, columns=["intent", "backlinks"])[0]
+    if name.endswith(".parquet"):  # in the file's order; the text column never decoded
+        pd.testing.assert_frame_equal(wanted, FRAME[["backlinks", "intent"]])
+    else:  # other formats are read whole
+        pd.testing.assert_frame_equal(wanted, FRAME)
+    # One of them missing: the whole file, whose columns the caller's message then lists.
+    pd.testing.assert_frame_equal(read_table(path, columns=["intent", "ctr"])[0], FRAME)
+
+
 def test_format_overrides_the_extension(tmp_path):
     path = tmp_path / "pages.txt"
     FRAME.to_csv(path, sep="\t", index=False)
