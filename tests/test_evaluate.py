@@ -313,3 +313,19 @@ def test_cli_missing_checkpoint_is_one_line_and_exit_code_1(tmp_path):
     assert "Traceback" not in done.output
     [line] = done.output.strip().splitlines()
     assert "missing.pt" in line and "does not exist" in line
+
+
+def test_the_shape_only_build_fills_no_meta_tensor_and_every_real_one():
+    """load_trained builds the model on the meta device first (to refuse oversized configs); there its
+    initialisers are skipped: torch sends normal_ on a meta tensor through a 1.4 s import of torch._dynamo."""
+    from seo_cli.loading import _NoFillOnMeta
+
+    with torch.device("meta"), _NoFillOnMeta():
+        embedding = torch.nn.Embedding(5, 3)
+        linear = torch.nn.Linear(3, 2)
+    assert embedding.weight.is_meta and linear.weight.shape == (2, 3)
+    real = torch.zeros(4)
+    with _NoFillOnMeta():
+        torch.nn.init.normal_(real)
+        torch.nn.init.uniform_(real[:2], 5.0, 6.0)
+    assert (real != 0).all() and (real[:2] >= 5).all()
