@@ -127,6 +127,7 @@ class DataConfig:
     pad_to_multiple_of: Optional[int] = None  # padding=longest: round a batch's length up to it; null: 1, 32 under compile
     bucket_by_length: bool = False  # training batches group rows of similar length (less padding still)
     vocab_size: int = 4000  # upper bound of the tokenizer's vocabulary, fitted on the training texts
+    tokenizer: Optional[str] = None  # a pretrained model's directory or Hub id: its tokenizer instead (model=pretrained sets it)
     max_classes: int = 1000  # a classification target with more classes is refused before training
     placement: Placement = Placement.auto
     num_workers: int = 2  # DataLoader workers when streaming

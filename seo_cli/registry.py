@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from seo_cli import loggers, losses, schedulers
 from seo_cli.errors import UserError
 from seo_cli.models.mlp import MLP
+from seo_cli.models.pretrained import PretrainedText
 from seo_cli.models.seo_multitask import SEOMultitask
 from seo_cli.models.textcnn import TextCNN
 from seo_cli.models.transformer import Transformer
@@ -41,7 +42,7 @@ _OPTIMIZERS = (
 # What each group may build. Optimizers are named as users write them (torch.optim.AdamW), not by the
 # module that defines them.
 REGISTRY: dict[str, dict[str, Callable]] = {
-    "model": _table(MLP, TextCNN, Transformer, SEOMultitask),
+    "model": _table(MLP, TextCNN, Transformer, SEOMultitask, PretrainedText),
     "loss": _table(losses.MultiTargetLoss),
     "optimizer": {f"torch.optim.{cls.__name__}": cls for cls in _OPTIMIZERS},
     "scheduler": _table(

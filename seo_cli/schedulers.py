@@ -34,8 +34,13 @@ def warmup_cosine(
     steps_per_epoch: int,
     warmup_steps: int,
     min_lr_ratio: float = 0.0,
+    warmup_ratio: float | None = None,
 ) -> LRScheduler:
+    """``warmup_ratio`` (a share of the run, e.g. 0.1), when set, replaces ``warmup_steps``."""
     require(warmup_steps >= 0, f"scheduler.warmup_steps={warmup_steps} must be 0 or more, e.g. 20.")
+    if warmup_ratio is not None:
+        require(0 <= warmup_ratio < 1, f"scheduler.warmup_ratio={warmup_ratio} must be from 0 to below 1, e.g. 0.1.")
+        warmup_steps = int(warmup_ratio * total_steps)
     _check_min_lr_ratio(min_lr_ratio)
     # LinearLR cannot start at exactly 0; 1/warmup_steps makes the first step's rate lr/warmup_steps.
     warmup = LinearLR(

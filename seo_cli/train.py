@@ -9,6 +9,7 @@ component (announced on its own log line), ``fit``, score the best checkpoint on
 write the summary. Only this module, ``evaluate.py`` and ``predict.py`` read ``cfg``.
 """
 
+import dataclasses
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from seo_cli.checkpoint import Checkpoint, CheckpointManager, load_checkpoint, u
 from seo_cli.config import Placement
 from seo_cli.console import metrics_table, print_table, run_panel
 from seo_cli.data.batches import fits_on_device, make_batches, pad_multiple
-from seo_cli.data.pipeline import PreparedData, prepare_data, targets_of
+from seo_cli.data.pipeline import PreparedData, SplitTensors, prepare_data, targets_of
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Scorer
 from seo_cli.loggers import MetricsSink
@@ -61,6 +62,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     device = set_up_device(cfg)
     data = prepare_data(OmegaConf.to_object(cfg.data), cfg.seed)
     model, loss_fn, optimizer = build_model(cfg, data, device, allowed)
+    data = frozen_features(cfg, data, model, device)
     train_batches, val_batches, test_batches = build_batches(cfg, data, device)
     steps_per_epoch = -(-len(train_batches) // cfg.trainer.accumulate_grad_batches)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch, allowed)
@@ -139,7 +141,12 @@ def build_model(
     """Model (DDP- and compile-wrapped as asked), loss and optimizer, each announced before it is built."""
     pre = data.preprocessor
     log.info("Instantiating model <%s>", cfg.model._target_)
-    model = build(cfg.model, "model", allowed, inputs=pre.input_spec, heads=pre.heads).to(device)
+    model = build(cfg.model, "model", allowed, inputs=pre.input_spec, heads=pre.heads)
+    if hasattr(model, "load_pretrained"):  # a pretrained encoder's weights (a resumed run then loads its own)
+        log.info("Loading the pretrained encoder's weights from %s", cfg.model.name_or_path)
+        with torch.random.fork_rng():  # transformers may draw initial weights first: the run's seeds stay as they were
+            model.load_pretrained()
+    model = model.to(device)
     if distributed.enabled():
         # DDP copies rank 0's initial weights to every rank; each rank then draws its own dropout masks.
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -154,8 +161,27 @@ def build_model(
         kernel["fused"] = True  # fused: null becomes the fused kernel on CUDA and the CPU (torch >= 2.4)
     if cfg.trainer.cuda_graphs:
         kernel["capturable"] = True  # torch's capture check asks for it, fused or not
-    optimizer = build(cfg.optimizer, "optimizer", allowed, params=model.parameters(), **kernel)
+    inner = unwrap_model(model)
+    # A model may ask for its own groups (a pretrained encoder: its learning rate, no decay on biases and norms).
+    params = inner.parameter_groups(cfg.optimizer.get("weight_decay", 0.0)) if hasattr(inner, "parameter_groups") else model.parameters()
+    optimizer = build(cfg.optimizer, "optimizer", allowed, params=params, **kernel)
     return model, loss_fn, optimizer
+
+
+def frozen_features(cfg: DictConfig, data: PreparedData, model: torch.nn.Module, device: torch.device) -> PreparedData:
+    """Under a frozen pretrained encoder (``model.freeze=all``) each split's pooled features, computed once:
+    the heads train and validate on them, and the encoder does not run again until seo-eval."""
+    inner = unwrap_model(model)
+    if not getattr(inner, "freeze_all", False):
+        return data
+    started = time.perf_counter()
+    splits = {
+        name: SplitTensors({"features": inner.features_of(split.inputs["tokens"], cfg.eval_batch_size, device).cpu()}, split.targets)
+        for name, split in data.splits.items()
+    }
+    rows = sum(len(split) for split in splits.values())
+    log.info("model.freeze=all: the encoder's features of %d rows computed once in %.1f s.", rows, time.perf_counter() - started)
+    return dataclasses.replace(data, splits=splits)
 
 
 def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> tuple[Any, Any, Any]:

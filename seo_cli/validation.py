@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
+from seo_cli.pretrained import encoder_files
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
 from seo_cli.registry import (
@@ -161,7 +162,7 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
         problems.append(f"device.precision={cfg.device.precision} must be 32, bf16 or fp16.")
     problems += _trainer_problems(cfg.trainer)
     steps = known_run_length(cfg)
-    warmup = cfg.scheduler.get("warmup_steps") if cfg.scheduler else None
+    warmup = cfg.scheduler.get("warmup_steps") if cfg.scheduler and cfg.scheduler.get("warmup_ratio") is None else None
     if steps is not None and isinstance(warmup, int) and warmup >= steps:
         problems.append(_warmup_problem(warmup, steps))
 
@@ -271,7 +272,7 @@ def check_run_length(scheduler: DictConfig, total_steps: int) -> None:
     Raises:
         UserError: a warm-up as long as the run or longer.
     """
-    warmup = scheduler.get("warmup_steps") if scheduler else None
+    warmup = scheduler.get("warmup_steps") if scheduler and scheduler.get("warmup_ratio") is None else None
     if warmup is not None and warmup >= total_steps:
         raise UserError(_warmup_problem(warmup, total_steps))
 
@@ -320,6 +321,8 @@ def dry_build(cfg: DictConfig, group: str, node: DictConfig, allowed: dict[str, 
                 categorical_cardinalities=[2] * len(data.categorical_columns),
                 vocab_size=max(data.vocab_size, 8) if data.text_columns else 0,
                 max_length=max(data.max_length or MAX_LENGTH, 1) if data.text_columns else 0,
+                # A pretrained encoder's config, read from the user's own path (the command line is trusted).
+                encoder_config=encoder_files(data.tokenizer)["config"] if data.tokenizer and data.text_columns else None,
             ),
             "heads": {t.name: 2 if t.type == CLASSIFICATION else 1 for t in targets},
         },

@@ -23,6 +23,7 @@ LONGEST_FIRST = (
     "test_ddp.py",  # 80
     "test_export.py",  # 45
     "test_train_options.py",  # 40
+    "models/test_model_pretrained.py",  # 30
     "reliability/test_fuzzed_configs.py",  # 35
     "e2e/test_cli.py",  # 30
     "test_resume.py",  # 25

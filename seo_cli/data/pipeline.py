@@ -16,6 +16,7 @@ from seo_cli.data.preprocess import Preprocessor, as_text_values
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.data.tables import Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
+from seo_cli.pretrained import encoder_files
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,7 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
         max_length=data.max_length,
         vocab_size=data.vocab_size,
         numeric_scaling=data.numeric_scaling,
+        encoder=encoder_files(data.tokenizer) if data.tokenizer and data.text_columns else None,
     )
     tensors = {name: tensorize(preprocessor, frame, name) for name, (frame, _) in splits.items()}
     return PreparedData(config=data, preprocessor=preprocessor, splits=tensors)

@@ -62,6 +62,9 @@ class Preprocessor:
     numeric_fill: list[float] = field(
         default_factory=list
     )  # training median per numeric column, for empty cells
+    # A pretrained encoder's config, tokenizer, padding id and separator (seo_cli.pretrained); {}: the
+    # fitted BPE tokenizer above.
+    encoder: dict = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -75,12 +78,16 @@ class Preprocessor:
         max_length: int | None,
         vocab_size: int,
         numeric_scaling: str = "standard",
+        encoder: dict | None = None,
     ) -> "Preprocessor":
         """Fit on the training rows only, so no statistic of validation or test rows leaks into training.
 
         Args:
-            max_length: tokens kept per row; None: from the data (``length_from_data``).
+            max_length: tokens kept per row; None: from the data (``length_from_data``), at most the
+                encoder's ``model_max_length``.
             numeric_scaling: standard (z-score) | power (Yeo-Johnson, then z-score).
+            encoder: a pretrained encoder's files (``seo_cli.pretrained.encoder_files``): its tokenizer
+                replaces the fitted one.
         """
         mean, scale, power, fill = [], [], [], []
         if numeric_columns:
@@ -109,10 +116,18 @@ class Preprocessor:
             sample = (
                 frame if len(frame) <= TOKENIZER_SAMPLE else frame.sample(TOKENIZER_SAMPLE, random_state=0)
             )
-            tokenizer = _train_tokenizer(_joined_text(sample, text_columns), vocab_size)
-            tokenizer_json = tokenizer.to_str()
+            separator = encoder["sep"] if encoder else SEP
+            if encoder:
+                tokenizer = Tokenizer.from_str(encoder["tokenizer_json"])
+            else:
+                tokenizer = _train_tokenizer(_joined_text(sample, text_columns), vocab_size)
+                tokenizer_json = tokenizer.to_str()
             if max_length is None:
-                max_length = length_from_data(tokenizer, _joined_text(sample, text_columns))
+                max_length = length_from_data(tokenizer, _joined_text(sample, text_columns, separator))
+            if encoder:
+                if max_length > encoder["model_max_length"]:
+                    log.info("data.max_length %d is above the encoder's limit: %d tokens.", max_length, encoder["model_max_length"])
+                max_length = min(max_length, encoder["model_max_length"])
         encodings = []
         for target in targets:
             values = frame[target.name]
@@ -136,17 +151,22 @@ class Preprocessor:
             max_length=max_length or 1,
             targets=encodings,
             numeric_fill=fill,
+            encoder=dict(encoder) if encoder and text_columns else {},
         )
 
     @property
     def input_spec(self) -> InputSpec:
-        vocab = Tokenizer.from_str(self.tokenizer_json).get_vocab_size() if self.tokenizer_json else 0
+        if self.encoder:
+            vocab = self.encoder["config"]["vocab_size"]
+        else:
+            vocab = Tokenizer.from_str(self.tokenizer_json).get_vocab_size() if self.tokenizer_json else 0
         return InputSpec(
             num_numeric=len(self.numeric_columns),
             categorical_cardinalities=[len(self.categories[c]) + 1 for c in self.categorical_columns],
             vocab_size=vocab,
-            max_length=self.max_length if self.tokenizer_json else 0,
-            pad_id=0,
+            max_length=self.max_length if self.tokenizer_json or self.encoder else 0,
+            pad_id=self.encoder["pad_id"] if self.encoder else 0,
+            encoder_config=self.encoder.get("config"),
         )
 
     @property
@@ -193,10 +213,12 @@ class Preprocessor:
                 for col in self.categorical_columns
             ]
             inputs["categorical"] = np.stack(codes, axis=1)
-        if self.tokenizer_json and "tokens" in wanted:
-            tokenizer = Tokenizer.from_str(self.tokenizer_json)
+        if (self.tokenizer_json or self.encoder) and "tokens" in wanted:
+            tokenizer = Tokenizer.from_str(self.encoder["tokenizer_json"] if self.encoder else self.tokenizer_json)
             tokenizer.enable_truncation(self.max_length)
-            tokenizer.enable_padding(pad_id=0, pad_token=PAD, length=self.max_length)
+            pad_id, pad = (self.encoder["pad_id"], tokenizer.id_to_token(self.encoder["pad_id"]) or PAD) if self.encoder else (0, PAD)
+            tokenizer.enable_padding(pad_id=pad_id, pad_token=pad, length=self.max_length)
+            separator = self.encoder["sep"] if self.encoder else SEP
             # In chunks: an Encoding object holds tokens, offsets and masks besides the ids, several KB
             # per row, so a million of them at once would need gigabytes.
             encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: no offsets
@@ -204,7 +226,7 @@ class Preprocessor:
             for start in range(0, len(frame), ENCODE_CHUNK):
                 chunk = frame.iloc[start : start + ENCODE_CHUNK]
                 ids[start : start + len(chunk)] = [
-                    e.ids for e in encode(_joined_text(chunk, self.text_columns))
+                    e.ids for e in encode(_joined_text(chunk, self.text_columns, separator))
                 ]
             inputs["tokens"] = ids
         return inputs
@@ -298,7 +320,7 @@ def check_state(state: Any) -> None:
         "",
         f"a mapping of {', '.join(sorted(fields))} only (it has {unknown[0]!r})" if unknown else "",
     )
-    absent = sorted(fields - set(state) - {"numeric_fill"})  # numeric_fill: not in older checkpoints
+    absent = sorted(fields - set(state) - {"numeric_fill", "encoder"})  # not in older checkpoints
     need(not absent, f".{absent[0]}" if absent else "", "present")
     for key in ("text_columns", "numeric_columns", "categorical_columns"):
         need(names(state[key], MAX_COLUMNS), f".{key}", f"a list of at most {MAX_COLUMNS:,} column names")
@@ -338,11 +360,17 @@ def check_state(state: Any) -> None:
         ".max_length",
         f"a whole number from 1 to {MAX_LENGTH}",
     )
+    encoder = state.get("encoder", {})  # not in older checkpoints
+    if encoder != {}:
+        from seo_cli.pretrained import encoder_problem
+
+        problem = encoder_problem(encoder)
+        need(problem is None and bool(state["text_columns"]), ".encoder", f"a pretrained encoder seo-train stores ({problem or 'with text columns'})")
     tokenizer = state["tokenizer_json"]
     need(
-        type(tokenizer) is str and bool(tokenizer) == bool(state["text_columns"]),
+        type(tokenizer) is str and bool(tokenizer) == (bool(state["text_columns"]) and encoder == {}),
         ".tokenizer_json",
-        "a tokenizer exactly when there are text columns",
+        "a tokenizer exactly when there are text columns and no pretrained encoder",
     )
     problem = _tokenizer_problem(tokenizer) if tokenizer else None
     need(problem is None, ".tokenizer_json", f"the kind of tokenizer seo-train fits ({problem})")
@@ -452,10 +480,10 @@ def as_text_values(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.notna(), "").astype(str)
 
 
-def _joined_text(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+def _joined_text(frame: pd.DataFrame, columns: list[str], separator: str = SEP) -> list[str]:
     # Column-wise string concatenation: a row-wise join is ~10x slower on a million rows.
     parts = [frame[c].fillna("").astype(str) for c in columns]
-    return parts[0].str.cat(parts[1:], sep=f" {SEP} ").tolist() if len(parts) > 1 else parts[0].tolist()
+    return parts[0].str.cat(parts[1:], sep=f" {separator} ").tolist() if len(parts) > 1 else parts[0].tolist()
 
 
 def _class_names(values: pd.Series) -> list[str]:

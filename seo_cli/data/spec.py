@@ -29,6 +29,7 @@ class InputSpec:
     vocab_size: int = 0
     max_length: int = 0
     pad_id: int = 0
+    encoder_config: dict | None = field(default=None, compare=False)  # a pretrained encoder's (plain data)
 
     @property
     def has_text(self) -> bool:
