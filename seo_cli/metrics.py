@@ -121,14 +121,22 @@ def ranking_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]
     classes = [1] if proba.shape[1] == 2 else range(proba.shape[1])
     for k in classes:
         positive, score = y_true == k, proba[:, k]
-        if positive.any() and not positive.all():  # undefined without both kinds of row
-            fpr, tpr, _ = skm.roc_curve(positive, score)
-            roc.append((class_names[k], fpr, tpr, float(skm.auc(fpr, tpr))))
-        if positive.any():
+        if not positive.any():
+            continue
+        if positive.all():  # no negative rows: no ROC curve, and precision 1 at every threshold
             precision, recall, _ = skm.precision_recall_curve(positive, score)
-            # average_precision_score's step sum over the same curve: one sort of the scores for both.
-            ap = max(0.0, -np.sum(np.diff(recall) * precision[:-1]))
-            pr.append((class_names[k], recall, precision, float(ap)))
+        else:
+            # One sort of the scores for both curves (each sorts 1,000,000 rows in 0.15 s): the ROC curve
+            # at every threshold holds the counts of true and false positives precision_recall_curve
+            # divides, exactly (integers far below 2^53).
+            fpr, tpr, _ = skm.roc_curve(positive, score, drop_intermediate=False)
+            roc.append((class_names[k], fpr, tpr, float(skm.auc(fpr, tpr))))
+            tps, fps = np.rint(tpr[1:] * positive.sum()), np.rint(fpr[1:] * (~positive).sum())
+            precision = np.r_[(tps / (tps + fps))[::-1], 1.0]
+            recall = np.r_[(tps / tps[-1])[::-1], 0.0]
+        # average_precision_score's step sum over the curve.
+        ap = max(0.0, -np.sum(np.diff(recall) * precision[:-1]))
+        pr.append((class_names[k], recall, precision, float(ap)))
     return roc, pr
 
 

@@ -161,8 +161,8 @@ def test_binary_roc_and_pr_match_sklearn():
     y, proba = predictions["is_local"]["y_true"], predictions["is_local"]["y_pred"]
     [(name, _, _, auc)], [(_, _, _, ap)] = ranking_curves(y, proba, ["no", "yes"])
     assert name == "yes"
-    assert auc == roc_auc_score(y, proba[:, 1])
-    assert ap == average_precision_score(y, proba[:, 1])
+    assert auc == pytest.approx(roc_auc_score(y, proba[:, 1]), rel=1e-14)
+    assert ap == pytest.approx(average_precision_score(y, proba[:, 1]), rel=1e-14)
 
 
 def test_multiclass_curves_are_one_vs_rest_and_skip_absent_classes():
@@ -171,8 +171,8 @@ def test_multiclass_curves_are_one_vs_rest_and_skip_absent_classes():
     roc, pr = ranking_curves(y, proba, PAGE_CLASSES)
     assert [c[0] for c in roc] == [c[0] for c in pr] == PAGE_CLASSES
     for k, ((_, _, _, auc), (_, _, _, ap)) in enumerate(zip(roc, pr, strict=True)):
-        assert auc == roc_auc_score(y == k, proba[:, k])
-        assert ap == average_precision_score(y == k, proba[:, k])
+        assert auc == pytest.approx(roc_auc_score(y == k, proba[:, k]), rel=1e-14)
+        assert ap == pytest.approx(average_precision_score(y == k, proba[:, k]), rel=1e-14)
     present = y != 2
     roc, pr = ranking_curves(y[present], proba[present], PAGE_CLASSES)
     assert [c[0] for c in roc] == [c[0] for c in pr] == ["how to", "product"]
