@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine  # noqa: E402
+from machine import machine, version  # noqa: E402
 
 log = logging.getLogger("hf_finetune")
 RESULTS = Path(__file__).resolve().parent / "results" / "hf_finetune.json"
@@ -160,7 +160,9 @@ def main() -> None:
             for runner, figures in results[length].items():
                 if hf and runner != "hf":
                     figures["x_hf"] = figures["samples_per_second"] / hf
-    report = {"machine": machine(), "rows": args.rows, "batch": BATCH, "epochs": EPOCHS, "precision": args.precision, "results": results}
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    versions = {name: version(name) for name in ("torch", "transformers", "seo-cli")}
+    report = {"machine": machine() | {"gpu": gpu}, "versions": versions, "rows": args.rows, "batch": BATCH, "epochs": EPOCHS, "precision": args.precision, "results": results}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     for length, runners in results.items():
