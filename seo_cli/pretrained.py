@@ -184,6 +184,7 @@ def build_encoder(config: dict[str, Any]) -> Any:
 def pretrained_weights(name_or_path: str) -> dict[str, Any]:
     """The encoder's trained weights from ``name_or_path`` (safetensors or PyTorch files, loaded by transformers)."""
     transformers = _transformers()
+    transformers.utils.logging.disable_progress_bar()  # a bar per load would clutter train.log
     model = transformers.AutoModel.from_pretrained(local_path(name_or_path), trust_remote_code=False)
     return model.float().state_dict()
 

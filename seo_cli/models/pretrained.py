@@ -86,6 +86,7 @@ class PretrainedText(nn.Module):
         """Pooled features of every row of ``tokens`` (on the host), computed once: under ``freeze=all``
         the heads then train on these and the encoder never runs again in training."""
         was_training, parts = self.training, []
+        batch_size = max(1, min(batch_size, 2**16 // max(tokens.shape[1], 1)))  # 64K tokens: activations stay small
         self.eval()
         lengths = (tokens != self.pad_id).int().flip(1).argmax(1)  # trailing padding of each row
         for start in range(0, len(tokens), batch_size):
