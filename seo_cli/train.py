@@ -142,7 +142,7 @@ def build_model(
     pre = data.preprocessor
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = build(cfg.model, "model", allowed, inputs=pre.input_spec, heads=pre.heads)
-    if hasattr(model, "load_pretrained"):  # a pretrained encoder's weights (a resumed run then loads its own)
+    if cfg.model.get("name_or_path") and hasattr(model, "load_pretrained"):  # a resumed run then loads its own
         log.info("Loading the pretrained encoder's weights from %s", cfg.model.name_or_path)
         with torch.random.fork_rng():  # transformers may draw initial weights first: the run's seeds stay as they were
             model.load_pretrained()
@@ -163,7 +163,8 @@ def build_model(
         kernel["capturable"] = True  # torch's capture check asks for it, fused or not
     inner = unwrap_model(model)
     # A model may ask for its own groups (a pretrained encoder: its learning rate, no decay on biases and norms).
-    params = inner.parameter_groups(cfg.optimizer.get("weight_decay", 0.0)) if hasattr(inner, "parameter_groups") else model.parameters()
+    groups = inner.parameter_groups(cfg.optimizer.get("weight_decay", 0.0)) if hasattr(inner, "parameter_groups") else None
+    params = groups if groups is not None else model.parameters()
     optimizer = build(cfg.optimizer, "optimizer", allowed, params=params, **kernel)
     return model, loss_fn, optimizer
 
@@ -176,7 +177,11 @@ def frozen_features(cfg: DictConfig, data: PreparedData, model: torch.nn.Module,
         return data
     started = time.perf_counter()
     splits = {
-        name: SplitTensors({"features": inner.features_of(split.inputs["tokens"], cfg.eval_batch_size, device).cpu()}, split.targets)
+        name: SplitTensors(
+            {k: v for k, v in split.inputs.items() if k != "tokens"}
+            | {"features": inner.features_of(split.inputs["tokens"], cfg.eval_batch_size, device).cpu()},
+            split.targets,
+        )
         for name, split in data.splits.items()
     }
     rows = sum(len(split) for split in splits.values())

@@ -9,10 +9,11 @@ from seo_cli.data.spec import InputSpec
 from seo_cli.errors import UserError, dropout_rate, positive_ints
 from seo_cli.models.heads import OutputHeads
 from seo_cli.models.mlp import TabularEncoder, build_mlp
+from seo_cli.models.pretrained import PretrainedEncoder, check_encoder_lr, parameter_groups
 from seo_cli.models.textcnn import TextCNNEncoder
 from seo_cli.models.transformer import TransformerEncoder, check_heads_divide
 
-TEXT_ENCODERS = ("cnn", "transformer")
+TEXT_ENCODERS = ("cnn", "transformer", "pretrained")
 
 
 class SEOMultitask(nn.Module):
@@ -23,7 +24,8 @@ class SEOMultitask(nn.Module):
     Args:
         inputs: shapes of the batch tensors.
         heads: target name -> output size (classes, or 1 for regression).
-        text_encoder: cnn (TextCNN, fast on CPU) | transformer.
+        text_encoder: cnn (TextCNN, fast on CPU) | transformer | pretrained (a Hugging Face encoder
+            read from ``name_or_path``, through its own tokenizer: see ``seo_cli.models.pretrained``).
         embedding_dim: token embedding size; the transformer's d_model.
         num_filters: cnn channels per kernel size.
         kernel_sizes: cnn window widths in tokens.
@@ -35,6 +37,8 @@ class SEOMultitask(nn.Module):
         fusion_hidden: widths of the shared trunk after concatenation.
         dropout: dropout in every tower and on the text features.
         activation: relu | gelu | silu | tanh, in the tabular tower and the shared trunk.
+        name_or_path, pooling, freeze, encoder_lr, gradient_checkpointing: text_encoder=pretrained's
+            (as ``model=pretrained``'s knobs).
 
     Raises:
         UserError: the data has neither text nor tabular columns, or a knob is invalid.
@@ -56,6 +60,11 @@ class SEOMultitask(nn.Module):
         fusion_hidden: Sequence[int] = (128,),
         dropout: float = 0.1,
         activation: str = "relu",
+        name_or_path: str | None = None,
+        pooling: str = "mean",
+        freeze: str | int = "none",
+        encoder_lr: float | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         sizes = {
@@ -79,7 +88,10 @@ class SEOMultitask(nn.Module):
         features = 0
         self.text: nn.Module | None = None
         if inputs.has_text:
-            if text_encoder == "cnn":
+            if text_encoder == "pretrained":
+                check_encoder_lr(encoder_lr)
+                self.text = PretrainedEncoder(inputs, name_or_path or "", pooling, freeze, gradient_checkpointing)
+            elif text_encoder == "cnn":
                 if not kernel_sizes:
                     raise UserError(
                         "model.kernel_sizes is empty; give at least one window width, e.g. [2,3,4]."
@@ -115,11 +127,31 @@ class SEOMultitask(nn.Module):
             features += tabular_hidden[-1] if tabular_hidden else encoder.out_features
         self.fusion = build_mlp(features, fusion_hidden, activation, dropout, "model.activation")
         self.heads = OutputHeads(fusion_hidden[-1] if fusion_hidden else features, heads)
+        self.encoder_lr = encoder_lr
+
+    @property
+    def freeze_all(self) -> bool:
+        return isinstance(self.text, PretrainedEncoder) and self.text.freeze_all
+
+    def load_pretrained(self) -> None:
+        if isinstance(self.text, PretrainedEncoder):
+            self.text.load_pretrained()
+
+    def features_of(self, tokens: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+        return self.text.features_of(tokens, batch_size, device)
+
+    def parameter_groups(self, weight_decay: float) -> list[dict] | None:
+        """A pretrained text encoder's groups (its learning rate, no decay on biases and norms); None otherwise."""
+        if not isinstance(self.text, PretrainedEncoder):
+            return None
+        return parameter_groups(self, "text.", self.encoder_lr, weight_decay)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         parts = []
         if self.text is not None:
-            parts.append(self.text_dropout(self.text(batch["tokens"])))
+            # A frozen pretrained encoder's features are computed once (seo_cli.train) and come as "features".
+            text = batch["features"] if "features" in batch else self.text(batch["tokens"])
+            parts.append(self.text_dropout(text))
         if self.tabular is not None:
             parts.append(self.tabular(batch))
         return self.heads(self.fusion(torch.cat(parts, dim=1)))

@@ -139,8 +139,8 @@ def test_freeze_pooling_learning_rates_and_weight_decay_knobs(encoder_dir):
     spec = InputSpec(vocab_size=files["config"]["vocab_size"], max_length=32, pad_id=files["pad_id"], encoder_config=files["config"])
     model = PretrainedText(spec, {"intent": 2}, name_or_path=str(encoder_dir), freeze=2, encoder_lr=2e-5, pooling="cls")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert not any(name.startswith(("encoder.embeddings.", "encoder.encoder.layer.0.", "encoder.encoder.layer.1.")) for name in trainable)
-    assert any(name.startswith("encoder.encoder.layer.2.") for name in trainable) and "heads.layers.0.weight" in trainable
+    assert not any(name.startswith(("encoder.model.embeddings.", "encoder.model.encoder.layer.0.", "encoder.model.encoder.layer.1.")) for name in trainable)
+    assert any(name.startswith("encoder.model.encoder.layer.2.") for name in trainable) and "heads.layers.0.weight" in trainable
     groups = model.parameter_groups(weight_decay=0.01)
     by_name = {id(p): name for name, p in model.named_parameters()}
     for group in groups:
@@ -154,15 +154,15 @@ def test_freeze_pooling_learning_rates_and_weight_decay_knobs(encoder_dir):
     frozen_all = PretrainedText(spec, {"intent": 2}, freeze="all")
     assert [n for n, p in frozen_all.named_parameters() if p.requires_grad] == ["heads.layers.0.weight", "heads.layers.0.bias"]
     frozen_all.train()
-    assert frozen_all.heads.training and not frozen_all.encoder.training  # no dropout inside a frozen encoder
+    assert frozen_all.heads.training and not frozen_all.encoder.model.training  # no dropout inside a frozen encoder
     # cls pooling reads the first token's state; mean pooling leaves padding out.
     tokens = torch.tensor([[101, 7592, 102, 0, 0], [101, 7592, 102, 0, 0]])
     model.eval()
-    states = model.encoder(input_ids=tokens, attention_mask=(tokens != 0).long()).last_hidden_state
-    torch.testing.assert_close(model.embed(tokens), states[:, 0])
-    model.pooling = "mean"
-    torch.testing.assert_close(model.embed(tokens), states[:, :3].mean(1))
-    torch.testing.assert_close(model.embed(tokens[:, :3]), model.embed(tokens), rtol=1e-5, atol=1e-5)  # padding changes nothing
+    states = model.encoder.model(input_ids=tokens, attention_mask=(tokens != 0).long()).last_hidden_state
+    torch.testing.assert_close(model.encoder(tokens), states[:, 0])
+    model.encoder.pooling = "mean"
+    torch.testing.assert_close(model.encoder(tokens), states[:, :3].mean(1))
+    torch.testing.assert_close(model.encoder(tokens[:, :3]), model.encoder(tokens), rtol=1e-5, atol=1e-5)  # padding changes nothing
     for bad, message in (({"freeze": 7}, "model.freeze=7"), ({"pooling": "max"}, "model.pooling='max'"), ({"encoder_lr": 0.0}, "model.encoder_lr=0.0")):
         with pytest.raises(UserError, match=message):
             PretrainedText(spec, {"intent": 2}, **bad)
@@ -214,3 +214,32 @@ def test_bf16_and_compile_fine_tune_on_the_gpu_and_seo_eval_agrees(compose_train
         eval_cfg = compose("eval", overrides=[f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.pt'}", "device=cuda", "bootstrap=0", "report=false"])
     result = run_eval(eval_cfg, tmp_path / "eval")
     assert result["metrics"]["test/intent/accuracy"] == pytest.approx(summary["metrics"]["test/intent/accuracy"], abs=0.02)
+
+
+def test_seo_multitask_with_a_frozen_pretrained_text_tower_trains_on_text_and_numbers(compose_train, encoder_dir, tmp_path, caplog):
+    """text_encoder=pretrained inside seo_multitask: the query's words and a numeric column both carry the label."""
+    import logging
+
+    from seo_cli.loading import load_trained
+    from seo_cli.train import train
+
+    frame = queries(240, seed=1)
+    rng = np.random.default_rng(2)
+    frame["clicks"] = np.where(frame.intent == "transactional", 1.0, -1.0) + rng.normal(0, 1.0, len(frame))
+    path = tmp_path / "queries_clicks.csv"
+    frame.to_csv(path, index=False)
+    caplog.set_level(logging.INFO, logger="seo_cli.train")
+    summary = train(
+        compose_train(
+            "model.text_encoder=pretrained", f"model.name_or_path={encoder_dir}", "model.freeze=all", "data=csv",
+            f"data.path={path}", "data.text_columns=[query]", "data.numeric_columns=[clicks]", "data.categorical_columns=[]",
+            "data.targets=[{name:intent,type:classification}]", "logger=none", "trainer.progress=plain", "device=cpu",
+            "batch_size=16", "epochs=20", "warmup_steps=2", "learning_rate=1e-2",
+        ),
+        tmp_path / "run",
+    )  # fmt: skip
+    assert "the encoder's features of 240 rows computed once" in caplog.text
+    assert summary["metrics"]["test/intent/accuracy"] > 0.75
+    trained = load_trained(tmp_path / "run" / "checkpoints" / "best.pt", torch.device("cpu"), [])
+    assert trained.preprocessor.encoder["config"]["model_type"] == "bert"
+    assert type(trained.model.text).__name__ == "PretrainedEncoder" and trained.model.freeze_all
