@@ -224,7 +224,8 @@ def bootstrap_samples(
         for t in trained.targets
     }
     resamples = Resamples(rows, cfg.bootstrap, cfg.seed)
-    values = metric_samples(wanted, resamples.counts(), threads=torch.get_num_threads())
+    # Worker processes as torch has threads (the cores, or what OMP_NUM_THREADS says), at most two.
+    values = metric_samples(wanted, resamples.counts(reuse=True), workers=torch.get_num_threads())
     samples: list[dict[str, np.ndarray]] = [{} for _ in models]
     for (i, name), metrics in values.items():
         samples[i] |= {f"{split}/{name}/{metric}": v for metric, v in metrics.items()}

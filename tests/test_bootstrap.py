@@ -63,11 +63,12 @@ def test_resample_indices_are_seeded_and_shaped():
     assert counts.min() > 0.9 * 2000 and counts.max() < 1.1 * 2000
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 25, 128])
-def test_resamples_drawn_in_blocks_are_the_single_draw(chunk):
-    """numpy continues one stream across calls, so blocks of any size give resample_indices' rows."""
+@pytest.mark.parametrize("chunk, reuse", [(1, False), (3, False), (7, True), (25, False), (128, True)])
+def test_resamples_drawn_in_blocks_are_the_single_draw(chunk, reuse):
+    """numpy continues one stream across calls, so blocks of any size give resample_indices' rows
+    (drawn into one array again and again, or each into its own)."""
     expected = counts_of(resample_indices(37, 25, seed=5), 37)
-    blocks = list(Resamples(37, 25, seed=5).counts(chunk))
+    blocks = [b.copy() for b in Resamples(37, 25, seed=5).counts(chunk, reuse)]
     assert [len(b) for b in blocks] == [min(chunk, 25 - s) for s in range(0, 25, chunk)]
     assert all(b.dtype == np.uint8 for b in blocks)
     np.testing.assert_array_equal(np.vstack(blocks), expected)
@@ -113,6 +114,17 @@ def test_classification_samples_equal_sklearn_on_each_resample(case):
     assert np.isfinite(samples["roc_auc"][-2]) == (k > 2)
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_many_classes_take_the_sparse_columns_and_equal_sklearn():
+    k = bootstrap.DENSE_CLASSES + 8
+    rng = np.random.default_rng(12)
+    y = np.concatenate([np.arange(k), rng.integers(0, k, size=260)])
+    proba = softmax_proba(rng, y, k, signal=3.0)
+    idx = resample_indices(len(y), 6, seed=1)
+    samples = metric_samples({"t": ("classification", y, proba)}, [counts_of(idx, len(y))])["t"]
+    assert_same(samples, reference("classification", y, proba, idx))
+
+
 def test_regression_samples_equal_sklearn_on_each_resample():
     rng = np.random.default_rng(4)
     y = rng.normal(10.0, 3.0, size=50)
@@ -125,8 +137,8 @@ def test_regression_samples_equal_sklearn_on_each_resample():
 
 
 def test_several_targets_share_the_resamples_and_blocks_do_not_change_them():
-    """Block sizes and threads change how the work is cut, never a sample; two models' targets in one
-    call each equal the model scored alone."""
+    """Block sizes and worker processes change how the work is cut, never a sample; two models'
+    targets in one call each equal the model scored alone."""
     rng = np.random.default_rng(6)
     n = 60
     y_class = rng.integers(0, 3, size=n)
@@ -137,8 +149,8 @@ def test_several_targets_share_the_resamples_and_blocks_do_not_change_them():
         "c": ("regression", y_reg, y_reg + rng.normal(0, 0.5, size=n)),
     }
     expected = {name: reference(*p, resample_indices(n, 45, seed=9)) for name, p in predictions.items()}
-    for chunk, threads in ((bootstrap.CHUNK, 1), (7, 1), (7, 2), (45, 2)):
-        got = metric_samples(predictions, Resamples(n, 45, seed=9).counts(chunk), threads=threads)
+    for chunk, workers in ((bootstrap.CHUNK, 1), (7, 1), (7, 2), (45, 2)):
+        got = metric_samples(predictions, Resamples(n, 45, seed=9).counts(chunk, reuse=True), workers=workers)
         for name in predictions:
             assert_same(got[name], expected[name], rel=1e-10)
     alone = metric_samples({"b": predictions["b"]}, Resamples(n, 45, seed=9).counts())
@@ -199,3 +211,15 @@ def test_accuracy_interval_has_the_binomial_width():
     assert low < 0.8 < high
     expected_width = 2 * 1.96 * math.sqrt(0.8 * 0.2 / n)
     assert high - low == pytest.approx(expected_width, rel=0.2)
+
+
+def test_a_worker_that_dies_is_one_sentence():
+    """A bootstrap worker process killed (for memory, say) stops the run with a UserError, not a hang."""
+    import os
+
+    from seo_cli.errors import UserError
+
+    blocks = [np.zeros((2, 5), dtype=np.uint8)] * 3
+    with pytest.raises(UserError, match="a bootstrap worker process died"):
+        bootstrap._map_blocks(lambda block: os._exit(9), blocks, workers=2)
+    assert bootstrap._map_blocks(lambda block: int(block.sum()), blocks, workers=2) == [0, 0, 0]
