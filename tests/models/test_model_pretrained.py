@@ -81,7 +81,8 @@ def test_a_frozen_encoder_computes_features_once_and_its_head_matches_logistic_r
     from seo_cli.data.pipeline import prepare_data
     from seo_cli.train import train
 
-    cfg = compose_train(*overrides(encoder_dir, data_file, "model.freeze=all", "epochs=30", "learning_rate=3e-2", "weight_decay=0", "model.dropout=0", "warmup_steps=0"))
+    cfg = compose_train(*overrides(encoder_dir, data_file, "model.freeze=all", "epochs=30", "learning_rate=3e-2", "weight_decay=0", "model.dropout=0", "warmup_steps=0",
+        "trainer.checkpoint.save_best_only=true"))  # 90 MB of encoder weights per file: write few
     caplog.set_level(logging.INFO, logger="seo_cli.train")
     summary = train(cfg, tmp_path / "run")
     # The same features by hand: transformers' model, mean over real tokens (all-MiniLM-L6-v2's pooling).
@@ -234,7 +235,7 @@ def test_seo_multitask_with_a_frozen_pretrained_text_tower_trains_on_text_and_nu
             "model.text_encoder=pretrained", f"model.name_or_path={encoder_dir}", "model.freeze=all", "data=csv",
             f"data.path={path}", "data.text_columns=[query]", "data.numeric_columns=[clicks]", "data.categorical_columns=[]",
             "data.targets=[{name:intent,type:classification}]", "logger=none", "trainer.progress=plain", "device=cpu",
-            "batch_size=16", "epochs=20", "warmup_steps=2", "learning_rate=1e-2",
+            "batch_size=16", "epochs=20", "warmup_steps=2", "learning_rate=1e-2", "trainer.checkpoint.save_best_only=true",
         ),
         tmp_path / "run",
     )  # fmt: skip
