@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
-from seo_cli.pretrained import encoder_files
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
+from seo_cli.pretrained import encoder_files
 from seo_cli.registry import (
     HYDRA_KEYS,
     REGISTRY,
@@ -75,7 +75,19 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
     for name, node in (cfg.logger or {}).items():
         problems += check_component(node, f"logger.{name}", "logger", allowed)
 
-    data = cfg.data
+    problems += _data_problems(cfg.data) + _run_problems(cfg) + _metric_problems(cfg)
+    if not problems:  # the constructors see only values that passed every other check
+        for group in ("model", "optimizer", "loss", "scheduler"):
+            if cfg[group]:
+                problems += dry_build(cfg, group, cfg[group], allowed)
+    if problems:
+        raise UserError("\n".join(problems))
+    return allowed
+
+
+def _data_problems(data: DictConfig) -> list[str]:
+    """What is wrong with the ``data`` section: sources, columns and their roles, splits, sizes."""
+    problems: list[str] = []
     if data.source == "file" and not data.path:
         problems.append("data.path is required for a data file; set data.path=pages.csv.")
     if data.source != "file":
@@ -125,14 +137,27 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
     if data.source == "seo_pages" and data.num_rows < 50:
         problems.append(f"data.num_rows={data.num_rows} is too few to split; use at least 50.")
 
-    if not 0 <= cfg.seed < 2**32:
-        problems.append(f"seed={cfg.seed} must be between 0 and 2**32 - 1 (numpy's seed range).")
     if data.pad_to_multiple_of is not None and data.pad_to_multiple_of < 1:
         problems.append(f"data.pad_to_multiple_of={data.pad_to_multiple_of} must be at least 1.")
     if data.vocab_size < 8:
         problems.append(
             f"data.vocab_size={data.vocab_size} must be at least 8 (the tokenizer keeps 3 special tokens)."
         )
+    for key in ("text_columns", "numeric_columns", "categorical_columns"):
+        repeated = sorted({c for c in data[key] if list(data[key]).count(c) > 1})
+        if repeated:
+            problems.append(f"data.{key} lists {', '.join(repeated)} more than once; list each column once.")
+    names = [t.name for t in data.targets]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"data.targets lists {name!r} twice; list each target once.")
+    return problems
+
+
+def _run_problems(cfg: DictConfig) -> list[str]:
+    """What is wrong with the run's sizes, rates, trainer and device knobs (and a warm-up longer than the run)."""
+    problems: list[str] = []
+    if not 0 <= cfg.seed < 2**32:
+        problems.append(f"seed={cfg.seed} must be between 0 and 2**32 - 1 (numpy's seed range).")
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if cfg[key] < 1:
             problems.append(f"{key}={cfg[key]} must be at least 1.")
@@ -140,10 +165,6 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
         problems.append(f"learning_rate={cfg.learning_rate} must be a positive number, e.g. 1e-3.")
     if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
         problems.append(f"weight_decay={cfg.weight_decay} must be 0 or a positive number, e.g. 0.01.")
-    for key in ("text_columns", "numeric_columns", "categorical_columns"):
-        repeated = sorted({c for c in data[key] if list(data[key]).count(c) > 1})
-        if repeated:
-            problems.append(f"data.{key} lists {', '.join(repeated)} more than once; list each column once.")
     if cfg.trainer.log_every_n_steps < 1:
         problems.append(f"trainer.log_every_n_steps={cfg.trainer.log_every_n_steps} must be at least 1.")
     if cfg.trainer.val_check_interval is not None and cfg.trainer.val_check_interval < 1:
@@ -165,7 +186,13 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
     warmup = cfg.scheduler.get("warmup_steps") if cfg.scheduler and cfg.scheduler.get("warmup_ratio") is None else None
     if steps is not None and isinstance(warmup, int) and warmup >= steps:
         problems.append(_warmup_problem(warmup, steps))
+    return problems
 
+
+def _metric_problems(cfg: DictConfig) -> list[str]:
+    """Monitored metrics and objectives that the run does not log, or whose direction is wrong."""
+    problems: list[str] = []
+    data = cfg.data
     targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION)]
     known = metric_names(targets, "val") + metric_names(targets, "train")[:1]
     for key, name in (("trainer.monitor", cfg.trainer.monitor), ("objective", cfg.objective)):
@@ -195,16 +222,7 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
                 f"scheduler.monitor={cfg.scheduler.monitor} {'grows' if grows else 'falls'} as the model improves; "
                 f"set scheduler.mode={'max' if grows else 'min'}."
             )
-    names = [t.name for t in data.targets]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"data.targets lists {name!r} twice; list each target once.")
-    if not problems:  # the constructors see only values that passed every other check
-        for group in ("model", "optimizer", "loss", "scheduler"):
-            if cfg[group]:
-                problems += dry_build(cfg, group, cfg[group], allowed)
-    if problems:
-        raise UserError("\n".join(problems))
-    return allowed
+    return problems
 
 
 def _direction_problems(prefix: str, monitor: str, mode: str) -> list[str]:
