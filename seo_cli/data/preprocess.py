@@ -294,24 +294,7 @@ def check_state(state: Any) -> None:
     Raises:
         ValueError: 'preprocessing.<field> must be <what>' for the first field that is not what ``fit`` writes.
     """
-
-    def need(ok: bool, field: str, must: str) -> None:
-        if not ok:
-            raise ValueError(f"preprocessing{field} must be {must}")
-
-    def names(value: Any, limit: int) -> bool:
-        return (
-            isinstance(value, list)
-            and len(value) <= limit
-            and all(type(v) is str and len(v) <= MAX_TEXT for v in value)
-        )
-
-    def numbers(value: Any, length: int, positive: bool = False) -> bool:
-        ok = isinstance(value, list) and len(value) == length
-        return ok and all(
-            type(v) in (int, float) and math.isfinite(v) and (v > 0 or not positive) for v in value
-        )
-
+    need, names, numbers = _need, _names, _numbers
     fields = {f.name for f in dataclasses.fields(Preprocessor)}
     need(isinstance(state, dict), "", "a mapping of the fitted preprocessing")
     unknown = sorted(str(key)[:60] for key in set(state) - fields)
@@ -374,7 +357,26 @@ def check_state(state: Any) -> None:
     )
     problem = _tokenizer_problem(tokenizer) if tokenizer else None
     need(problem is None, ".tokenizer_json", f"the kind of tokenizer seo-train fits ({problem})")
-    targets = state["targets"]
+    _check_targets(state["targets"])
+
+
+def _need(ok: bool, field: str, must: str) -> None:
+    if not ok:
+        raise ValueError(f"preprocessing{field} must be {must}")
+
+
+def _names(value: Any, limit: int) -> bool:
+    return isinstance(value, list) and len(value) <= limit and all(type(v) is str and len(v) <= MAX_TEXT for v in value)
+
+
+def _numbers(value: Any, length: int, positive: bool = False) -> bool:
+    ok = isinstance(value, list) and len(value) == length
+    return ok and all(type(v) in (int, float) and math.isfinite(v) and (v > 0 or not positive) for v in value)
+
+
+def _check_targets(targets: Any) -> None:
+    """The stored target encodings: names once each, a known type, classes or a mean and a positive std."""
+    need, names, numbers = _need, _names, _numbers
     need(
         isinstance(targets, list) and 0 < len(targets) <= MAX_TARGETS,
         ".targets",
