@@ -9,6 +9,9 @@
 - Phishing (``phishing_urls``): a 300-tree random forest on the 87 numeric features (not the url), scored on the
   test part of a seeded, stratified 70/15/15 split (accuracy, macro F1, ROC-AUC), plus its 5-fold stratified
   cross-validated accuracy on all rows, the protocol behind the paper's 96.61% (Hannousse & Yahiouche 2021).
+- Phishing URL text (``phishing_url_text``): the URL alone as text, TF-IDF of its words and of its character
+  2-5-grams + logistic regression, on the same split's test rows (what ``benchmarks/pretrained_quality.py``
+  sets beside a fine-tuned encoder reading the URL).
 
 A dataset whose folder is missing is skipped. Writes ``benchmarks/results/baselines.json``.
 """
@@ -72,9 +75,7 @@ def phishing_baseline(folder: Path, seed: int) -> dict:
     features = frame.drop(columns=["url", "status"]).to_numpy(dtype=np.float64)
     labels = frame["status"].astype(str).to_numpy()
     # Exactly the trainer's split, so that the neural models are scored on the same test rows.
-    positions = np.arange(len(frame))
-    train, rest = train_test_split(positions, test_size=0.30, random_state=seed, stratify=labels)
-    val, test = train_test_split(rest, test_size=0.5, random_state=seed, stratify=labels[rest])
+    train, val, test = phishing_split(labels, seed)
     forest = RandomForestClassifier(n_estimators=300, random_state=seed, n_jobs=-1)
     forest.fit(features[train], labels[train])
     predicted = forest.predict(features[test])
@@ -93,7 +94,53 @@ def phishing_baseline(folder: Path, seed: int) -> dict:
     }
 
 
-BASELINES = {"webkb_pages": webkb_baseline, "phishing_urls": phishing_baseline}
+def text_baseline(
+    train_text, train_labels, test_text, test_labels, seed: int, analyzer: str = "word"
+) -> dict:
+    """TF-IDF (sublinear tf) + logistic regression on one text column: words, or character 2-5-grams within
+    word boundaries (``char_wb``, the stronger choice for URLs and other text without spaces)."""
+    vectorizer = (
+        TfidfVectorizer(sublinear_tf=True)
+        if analyzer == "word"
+        else TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(2, 5), min_df=2)
+    )
+    model = make_pipeline(vectorizer, LogisticRegression(max_iter=2000, random_state=seed))
+    model.fit(train_text, train_labels)
+    predicted = model.predict(test_text)
+    return {
+        "model": f"tfidf_{analyzer}+logreg",
+        "rows": {"train": len(train_text), "test": len(test_text)},
+        "test/accuracy": accuracy_score(test_labels, predicted),
+        "test/f1_macro": f1_score(test_labels, predicted, average="macro"),
+    }
+
+
+def phishing_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exactly the trainer's seeded, stratified 70/15/15 split (positions of train, val, test)."""
+    positions = np.arange(len(labels))
+    train, rest = train_test_split(positions, test_size=0.30, random_state=seed, stratify=labels)
+    val, test = train_test_split(rest, test_size=0.5, random_state=seed, stratify=labels[rest])
+    return train, val, test
+
+
+def phishing_url_baseline(folder: Path, seed: int) -> dict:
+    """The URL alone as text (TF-IDF of its words and of its character n-grams), on the same test rows."""
+    frame = pd.read_csv(folder / "dataset_phishing.csv")
+    urls, labels = frame["url"].astype(str).to_numpy(), frame["status"].astype(str).to_numpy()
+    train, _, test = phishing_split(labels, seed)
+    result: dict = {"model": "tfidf+logreg(url)", "rows": {"train": len(train), "test": len(test)}}
+    for analyzer in ("word", "char"):
+        scores = text_baseline(urls[train], labels[train], urls[test], labels[test], seed, analyzer)
+        result |= {f"{analyzer}/{key}": value for key, value in scores.items() if key.startswith("test/")}
+    return result
+
+
+# name: (the dataset's folder, the baseline)
+BASELINES = {
+    "webkb_pages": ("webkb_pages", webkb_baseline),
+    "phishing_urls": ("phishing_urls", phishing_baseline),
+    "phishing_url_text": ("phishing_urls", phishing_url_baseline),
+}
 
 
 def main() -> None:
@@ -106,8 +153,8 @@ def main() -> None:
         parser.error("no shared/data folder above this script: pass --data-dir")
 
     results = {}
-    for name, baseline in BASELINES.items():
-        folder = args.data_dir / name
+    for name, (folder_name, baseline) in BASELINES.items():
+        folder = args.data_dir / folder_name
         if not folder.is_dir():
             print(f"{name}: skipped, {folder} not found")
             continue
@@ -118,10 +165,10 @@ def main() -> None:
         # Writing an empty file would overwrite the last real results.
         parser.error(f"no dataset found under {args.data_dir}: pass --data-dir")
 
-    print(f"\n{'dataset':<15}{'model':<19}{'seconds':>8}  metrics (seed {args.seed})")
+    print(f"\n{'dataset':<18}{'model':<19}{'seconds':>8}  metrics (seed {args.seed})")
     for name, r in results.items():
         scores = "  ".join(f"{key} {value:.4f}" for key, value in r.items() if "/" in key)
-        print(f"{name:<15}{r['model']:<19}{r['seconds']:>8.1f}  {scores}")
+        print(f"{name:<18}{r['model']:<19}{r['seconds']:>8.1f}  {scores}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"seed": args.seed, "results": results}, indent=2) + "\n")
 

@@ -175,7 +175,8 @@ def build_encoder(config: dict[str, Any]) -> Any:
     model_type = values.pop("model_type")
     try:
         hf_config = transformers.AutoConfig.for_model(model_type, **values)
-        hf_config.torch_dtype = None
+        # Weights in float32 whatever dtype the stored config names (transformers 5 renamed the field to dtype).
+        setattr(hf_config, "dtype" if "dtype" in dir(hf_config) else "torch_dtype", None)
         return transformers.AutoModel.from_config(hf_config, trust_remote_code=False).float()
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise UserError(f"the encoder config is refused by transformers ({first_line(err)}); use a checkpoint written by seo-train.") from None

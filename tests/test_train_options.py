@@ -230,6 +230,8 @@ def test_debug_smoke_composes_with_every_option_and_passes_the_start_up_checks(
     if (group, option) == ("experiment", "intent_minilm"):  # a recipe for the user's own file
         extra = [f"data.path={tmp_path / 'queries.csv'}", "data.targets=[{name:intent,type:classification}]"]
     cfg = compose_train("debug=smoke", f"{group}={option}", *extra)
+    if (group, option) == ("experiment", "intent_minilm"):  # best.pt and early stopping follow the first target
+        assert (cfg.trainer.monitor, cfg.objective, cfg.trainer.mode) == ("val/intent/f1_macro",) * 2 + ("max",)
     # An experiment file sets its own sizes (tests/e2e/test_experiments.py smoke-runs them); another debug
     # option replaces smoke.
     if group not in ("experiment", "debug"):
