@@ -324,7 +324,8 @@ def register_configs() -> None:
     launchers = cs.repo.get("hydra", {}).get("launcher", {})
     for name in ("submitit_slurm", "submitit_local"):
         stored = launchers.pop(f"{name}.yaml", None)
-        cs.store(group="hydra/launcher", name=f"{name}_schema", node=stored.node if stored else {})
+        if stored is not None or f"{name}_schema.yaml" not in launchers:  # moved already by an earlier call
+            cs.store(group="hydra/launcher", name=f"{name}_schema", node=stored.node if stored else {})
     OmegaConf.register_new_resolver("seo.gpus_per_node", gpus_per_node, replace=True)
 
 
