@@ -14,14 +14,21 @@ import csv
 import json
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_jsonl
+from conftest import CONF_DIR, read_jsonl
 from helpers.commands import run_command
+from hydra import compose, initialize_config_dir
+from submitit.slurm.slurm import SlurmJobEnvironment
 
+from hydra_plugins.seo_submitit_launcher.submitit_launcher import LocalLauncher, MissingSubmitit
+from seo_cli import scheduler
 from seo_cli.checkpoint import load_checkpoint
+from seo_cli.config import register_configs
+from seo_cli.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +123,140 @@ def without_timing(rows: list[dict]) -> list[dict]:
 def csv_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_a_ddp_job_runs_its_ranks_as_the_jobs_tasks_and_equals_one_process_with_double_the_batch(tmp_path):
+    """device=ddp device.num_devices=2: two tasks of one submitit job, each one rank, no DDP workers started
+    by the job. Together they are the single process with the 32-row batch (the mean of the ranks'
+    gradients; SGD and no dropout, as in tests/test_ddp.py, which says why)."""
+    common = ["model.dropout=0", "optimizer=sgd", "scheduler=none"]
+    sweep = tmp_path / "sweep"
+    done = seo_train_jobs(*RUN, *common, "device=ddp", "device.type=cpu", f"hydra.sweep.dir={sweep}")
+    assert "Starting 2 DDP workers" not in done.output + (sweep / "0" / "train.log").read_text()
+    assert "DDP: 2 processes (gloo) x batch_size 16" in (sweep / "0" / "train.log").read_text()
+    [job] = (sweep / ".submitit").glob("[0-9]*")  # one job, whose two tasks returned
+    assert sorted(p.name.split("_")[1] for p in job.glob("*_result.pkl")) == ["0", "1"]
+    state = load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")
+    assert (
+        state["world_size"] == 2 and json.loads((sweep / "0" / "summary.json").read_text())["status"] == "ok"
+    )
+
+    one = tmp_path / "one"
+    single = run_command("train", *RUN, *common, "device=cpu", "batch_size=32", f"hydra.run.dir={one}")
+    assert single.code == 0, single.output[-3000:]
+    expected = load_checkpoint(one / "checkpoints" / "last.pt")["model"]
+    for name, value in state["model"].items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)
+
+
+def slurm_task(
+    monkeypatch, *, procid: int, localid: int, ntasks: int, nodes: int, nodelist: str, job: str = "4242"
+):
+    """submitit's SLURM environment of one task, from the variables srun sets."""
+    for name, value in {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": job,
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_JOB_NUM_NODES": str(nodes),
+        "SLURM_NODEID": str(procid // (ntasks // nodes)),
+        "SLURM_PROCID": str(procid),
+        "SLURM_LOCALID": str(localid),
+        "SLURM_JOB_NODELIST": nodelist,
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    return SlurmJobEnvironment()
+
+
+def test_slurm_task_variables_map_to_torch_distributed_ranks(monkeypatch):
+    # Task 5 of 8 on two nodes of 4: the second node's second GPU; rank 0 listens on the first node.
+    job = slurm_task(monkeypatch, procid=5, localid=1, ntasks=8, nodes=2, nodelist="gpu[017-018]")
+    assert scheduler.rank_environment(job, {}) == {
+        "RANK": "5",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "8",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "gpu017",
+        "MASTER_PORT": str(scheduler.master_port("4242")),
+    }
+    # Every task of a job computes the same port, below the ephemeral range; two array tasks differ.
+    assert 15000 <= scheduler.master_port("4242") < 30000
+    assert scheduler.master_port("4242_0") != scheduler.master_port("4242_1")
+    # What the user exported wins.
+    given = scheduler.rank_environment(job, {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"})
+    assert (given["MASTER_ADDR"], given["MASTER_PORT"]) == ("10.0.0.1", "29400")
+    # On one node rank 0 is on this machine.
+    job = slurm_task(monkeypatch, procid=1, localid=1, ntasks=2, nodes=1, nodelist="gpu017")
+    assert scheduler.rank_environment(job, {})["MASTER_ADDR"] == "127.0.0.1"
+
+
+def test_a_ddp_task_joins_as_its_rank_and_task_counts_that_do_not_fit_the_config_say_what_to_set(monkeypatch):
+    slurm_task(monkeypatch, procid=3, localid=3, ntasks=4, nodes=1, nodelist="gpu017")
+    environ: dict[str, str] = {}
+    assert scheduler.join_ranks("ddp", 4, environ) is True
+    assert (environ["RANK"], environ["WORLD_SIZE"], environ["LOCAL_RANK"]) == ("3", "4", "3")
+    with pytest.raises(UserError) as err:
+        scheduler.join_ranks("ddp", 2, {})
+    assert str(err.value) == (
+        "device.num_devices=2 but the job has 4 task(s) per node, one per DDP rank; set "
+        "hydra.launcher.tasks_per_node=2 (the default) or device.num_devices=4."
+    )
+    with pytest.raises(
+        UserError, match=r"^hydra.launcher.tasks_per_node=4 starts 4 copies of a one-process run; "
+    ):
+        scheduler.join_ranks("single", 1, {})
+    slurm_task(monkeypatch, procid=0, localid=0, ntasks=1, nodes=1, nodelist="gpu017")
+    assert scheduler.join_ranks("single", 1, {}) is False
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    assert scheduler.join_ranks("ddp", 4, {}) is False  # torchrun or our own launcher start the ranks there
+
+
+def test_the_loop_stops_on_the_preemption_warning_under_submitit_and_leaves_sigterm_to_it(monkeypatch):
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
+    assert scheduler.stop_signals() == (signal.SIGTERM, signal.SIGINT)
+    assert not scheduler.is_preemption(signal.SIGUSR2)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert scheduler.stop_signals() == (signal.SIGINT, signal.SIGUSR2)
+    assert scheduler.is_preemption(signal.SIGUSR2) and not scheduler.is_preemption(signal.SIGINT)
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # submitit's own knob: sbatch --signal=USR1@...
+    assert scheduler.stop_signals() == (signal.SIGINT, signal.SIGUSR1)
+
+
+def test_a_requeue_resubmits_the_same_job_with_resume_auto():
+    launcher = LocalLauncher(submitit_folder="unused", timeout_min=1)
+    args = ("hydra.sweep.dir", 3, "job_id_for_3", {})
+    requeued = launcher.checkpoint(["learning_rate=0.1", "resume=/old/last.pt"], *args)
+    assert requeued.function is launcher
+    assert requeued.args == (["learning_rate=0.1", "resume=auto"], *args)
+    with pytest.raises(SystemExit, match=r"pip install 'seo-cli\[slurm\]'"):
+        MissingSubmitit()
+
+
+def test_the_launcher_configs_size_the_job_from_the_device_config():
+    """GPUs per node follow the device config (none for device.type=cpu), tasks per node the DDP ranks."""
+    register_configs()
+    cases = [
+        ("submitit_slurm", (), 1, 1),
+        ("submitit_slurm", ("device=cpu",), 0, 1),
+        ("submitit_slurm", ("device=ddp",), 2, 2),
+        ("submitit_slurm", ("device=ddp", "device.type=cpu", "device.num_devices=4"), 0, 4),
+        ("submitit_local", ("device=ddp", "device.type=cpu"), 0, 2),
+    ]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for launcher, overrides, gpus, tasks in cases:
+            cfg = compose(
+                "train", overrides=[f"hydra/launcher={launcher}", *overrides], return_hydra_config=True
+            )
+            node = cfg.hydra.launcher
+            assert (node.gpus_per_node, node.tasks_per_node) == (gpus, tasks), (launcher, overrides)
+            assert (
+                node._target_
+                == f"hydra_plugins.seo_submitit_launcher.submitit_launcher.{launcher[9:].title()}Launcher"
+            )
+        # The plugin's schema types every key: a misspelt one is refused when the config is composed.
+        for launcher in ("submitit_slurm", "submitit_local"):
+            with pytest.raises(Exception, match=r"Could not override 'hydra.launcher.timout_min'") as err:
+                compose("train", overrides=[f"hydra/launcher={launcher}", "hydra.launcher.timout_min=5"])
+            assert re.search(r"Key 'timout_min' not in '(Slurm|Local)QueueConf'", str(err.value.__cause__))
