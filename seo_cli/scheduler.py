@@ -31,6 +31,18 @@ def in_job() -> bool:
     return bool(os.environ.get("SUBMITIT_EXECUTOR"))
 
 
+def check_submitted(launcher: str, multirun: bool) -> None:
+    """Raises:
+    UserError: a submitit launcher (``hydra/launcher=`` choice ``launcher``) was chosen for a single run,
+        which Hydra runs on this machine: launchers run the jobs of a multirun only.
+    """
+    if launcher.startswith("submitit_") and not multirun:
+        raise UserError(
+            f"hydra/launcher={launcher} submits the jobs of a multirun, so this single run would train on "
+            f"this machine; add -m: seo-train -m hydra/launcher={launcher} ..."
+        )
+
+
 def preemption_signal() -> signal.Signals:
     """The scheduler's warning signal as submitit names it: SIGUSR2 unless ``SUBMITIT_PREEMPT_SIGNAL``
     says otherwise (the same variable sets ``sbatch --signal``)."""

@@ -224,14 +224,32 @@ def test_the_loop_stops_on_the_preemption_warning_under_submitit_and_leaves_sigt
     assert scheduler.stop_signals() == (signal.SIGINT, signal.SIGUSR1)
 
 
-def test_a_requeue_resubmits_the_same_job_with_resume_auto():
+def test_a_requeue_resubmits_the_same_job_with_resume_auto_and_so_runs_a_job_slurm_restarted(monkeypatch):
     launcher = LocalLauncher(submitit_folder="unused", timeout_min=1)
     args = ("hydra.sweep.dir", 3, "job_id_for_3", {})
     requeued = launcher.checkpoint(["learning_rate=0.1", "resume=/old/last.pt"], *args)
     assert requeued.function is launcher
     assert requeued.args == (["learning_rate=0.1", "resume=auto"], *args)
+    # SLURM's own requeue (a node failure) runs the first submission again, SLURM_RESTART_COUNT set.
+    upstream = LocalLauncher.__bases__[1]  # hydra-submitit-launcher's, as our module imported it
+    monkeypatch.setattr(upstream, "__call__", lambda self, overrides, *a: overrides)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert launcher(["learning_rate=0.1"], *args) == ["learning_rate=0.1"]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert launcher(["learning_rate=0.1"], *args) == ["learning_rate=0.1", "resume=auto"]
+    assert launcher(["resume=/my/best.pt"], *args) == ["resume=/my/best.pt"]  # the user's own is kept
     with pytest.raises(SystemExit, match=r"pip install 'seo-cli\[slurm\]'"):
         MissingSubmitit()
+
+
+def test_a_submitit_launcher_without_multirun_says_to_add_m(tmp_path):
+    done = run_command("train", "hydra/launcher=submitit_slurm", *RUN, f"hydra.run.dir={tmp_path}")
+    assert done.code == 1
+    assert (
+        "hydra/launcher=submitit_slurm submits the jobs of a multirun, so this single run would train on this "
+        "machine; add -m: seo-train -m hydra/launcher=submitit_slurm ..."
+    ) in done.output
+    assert "Traceback" not in done.output and not (tmp_path / "checkpoints").exists()
 
 
 def test_the_launcher_configs_size_the_job_from_the_device_config():

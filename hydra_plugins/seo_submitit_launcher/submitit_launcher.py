@@ -1,5 +1,6 @@
 """hydra-submitit-launcher's SLURM and local launchers, with one change: a pre-empted or timed-out job is
-requeued with ``resume=auto``, so it continues from the ``last.pt`` it wrote in its job directory.
+requeued with ``resume=auto``, so it continues from the ``last.pt`` it wrote in its job directory (and so
+does a job SLURM requeued by itself).
 
 submitit pickles the launcher with each job and, on the scheduler's warning signal, calls its
 ``checkpoint`` for the submission to requeue: upstream's resubmits the same overrides, which would train
@@ -7,6 +8,7 @@ the job again from the start. Everything else (the executor, the job arrays, whe
 upstream's. See seo_cli/scheduler.py for the job's side.
 """
 
+import os
 from typing import Any
 
 from hydra.plugins.launcher import Launcher
@@ -40,6 +42,15 @@ class ResumeOnRequeue:
     def checkpoint(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> Any:
         overrides = [o for o in sweep_overrides if not o.startswith("resume=")] + ["resume=auto"]
         return super().checkpoint(overrides, *args, **kwargs)
+
+    def __call__(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> Any:
+        # A job SLURM requeued on its own (its node failed; a pre-emption without the warning signal) runs
+        # the first submission again: it continues from the checkpoints of its run directory too, instead
+        # of training over them. A resume= the job was given is kept.
+        restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        if restarted and not any(o.startswith("resume=") for o in sweep_overrides):
+            sweep_overrides = [*sweep_overrides, "resume=auto"]
+        return super().__call__(sweep_overrides, *args, **kwargs)
 
 
 class SlurmLauncher(ResumeOnRequeue, upstream.SlurmLauncher if upstream else MissingSubmitit):
