@@ -7,7 +7,7 @@ through, job 1 is sent the pre-emption signal (SIGUSR2) at step 13 by a test cal
 (tests/helpers/fault_inject.py), writes last.pt, is requeued with resume=auto and finishes in the same
 job directory, bit for bit the run that was never stopped. A device=ddp job runs its two ranks as two
 tasks of one job, without DDP workers of its own. The SLURM variables -> rank mapping is checked on
-submitit's own SLURM environment.
+submitit's own SLURM environment; a job submitit will not requeue any more runs in this process.
 """
 
 import csv
@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import CONF_DIR, read_jsonl
 from helpers.commands import run_command
+from helpers.fault_inject import injected
 from hydra import compose, initialize_config_dir
 from submitit.slurm.slurm import SlurmJobEnvironment
 
@@ -278,3 +279,38 @@ def test_the_launcher_configs_size_the_job_from_the_device_config():
             with pytest.raises(Exception, match=r"Could not override 'hydra.launcher.timout_min'") as err:
                 compose("train", overrides=[f"hydra/launcher={launcher}", "hydra.launcher.timout_min=5"])
             assert re.search(r"Key 'timout_min' not in '(Slurm|Local)QueueConf'", str(err.value.__cause__))
+
+
+def test_a_job_submitit_will_not_requeue_ends_interrupted_with_its_checkpoint_and_the_resume_command(
+    tmp_path, monkeypatch
+):
+    """The job's last timeout (max_num_timeout spent): submitit's handler raises instead of requeueing. Here
+    the job is this process, under a local executor's variables, with that handler in place."""
+    from submitit.core.utils import UncompletedJobError
+
+    def submitit_refuses(signum, frame):
+        raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    for name, value in {
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_JOB_ID": "77",
+        "SUBMITIT_LOCAL_NTASKS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    previous = signal.signal(signal.SIGUSR2, submitit_refuses)
+    try:
+        with injected(signal_at_step=13, signal_name="SIGUSR2"):
+            stopped = run_command("train", *RUN, f"hydra.run.dir={tmp_path}")
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stopped.code == 128 + signal.SIGUSR2, stopped.output[-3000:]
+    assert (
+        "submitit did not requeue the job: Job not requeued because: timed-out too many times."
+        in stopped.output
+    )
+    assert (
+        f"stopped by SIGUSR2 at step 14; {tmp_path / 'checkpoints' / 'last.pt'} is saved." in stopped.output
+    )
+    assert f"hydra.run.dir={tmp_path} resume=auto" in stopped.output and "Traceback" not in stopped.output
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["global_step"] == 14
