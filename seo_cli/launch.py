@@ -67,6 +67,7 @@ class Job:
 
         0 and the objective; 1 and NaN for a user error (a sweep goes on); 128 + signal number for an
         interrupted run. Outside a sweep our own bugs keep their traceback; in a sweep they are a row.
+        A submitit job stopped by the scheduler's pre-emption warning is requeued (``requeue``).
         """
         from seo_cli.evaluation import TrainingDiverged  # noqa: F401 - a UserError, named for the reader
         from seo_cli.trainer import TrainingInterrupted
