@@ -75,11 +75,14 @@ class Job:
         worker = distributed.in_worker()
         try:
             # Under submitit the scheduler started one task per DDP rank: this one trains as its rank.
-            worker = scheduler.join_ranks(cfg.device.strategy, cfg.device.num_devices) or worker
+            joined = scheduler.join_ranks(cfg.device.strategy, cfg.device.num_devices)
+            worker = worker or joined
             if worker:
                 distributed.init_process_group(cfg.device.type, cfg.device.timeout_s)
                 if not distributed.is_main():
                     logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story; the others only warn
+                if joined and not distributed.is_main():  # to the task's own output, not rank 0's train.log
+                    _worker_logging(self.run_dir, distributed.rank())
             with self.lock() if self.locks and distributed.is_main() else _nothing():
                 yield self
             self.summary = {**(self.summary or {}), "overrides": self.overrides}

@@ -134,7 +134,9 @@ def test_a_ddp_job_runs_its_ranks_as_the_jobs_tasks_and_equals_one_process_with_
     sweep = tmp_path / "sweep"
     done = seo_train_jobs(*RUN, *common, "device=ddp", "device.type=cpu", f"hydra.sweep.dir={sweep}")
     assert "Starting 2 DDP workers" not in done.output + (sweep / "0" / "train.log").read_text()
-    assert "DDP: 2 processes (gloo) x batch_size 16" in (sweep / "0" / "train.log").read_text()
+    log = (sweep / "0" / "train.log").read_text()
+    assert "DDP: 2 processes (gloo) x batch_size 16" in log
+    assert log.count("Job completed successfully") == 1  # rank 1 logs to its task's output, not here
     [job] = (sweep / ".submitit").glob("[0-9]*")  # one job, whose two tasks returned
     assert sorted(p.name.split("_")[1] for p in job.glob("*_result.pkl")) == ["0", "1"]
     state = load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")
