@@ -316,3 +316,45 @@ def test_a_job_submitit_will_not_requeue_ends_interrupted_with_its_checkpoint_an
     assert f"hydra.run.dir={tmp_path} resume=auto" in stopped.output and "Traceback" not in stopped.output
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["global_step"] == 14
+
+
+def test_the_slurm_launcher_asks_sbatch_for_what_the_device_config_needs(tmp_path, monkeypatch):
+    """The sbatch script submitit would submit for `seo-train -m hydra/launcher=submitit_slurm device=ddp
+    hydra.launcher.partition=gpu`: our defaults, through the plugin's translation, as SLURM flags."""
+    import submitit
+    from hydra.utils import instantiate
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=submitit_slurm", "device=ddp", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    cfg.hydra.sweep.dir = str(tmp_path)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it; nothing runs it
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    submitted = []
+    monkeypatch.setattr(
+        submitit.AutoExecutor, "map_array", lambda executor, *args: submitted.append(executor) or []
+    )
+    launcher.launch([["learning_rate=0.1"]], initial_job_idx=0)
+    [executor] = submitted
+    sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
+    for flag in (
+        "--partition=gpu",
+        "--time=240",  # timeout_min
+        "--signal=USR2@120",  # signal_delay_s: the warning the loop answers with last.pt
+        "--nodes=1",
+        "--ntasks-per-node=2",  # one task per DDP rank
+        "--gpus-per-node=2",
+        "--cpus-per-task=4",
+        "--mem=32GB",
+        "--job-name=train",
+    ):
+        assert f"#SBATCH {flag}\n" in sbatch, flag
+    assert executor._executor.max_num_timeout == 20
