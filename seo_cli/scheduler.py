@@ -14,7 +14,6 @@ the same job directory, see hydra_plugins/seo_submitit_launcher) and exits.
 Imports nothing of submitit outside a submitit job; light enough for the training loop to import.
 """
 
-import logging
 import os
 import signal
 import zlib
@@ -22,8 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from seo_cli.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 def in_job() -> bool:
@@ -69,9 +66,9 @@ def is_preemption(signum: int) -> bool:
 def requeue(signum: int) -> str | None:
     """Hand the pre-emption signal, held back while ``last.pt`` was written, to submitit's handler.
 
-    On the job's first task it calls the launcher's ``checkpoint`` (the same job with ``resume=auto``),
-    requeues the job and exits the process (SystemExit). On the other tasks it returns: the requeue
-    ends them (SLURM), or they stop on their own (the local executor waits for every task).
+    On the job's task of global rank 0 it calls the launcher's ``checkpoint`` (the same job with
+    ``resume=auto``), requeues the job and exits the process (SystemExit). On the other tasks it returns:
+    the requeue ends them (SLURM), or they stop on their own (the local executor waits for every task).
 
     Returns:
         None on the other tasks; submitit's reason when it would not requeue (the job ran into
@@ -126,9 +123,9 @@ def rank_environment(job: Any, environ: Mapping[str, str]) -> dict[str, str]:
         environ: the process's environment; a MASTER_ADDR or MASTER_PORT already there is kept.
 
     Returns:
-        RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR (the job's first node; this machine's
-        loopback address in a one-node job)
-        and MASTER_PORT (the same in every task, from the job id, so two jobs on one node differ).
+        RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR (the job's first node; the loopback
+        address in a one-node job) and MASTER_PORT (the same in every task, from the job id, so that two
+        jobs on one node differ).
     """
     return {
         "RANK": str(job.global_rank),
