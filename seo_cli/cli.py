@@ -20,11 +20,15 @@ register_configs()  # once, for the four commands
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def train(cfg: DictConfig) -> float | None:
-    from seo_cli import distributed, launch
+    from seo_cli import distributed, launch, scheduler
+    from seo_cli.errors import exit_on_user_error
     from seo_cli.train import train as train_model
 
     job = launch.Job.from_hydra()
-    if cfg.device.strategy == "ddp" and not distributed.in_worker():
+    with exit_on_user_error():
+        scheduler.check_submitted(HydraConfig.get().runtime.choices.get("hydra/launcher", ""), job.multirun)
+    # DDP workers of our own, unless torchrun or a cluster scheduler started this process as one rank of several.
+    if cfg.device.strategy == "ddp" and not distributed.in_worker() and not scheduler.in_job():
         launch.start_workers(cfg, job)
         return job.finish()
     with job.outcome(cfg):

@@ -299,19 +299,40 @@ class ExportConfig:
 
 def register_configs() -> None:
     """Store the schemas (primary configs list them first in their defaults) and register the Optuna
-    sweeper: Hydra discovers plugins by scanning the ``hydra_plugins`` package, which an editable install
-    does not expose to that scan. Called once, by ``seo_cli.cli`` (and by tests that compose configs)."""
+    sweeper and the submitit launchers: Hydra discovers plugins by scanning the ``hydra_plugins`` package,
+    which an editable install does not expose to that scan. Called once, by ``seo_cli.cli`` (and by tests
+    that compose configs)."""
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
+    from omegaconf import OmegaConf
 
+    plugins = Plugins.instance()  # the scan: installed plugins (hydra-submitit-launcher) store their configs
     from hydra_plugins.seo_optuna_sweeper.optuna_sweeper import OptunaSweeper
+    from hydra_plugins.seo_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 
-    Plugins.instance().register(OptunaSweeper)
+    for plugin in (OptunaSweeper, SlurmLauncher, LocalLauncher):
+        plugins.register(plugin)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="export_schema", node=ExportConfig)
+    # hydra-submitit-launcher stores its typed launcher configs as hydra/launcher/submitit_slurm and
+    # submitit_local, the names of our conf/hydra/launcher files, and Hydra would validate each file against
+    # the stored config of its name (deprecated in Hydra 1.1, with a warning at every start). They move to
+    # <name>_schema, which the files extend (an empty one without the plugin: its launcher says to install it).
+    launchers = cs.repo.get("hydra", {}).get("launcher", {})
+    for name in ("submitit_slurm", "submitit_local"):
+        stored = launchers.pop(f"{name}.yaml", None)
+        if stored is not None or f"{name}_schema.yaml" not in launchers:  # moved already by an earlier call
+            cs.store(group="hydra/launcher", name=f"{name}_schema", node=stored.node if stored else {})
+    OmegaConf.register_new_resolver("seo.gpus_per_node", gpus_per_node, replace=True)
+
+
+def gpus_per_node(device_type: str, num_devices: int) -> int:
+    """``${seo.gpus_per_node:${device.type},${device.num_devices}}``: the GPUs a cluster job of this device
+    config asks for on each node: none for ``device.type=cpu``, else one per device."""
+    return 0 if str(device_type) == DeviceType.cpu else int(num_devices)
 
 
 def config_dir() -> str:

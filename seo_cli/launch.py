@@ -19,12 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seo_cli import distributed
+from seo_cli import distributed, scheduler
 from seo_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from seo_cli.trainer import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +67,33 @@ class Job:
 
         0 and the objective; 1 and NaN for a user error (a sweep goes on); 128 + signal number for an
         interrupted run. Outside a sweep our own bugs keep their traceback; in a sweep they are a row.
+        A submitit job stopped by the scheduler's pre-emption warning is requeued (``requeue``).
         """
         from seo_cli.evaluation import TrainingDiverged  # noqa: F401 - a UserError, named for the reader
         from seo_cli.trainer import TrainingInterrupted
 
         worker = distributed.in_worker()
         try:
+            # Under submitit the scheduler started one task per DDP rank: this one trains as its rank.
+            joined = scheduler.join_ranks(cfg.device.strategy, cfg.device.num_devices)
+            worker = worker or joined
             if worker:
                 distributed.init_process_group(cfg.device.type, cfg.device.timeout_s)
                 if not distributed.is_main():
                     logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story; the others only warn
+                if joined and not distributed.is_main():  # to the task's own output, not rank 0's train.log
+                    _worker_logging(self.run_dir, distributed.rank())
             with self.lock() if self.locks and distributed.is_main() else _nothing():
                 yield self
             self.summary = {**(self.summary or {}), "overrides": self.overrides}
             self.objective = self.summary.get("objective_value")
             self._write(self.summary)
         except TrainingInterrupted as stop:
-            where = f"{stop.checkpoint} is saved" if stop.checkpoint else "no checkpoint was written"
-            log.error("%s; %s. Resume with: %s", stop, where, resume_command(self.overrides, self.run_dir))
-            self._write({"status": "interrupted", "error": str(stop), "overrides": self.overrides})
             self.code = 128 + stop.signum
+            if not scheduler.is_preemption(stop.signum) or self.requeue(stop) is not None:
+                where = f"{stop.checkpoint} is saved" if stop.checkpoint else "no checkpoint was written"
+                log.error("%s; %s. Resume with: %s", stop, where, resume_command(self.overrides, self.run_dir))
+                self._write({"status": "interrupted", "error": str(stop), "overrides": self.overrides})
         except UserError as err:
             log.error("%s", err)
             self._write({"status": "failed", "error": str(err).splitlines()[0], "overrides": self.overrides})
@@ -104,10 +114,34 @@ class Job:
                 distributed.destroy()
 
     def finish(self) -> float | None:
-        """The entrypoint's return: the objective for a sweep; a failed or interrupted single run exits."""
-        if self.code >= 128 or (self.code and not self.multirun):
+        """The entrypoint's return: the objective for a sweep; a failed or interrupted single run exits.
+
+        A signal ends the whole sweep of this process, except in a submitit job: there the sweep runs
+        elsewhere and the job's return value is its row in the sweep's table.
+        """
+        if (self.code >= 128 and not scheduler.in_job()) or (self.code and not self.multirun):
             sys.exit(self.code)  # a user error in a sweep is a row in the sweep's table, not the end of the sweep
-        return self.objective
+        return self.objective if self.code < 128 else float("nan")
+
+    def requeue(self, stop: "TrainingInterrupted") -> str | None:
+        """Hand the scheduler's pre-emption warning, which stopped the loop once ``last.pt`` was written,
+        to submitit: on rank 0 it requeues the job (the same job directory, ``resume=auto``) and exits.
+
+        Returns:
+            None on the other ranks (rank 0 requeues the job); submitit's reason when it would not requeue.
+        """
+        if distributed.is_main():
+            log.warning(
+                "Pre-empted at step %d; %s is saved. Requeueing the job: it continues from there with resume=auto in %s.",
+                stop.global_step,
+                stop.checkpoint,
+                self.run_dir,
+            )
+            self._write({"status": "requeued", "error": str(stop), "overrides": self.overrides})
+        refused = scheduler.requeue(stop.signum)  # a requeue exits here
+        if refused is not None:
+            log.error("submitit did not requeue the job: %s", refused)
+        return refused
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -44,6 +44,7 @@ from seo_cli.loggers import MetricsSink
 from seo_cli.metrics import metric_mode
 from seo_cli.monitor import MemoryWindow, RunClock, profiler
 from seo_cli.runtime import autocast, seed_everything
+from seo_cli.scheduler import stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ FP16_MAX_SKIPS_IN_A_ROW = 20
 
 
 class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT arrived; ``last.pt`` was written (``checkpoint``) before the loop stopped."""
+    """A stop signal arrived (``scheduler.stop_signals``: SIGTERM or SIGINT, in a submitit job the
+    scheduler's pre-emption warning); ``last.pt`` was written (``checkpoint``) before the loop stopped."""
 
     def __init__(self, signum: int, global_step: int, checkpoint: Path | None) -> None:
         self.signum, self.global_step, self.checkpoint = signum, global_step, checkpoint
@@ -164,7 +166,8 @@ def fit(
 
     Raises:
         TrainingDiverged: the loss or the weights became NaN or infinite (the message names the step).
-        TrainingInterrupted: SIGTERM or SIGINT; ``last.pt`` was written first.
+        TrainingInterrupted: SIGTERM or SIGINT (in a submitit job: SIGINT or the pre-emption warning);
+            ``last.pt`` was written first.
     """
     device, accumulate = next(model.parameters()).device, config.accumulate_grad_batches
     num_batches, loop, sink = count_batches(train_batches), LoopState(), sink or MetricsSink(None)
@@ -803,9 +806,10 @@ def windows(batches: Iterable[tuple[Batch, Batch]], size: int) -> Iterator[list[
 
 @contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
-    """Turn SIGTERM and SIGINT into a request the loop answers after its current step (saving last.pt);
-    yields the list of signals received. A second signal does not cut the save short: it is only logged.
-    Only the main thread can install handlers; elsewhere signals keep their usual effect.
+    """Turn SIGTERM and SIGINT (in a submitit job: SIGINT and the pre-emption warning) into a request the
+    loop answers after its current step (saving last.pt); yields the list of signals received. A second
+    signal does not cut the save short: it is only logged. Only the main thread can install handlers;
+    elsewhere signals keep their usual effect.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -819,7 +823,7 @@ def stop_on_signals() -> Iterator[list[int]]:
         received.append(signum)
         log.warning("%s received: saving last.pt after the current step.", signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in stop_signals()}
     try:
         yield received
     finally:

@@ -22,6 +22,7 @@ TALLY = pytest.StashKey[dict]()
 LONGEST_FIRST = (
     "test_ddp.py",  # 80
     "test_export.py",  # 45
+    "test_submitit.py",  # 40: job processes of submitit's local executor
     "test_train_options.py",  # 40
     "models/test_model_pretrained.py",  # 30
     "reliability/test_fuzzed_configs.py",  # 35

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 import seo_cli.cli
 import seo_cli.trainer
@@ -81,6 +83,30 @@ def injected(
     finally:
         seo_cli.trainer.forward_backward = forward_backward
         torch.save = save
+
+
+class SignalJobAtStep(Callback):
+    """A Hydra callback for sweep jobs that run in processes of their own (``hydra/launcher=submitit_local``):
+    job ``job_num`` sends itself ``signal_name`` once ``step`` optimizer steps are done, as a scheduler
+    would, for the rest of its process. Not in the job once requeued (``resume=auto``), which must finish.
+
+        seo-train -m ... +hydra.callbacks.fault._target_=helpers.fault_inject.SignalJobAtStep
+            +hydra.callbacks.fault.job_num=1 +hydra.callbacks.fault.step=13
+
+    The job's process must import this module: tests/ on its PYTHONPATH.
+    """
+
+    def __init__(self, job_num: int, step: int, signal_name: str = "SIGUSR2") -> None:
+        self.job_num, self.step, self.signal_name = job_num, step, signal_name
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if config.hydra.job.num == self.job_num and config.resume is None:
+            faults = injected(signal_at_step=self.step, signal_name=self.signal_name)
+            faults.__enter__()
+            _ACTIVE.append(faults)  # kept: a collected generator would put the originals back
+
+
+_ACTIVE: list = []
 
 
 def _train(argv: list[str], log: str | None, faults: dict) -> None:
