@@ -14,7 +14,13 @@ import itertools
 import json
 import logging
 import math
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,8 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
-from seo_cli.errors import UserError
+from seo_cli.errors import UserError, require
+from seo_cli.study_storage import claim_lock, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +121,7 @@ def grid_points(space: dict) -> list[dict[str, Any]]:
 @dataclass
 class StudySettings:
     study_name: str
-    storage: str  # an SQLite URL, normally in the sweep directory
+    storage: str  # an Optuna storage (seo_cli/study_storage.py); by default SQLite in the sweep directory
     direction: str  # minimize | maximize
     sampler: str
     pruner: str
@@ -122,6 +129,7 @@ class StudySettings:
     seed: int | None
     max_failure_rate: float
     params: dict[str, str]
+    n_jobs: int = 1  # trials at once from this process
 
 
 # Runs one batch of trials: a list of override lists and the first job number -> each job's
@@ -130,97 +138,186 @@ LaunchBatch = Callable[[list[list[str]], int], list[tuple[str, float]]]
 
 
 def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch) -> optuna.Study:
-    """Ask the study for trials until ``n_trials`` have finished (this run and earlier ones together).
+    """Ask the study for trials until ``n_trials`` have been started (by this process, earlier runs and
+    other processes sharing the storage together), ``n_jobs`` at a time, and tell it how each ended.
 
     Each trial runs as a job with ``fixed`` overrides, the sampled values, and the ``tuning.*`` keys
-    its process needs to report to the study.
+    its process needs to report to the study. With ``n_jobs`` above 1, ``launch`` is called from that
+    many threads at once (each waits on a trial's own process).
 
     Raises:
-        UserError: more trials failed than ``max_failure_rate`` allows.
+        UserError: the storage cannot be used, or more trials failed than ``max_failure_rate`` allows.
     """
+    require(
+        isinstance(settings.n_jobs, int) and settings.n_jobs >= 1,
+        f"hydra.sweeper.n_jobs={settings.n_jobs} must be a whole number of at least 1 (trials run at once).",
+    )
     space = search_space(settings.params)
+    make_sampler(settings.sampler, settings.seed, space)  # a bad name fails before the storage is touched
+    storage = open_storage(settings.storage)
     study = optuna.create_study(
         study_name=settings.study_name,
-        storage=settings.storage,
+        storage=storage,
         sampler=make_sampler(settings.sampler, settings.seed, space),
         pruner=make_pruner(settings.pruner),
         direction=settings.direction,
         load_if_exists=True,
     )
-    killed = mark_killed_trials(study)
-    finished = len(counted_trials(study))
-    if finished or killed:
+    if study.get_trials(deepcopy=False):
         log.info(
             "Continuing study %s: %d of %d trials already done.",
             settings.study_name,
-            finished,
+            len(counted_trials(study)),
             settings.n_trials,
         )
-        if killed:
-            log.warning(
-                "Trials cut off by a kill before they reported (numbers %s) run again and count only once "
-                "they finish; their job folders are 'killed' rows of the summary.",
-                ", ".join(str(t.number) for t in killed),
-            )
-        if settings.seed is not None:
-            # Re-seeded as it was, the sampler would draw the first run's random trials again.
-            drawn = len(study.get_trials(deepcopy=False))
-            study.sampler = make_sampler(settings.sampler, settings.seed + drawn, space)
-    if settings.sampler == "grid":  # the grid enqueues what is left of it, killed points included
-        done = [t.params for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(KILLED)]
-        grid = [p for p in grid_points(space) if p not in done]
-    else:
-        grid = None
-        for trial in killed:  # the same point again: the kill said nothing about it
-            study.enqueue_trial(trial.params)
-    while finished < settings.n_trials:
-        if grid is not None:
-            if not grid:
-                break  # every point of the grid has been tried
-            study.enqueue_trial(grid.pop(0))
-        trial = study.ask(space)
-        overrides = [
-            *fixed,
-            *(f"{key}={_override_value(value)}" for key, value in trial.params.items()),
-            f"tuning.storage={settings.storage}",
-            f"tuning.study_name={settings.study_name}",
-            f"tuning.trial_id={trial._trial_id}",
-            f"tuning.pruner={settings.pruner}",
-        ]
-        [(status, value)] = launch([overrides], trial.number)
-        if status == "ok" and math.isfinite(value):
-            study.tell(trial, value)
-        elif status == "pruned":
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        finished += 1
-        failed = sum(t.state == optuna.trial.TrialState.FAIL for t in counted_trials(study))
-        if failed > settings.max_failure_rate * settings.n_trials:
-            raise UserError(
-                f"{failed} of {finished} trials failed, more than hydra.sweeper.max_failure_rate="
-                f"{settings.max_failure_rate} of {settings.n_trials} allows; see the errors in the sweep's summary.md."
-            )
+    me = this_worker()
+
+    def claim() -> optuna.trial.Trial | None:
+        with claim_lock(settings.storage, storage, settings.study_name):
+            return claim_trial(study, storage, settings, space, me)
+
+    running: dict[Future, optuna.trial.Trial] = {}
+    stop: UserError | None = None
+    pool = ThreadPoolExecutor(settings.n_jobs) if settings.n_jobs > 1 else None
+    with Heartbeat(storage) as heartbeat, pool or nullcontext():
+        while True:
+            while stop is None and len(running) < settings.n_jobs and (trial := claim()) is not None:
+                overrides = [
+                    *fixed,
+                    *(f"{key}={_override_value(value)}" for key, value in trial.params.items()),
+                    f"tuning.storage={settings.storage}",
+                    f"tuning.study_name={settings.study_name}",
+                    f"tuning.trial_id={trial._trial_id}",
+                    f"tuning.pruner={settings.pruner}",
+                ]
+                heartbeat.trial_ids.add(trial._trial_id)
+                # One at a time, the job runs here, in this thread (Hydra's launcher installs signal handlers).
+                submit = pool.submit if pool else _run_now
+                running[submit(launch, [overrides], trial.number)] = trial
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                trial = running.pop(future)
+                [(status, value)] = future.result()
+                if status == "ok" and math.isfinite(value):
+                    study.tell(trial, value)
+                elif status == "pruned":
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                heartbeat.trial_ids.discard(trial._trial_id)
+            counted = counted_trials(study)
+            failed = sum(t.state == optuna.trial.TrialState.FAIL for t in counted)
+            if stop is None and failed > settings.max_failure_rate * settings.n_trials:
+                # The trials still running finish and are told first: nothing is left RUNNING.
+                stop = UserError(
+                    f"{failed} of {len(counted)} trials failed, more than hydra.sweeper.max_failure_rate="
+                    f"{settings.max_failure_rate} of {settings.n_trials} allows; see the errors in the sweep's summary.md."
+                )
+    if stop is not None:
+        raise stop
     _log_best(study)
     return study
 
 
+def claim_trial(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    settings: StudySettings,
+    space: dict[str, optuna.distributions.BaseDistribution],
+    me: dict[str, Any],
+) -> optuna.trial.Trial | None:
+    """This process's next trial, or None when the study has its ``n_trials``; under ``claim_lock``.
+
+    Closes the trials that nothing runs any more first, and enqueues their points again.
+    """
+    killed = close_abandoned_trials(study, me)
+    if killed:
+        log.warning(
+            "Trials cut off by a kill before they reported (numbers %s) run again and count only once "
+            "they finish; their job folders are 'killed' rows of the summary.",
+            ", ".join(str(t.number) for t in killed),
+        )
+    trials = study.get_trials(deepcopy=False)
+    live = [t for t in trials if not t.user_attrs.get(KILLED)]
+    if sum(t.state != optuna.trial.TrialState.WAITING for t in live) >= settings.n_trials:
+        return None
+    if settings.sampler == "grid":  # what is left of the grid, killed points included
+        taken = [t.params for t in live]
+        left = [p for p in grid_points(space) if p not in taken]
+        if not left:
+            return None  # every point of the grid has been tried
+        study.enqueue_trial(left[0])
+    else:
+        for trial in killed:  # the same point again: the kill said nothing about it
+            study.enqueue_trial(trial.params)
+    if settings.seed is not None:
+        # A seed of its own for each trial: processes sharing the study, and a rerun, draw new points.
+        study.sampler = make_sampler(settings.sampler, settings.seed + len(trials), space)
+    trial = study.ask(space)
+    storage.set_trial_system_attr(trial._trial_id, WORKER, me)
+    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT, time.time())
+    return trial
+
+
 KILLED = "killed"  # user attribute of a trial whose process was killed before it told the study anything
+WORKER = "seo:worker"  # system attribute: host, pid and start time of the sweep process running the trial
+HEARTBEAT = "seo:heartbeat"  # system attribute: when that process last said it is alive (time.time())
+JOB_DIR = "seo:job_dir"  # system attribute: host and folder of the trial's job, written by the job
+HEARTBEAT_S = 60
+STALE_AFTER_S = 600  # a trial without a heartbeat this long is abandoned, whichever machine ran it
 
 
-def mark_killed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Close the trials an earlier sweep left RUNNING: a SIGKILL (or a crash) stopped the process before
-    it told the study, and nothing will finish them.
+def this_worker() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid())}
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), which tells it from a later process given
+    the same pid; None where there is no /proc, or no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
+
+
+def is_abandoned(trial: optuna.trial.FrozenTrial, me: dict[str, Any], now: float) -> bool:
+    """A RUNNING trial that no process will finish: its sweep process is gone, or silent for too long."""
+    worker = trial.system_attrs.get(WORKER)
+    if not isinstance(worker, dict):
+        return True  # not asked for by a sweep (every sweep marks its trials under the claim lock)
+    if now - trial.system_attrs.get(HEARTBEAT, 0) > STALE_AFTER_S:
+        return True
+    if worker.get("host") != me["host"]:
+        return False  # alive as far as can be told from here: its heartbeat is recent
+    if worker.get("pid") == me["pid"]:
+        return True  # this process runs one sweep at a time: a trial of its own from before is left over
+    try:
+        os.kill(worker["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another user's process, alive
+    started = worker.get("started")
+    return started is not None and process_start(worker["pid"]) != started  # the pid is another process's now
+
+
+def close_abandoned_trials(study: optuna.Study, me: dict[str, Any]) -> list[optuna.trial.FrozenTrial]:
+    """Close the RUNNING trials that nothing will finish (``is_abandoned``): a SIGKILL, a crash or a lost
+    machine stopped their sweep process before it told the study.
 
     They are told FAIL, the only way to close a trial, with the user attribute ``killed``, so that they
     count neither towards ``n_trials`` nor ``max_failure_rate``; their job folders, without a
-    summary.json, are the sweep summary's ``killed`` rows. Assumes no other process is running trials
-    of the study at the same time (one sweep per study).
+    summary.json, are the sweep summary's ``killed`` rows.
 
     Returns:
         The trials closed, whose parameters the caller runs again.
     """
-    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    now = time.time()
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    stale = [t for t in running if is_abandoned(t, me, now)]
     for trial in stale:
         optuna.trial.Trial(study, trial._trial_id).set_user_attr(KILLED, True)
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -233,13 +330,48 @@ def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get(KILLED)]
 
 
+class Heartbeat:
+    """Every ``HEARTBEAT_S`` seconds, in a thread, tells the study that this process still runs the
+    trials in ``trial_ids``: how other machines tell a long trial from one whose machine was lost."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.storage, self.trial_ids = storage, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            for trial_id in list(self.trial_ids):
+                try:
+                    self.storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    self.trial_ids.discard(trial_id)
+                except Exception as err:  # noqa: BLE001 - a lost connection: the next beat tries again
+                    log.warning("Could not record the heartbeat of trial id %d: %s", trial_id, err)
+
+
 class TrialReporter:
     """A trial's side: report the objective after each epoch, and ask whether to stop (prune)."""
 
-    def __init__(self, storage: str, study_name: str, trial_id: int, pruner: str, monitor: str) -> None:
-        study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner))
+    def __init__(
+        self, storage: str, study_name: str, trial_id: int, pruner: str, monitor: str, job_dir: Path | None = None
+    ) -> None:
+        backend = open_storage(storage)
+        study = optuna.load_study(study_name=study_name, storage=backend, pruner=make_pruner(pruner))
         self.trial = optuna.trial.Trial(study, trial_id)
         self.monitor = monitor
+        if job_dir is not None:  # where the trial's files are, for a summary rebuilt from the storage
+            backend.set_trial_system_attr(
+                trial_id, JOB_DIR, {"host": socket.gethostname(), "path": str(job_dir.absolute())}
+            )
 
     def should_prune(self, epoch: int, value: float) -> bool:
         if math.isfinite(value):
@@ -255,6 +387,13 @@ def job_outcome(job_dir: Path) -> tuple[str, float]:
     summary = json.loads(path.read_text())
     value = summary.get("objective_value")
     return summary.get("status", "failed"), float(value) if isinstance(value, int | float) else math.nan
+
+
+def _run_now(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` called here and now, as a finished future."""
+    future: Future = Future()
+    future.set_result(fn(*args))
+    return future
 
 
 def _override_value(value: Any) -> str:
