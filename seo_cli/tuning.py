@@ -15,10 +15,13 @@ import json
 import logging
 import math
 import os
+import queue
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -199,14 +202,8 @@ def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 trial = running.pop(future)
-                [(status, value)] = future.result()
-                if status == "ok" and math.isfinite(value):
-                    study.tell(trial, value)
-                elif status == "pruned":
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 heartbeat.trial_ids.discard(trial._trial_id)
+                tell(study, trial, *future.result()[0])
             counted = counted_trials(study)
             failed = sum(t.state == optuna.trial.TrialState.FAIL for t in counted)
             if stop is None and failed > settings.max_failure_rate * settings.n_trials:
@@ -219,6 +216,24 @@ def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch
         raise stop
     _log_best(study)
     return study
+
+
+def tell(study: optuna.Study, trial: optuna.trial.Trial, status: str, value: float) -> None:
+    """Tell the study how a job ended: ok with a finite value, pruned, or failed."""
+    try:
+        if status == "ok" and math.isfinite(value):
+            study.tell(trial, value)
+        elif status == "pruned":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # Optuna's words for "already closed"
+        log.warning(
+            "Trial %d was closed by another process of the study (its heartbeat was over %d s old); "
+            "its result is in its job folder but not in the study.",
+            trial.number,
+            STALE_AFTER_S,
+        )
 
 
 def claim_trial(
@@ -270,7 +285,9 @@ STALE_AFTER_S = 600  # a trial without a heartbeat this long is abandoned, which
 
 
 def this_worker() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid())}
+    """Who asks for a trial: this machine, process and ``run_study`` call."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "started": process_start(pid), "run": uuid.uuid4().hex}
 
 
 def process_start(pid: int) -> int | None:
@@ -293,7 +310,7 @@ def is_abandoned(trial: optuna.trial.FrozenTrial, me: dict[str, Any], now: float
     if worker.get("host") != me["host"]:
         return False  # alive as far as can be told from here: its heartbeat is recent
     if worker.get("pid") == me["pid"]:
-        return True  # this process runs one sweep at a time: a trial of its own from before is left over
+        return worker.get("run") != me["run"]  # a trial of an earlier run_study in this process, cut off
     try:
         os.kill(worker["pid"], 0)
     except ProcessLookupError:
@@ -362,7 +379,13 @@ class TrialReporter:
     """A trial's side: report the objective after each epoch, and ask whether to stop (prune)."""
 
     def __init__(
-        self, storage: str, study_name: str, trial_id: int, pruner: str, monitor: str, job_dir: Path | None = None
+        self,
+        storage: str,
+        study_name: str,
+        trial_id: int,
+        pruner: str,
+        monitor: str,
+        job_dir: Path | None = None,
     ) -> None:
         backend = open_storage(storage)
         study = optuna.load_study(study_name=study_name, storage=backend, pruner=make_pruner(pruner))
@@ -377,6 +400,69 @@ class TrialReporter:
         if math.isfinite(value):
             self.trial.report(value, step=epoch)
         return self.trial.should_prune()
+
+
+class TrialProcesses:
+    """``hydra.sweeper.n_jobs`` above 1: each trial runs as its own ``python -m seo_cli.train`` process (a
+    job of its own: ``<sweep dir>/<trial number>``, its console output in ``console.log`` there), on a
+    slot of GPUs of its own (``CUDA_VISIBLE_DEVICES``). Called from ``n_jobs`` threads at once."""
+
+    def __init__(self, command: list[str], sweep_dir: Path, slots: list[list[str]], threads: int) -> None:
+        self.command, self.sweep_dir, self.threads = command, sweep_dir, threads
+        self.free: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
+        for slot in slots:
+            self.free.put(slot)
+
+    def __call__(self, batch: list[list[str]], first_job: int) -> list[tuple[str, float]]:
+        [overrides] = batch
+        job_dir = self.sweep_dir / str(first_job)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # Each trial's share of the cores, unless the user set the pools' size.
+        env.setdefault("OMP_NUM_THREADS", str(self.threads))
+        slot = self.free.get()
+        if slot:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
+        log.info("Trial %d started in %s%s", first_job, job_dir, f" on GPU {','.join(slot)}" if slot else "")
+        try:
+            with open(job_dir / "console.log", "wb") as console:
+                argv = [*self.command, *overrides, "hydra.mode=RUN", f"hydra.run.dir={job_dir}"]
+                subprocess.run(argv, env=env, stdout=console, stderr=subprocess.STDOUT, check=False)
+        finally:
+            self.free.put(slot)
+        status, value = job_outcome(job_dir)
+        log.info("Trial %d ended: %s, objective %.6g", first_job, status, value)
+        return [(status, value)]
+
+
+def visible_gpus(environ: Mapping[str, str], device_count: int) -> list[str]:
+    """The ids of the GPUs this process may give out: ``CUDA_VISIBLE_DEVICES``'s entries where it is set
+    (torch counted ``device_count`` of them), else 0 .. device_count - 1."""
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in listed.split(",")] if listed else [str(i) for i in range(device_count)]
+    return ids[:device_count]
+
+
+def gpu_slots(visible: Sequence[str], n_jobs: int, per_trial: int) -> list[list[str]]:
+    """The GPUs of each of ``n_jobs`` trials running at once, ``per_trial`` each (``device.num_devices``
+    for a DDP trial, else 1), none shared; empty slots on a machine without GPUs.
+
+    Raises:
+        UserError: fewer GPUs than ``n_jobs`` trials need.
+    """
+    if not visible:
+        return [[] for _ in range(n_jobs)]
+    fits = len(visible) // per_trial
+    if fits < 1:
+        raise UserError(
+            f"device.num_devices={per_trial} but {len(visible)} GPU(s) are visible; use device.num_devices={len(visible)} or fewer."
+        )
+    if n_jobs > fits:
+        raise UserError(
+            f"hydra.sweeper.n_jobs={n_jobs} trials at once with {per_trial} GPU(s) each need {n_jobs * per_trial} "
+            f"GPUs and {len(visible)} are visible; use hydra.sweeper.n_jobs={fits} or fewer."
+        )
+    return [list(visible[i * per_trial : (i + 1) * per_trial]) for i in range(n_jobs)]
 
 
 def job_outcome(job_dir: Path) -> tuple[str, float]:
