@@ -82,10 +82,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
     try:
         return optuna.storages.RDBStorage(url)
-    except ModuleNotFoundError as err:
-        extra = " (pip install 'seo-cli[postgres]')" if url.startswith("postgresql") else ""
+    except ImportError as err:  # Optuna's, raised from the driver's ModuleNotFoundError
+        driver = getattr(err.__cause__, "name", None) or err.name or "of the URL"
+        extra = " (pip install 'seo-cli[postgres]')" if driver == "psycopg" else ""
         raise UserError(
-            f"hydra.sweeper.storage={shown(url)} needs the Python database driver {err.name}, which is not "
+            f"hydra.sweeper.storage={shown(url)} needs the Python database driver {driver}, which is not "
             f"installed; install it{extra}."
         ) from None
     except sqlalchemy.exc.ArgumentError as err:  # unparsable, or a database SQLAlchemy does not know

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import queue
+import re
 import socket
 import subprocess
 import threading
@@ -188,7 +189,7 @@ def run_study(settings: StudySettings, fixed: Sequence[str], launch: LaunchBatch
                 overrides = [
                     *fixed,
                     *(f"{key}={_override_value(value)}" for key, value in trial.params.items()),
-                    f"tuning.storage={settings.storage}",
+                    f"tuning.storage={quoted(settings.storage)}",  # a URL's ?key=value needs the quotes
                     f"tuning.study_name={settings.study_name}",
                     f"tuning.trial_id={trial._trial_id}",
                     f"tuning.pruner={settings.pruner}",
@@ -480,6 +481,12 @@ def _run_now(fn: Callable[..., Any], *args: Any) -> Future:
     future: Future = Future()
     future.set_result(fn(*args))
     return future
+
+
+def quoted(value: str) -> str:
+    """``value`` as a quoted string of Hydra's override grammar, read back unchanged whatever it holds."""
+    # Hydra reads a backslash as an escape only in front of a quote (or the closing one): double those.
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
 
 
 def _override_value(value: Any) -> str:

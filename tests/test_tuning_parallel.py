@@ -1,0 +1,186 @@
+"""Tuning in parallel and across machines: the storages, the claim of the next trial under a lock shared by
+processes, abandoned trials, GPU slots, n_jobs trial processes and the summary rebuilt from a storage.
+tests/test_tuning_postgres.py runs three seo-train processes on one PostgreSQL study."""
+
+import json
+import multiprocessing
+import os
+import socket
+import time
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+from helpers.commands import run_command
+from helpers.sweeps import sweep_process
+
+from seo_cli.errors import UserError
+from seo_cli.study_storage import open_storage, shown, storage_url
+from seo_cli.sweep import summarize_study
+from seo_cli.tuning import (
+    HEARTBEAT,
+    STALE_AFTER_S,
+    WORKER,
+    gpu_slots,
+    is_abandoned,
+    process_start,
+    this_worker,
+    visible_gpus,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_gpu_slots_give_each_trial_running_at_once_gpus_of_its_own():
+    assert gpu_slots(["0", "1", "2", "3"], 4, 1) == [["0"], ["1"], ["2"], ["3"]]
+    assert gpu_slots(["0", "1", "2", "3"], 2, 1) == [["0"], ["1"]]
+    # A DDP trial takes device.num_devices GPUs.
+    assert gpu_slots(["0", "1", "2", "3"], 2, 2) == [["0", "1"], ["2", "3"]]
+    assert gpu_slots(["4", "6", "7"], 1, 3) == [["4", "6", "7"]]
+    # No GPU: the trials share the CPU, and nothing is set.
+    assert gpu_slots([], 3, 2) == [[], [], []]
+    with pytest.raises(
+        UserError,
+        match=r"hydra.sweeper.n_jobs=3 trials at once with 2 GPU\(s\) each need 6 GPUs and 4 are visible; use hydra.sweeper.n_jobs=2 or fewer",
+    ):
+        gpu_slots(["0", "1", "2", "3"], 3, 2)
+    with pytest.raises(UserError, match=r"device.num_devices=4 but 2 GPU\(s\) are visible"):
+        gpu_slots(["0", "1"], 1, 4)
+
+
+def test_visible_gpus_are_cuda_visible_devices_entries_or_all():
+    assert visible_gpus({}, 3) == ["0", "1", "2"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,5"}, 2) == ["2", "5"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 5,7"}, 3) == ["2", "5", "7"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, 0) == []
+    assert visible_gpus({}, 0) == []
+
+
+def test_storage_strings_and_their_mistakes(tmp_path):
+    journal = tmp_path / "study.log"
+    assert storage_url(str(journal)) == str(journal)
+    assert isinstance(open_storage(str(journal)), optuna.storages.JournalStorage)
+    assert isinstance(open_storage(f"sqlite:///{tmp_path / 'o.db'}"), optuna.storages.RDBStorage)
+    with pytest.raises(
+        UserError,
+        match=r"hydra.sweeper.storage='optuna.db' is not a storage; use sqlite:///path/optuna.db, postgresql://",
+    ):
+        storage_url("optuna.db")
+    with pytest.raises(UserError, match=rf"the folder {tmp_path / 'nowhere'} does not exist"):
+        storage_url(str(tmp_path / "nowhere" / "study.log"))
+    with pytest.raises(UserError, match=r"hydra.sweeper.storage=nosuchdb://x/y is not a storage URL"):
+        open_storage("nosuchdb://x/y")
+    # MySQL's default driver (mysqlclient) is not installed here: named, with the fix.
+    with pytest.raises(
+        UserError,
+        match=r"storage=mysql://u:\*\*\*@h/db needs the Python database driver MySQLdb, which is not installed; install it",
+    ):
+        open_storage("mysql://u:secret@h/db")
+    with pytest.raises(
+        UserError,
+        match=r"storage=sqlite:///.*/missing/o.db: cannot open the database \(unable to open database file\)",
+    ):
+        open_storage(f"sqlite:///{tmp_path / 'missing' / 'o.db'}")
+    assert shown("postgresql://seo:secret@db.example/tuning") == "postgresql://seo:***@db.example/tuning"
+
+
+def test_cli_storage_and_n_jobs_mistakes_are_one_sentence(tmp_path):
+    base = ["hparams_search=optuna", "debug=smoke", "logger=none", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    done = run_command("train", *base, "hydra.sweeper.storage=optuna.db")
+    assert done.code == 1 and "Traceback" not in done.output
+    assert "hydra.sweeper.storage='optuna.db' is not a storage; use sqlite:///path/optuna.db" in done.output
+    done = run_command("train", *base, "hydra.sweeper.n_jobs=0")
+    assert done.code == 1 and "Traceback" not in done.output
+    assert "hydra.sweeper.n_jobs=0 must be a whole number of at least 1 (trials run at once)." in done.output
+    assert not list((tmp_path / "sweep").glob("*/summary.json"))  # no trial ran
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_three_sweeps_sharing_a_storage_run_n_trials_between_them_and_none_twice(tmp_path, kind):
+    """Three processes on one study: the claim lock makes counting and asking one step, so together they
+    run exactly n_trials, each once, and their seeds differ, so no point is drawn twice."""
+    storage = f"sqlite:///{tmp_path / 'o.db'}" if kind == "sqlite" else str(tmp_path / "study.log")
+    open_storage(storage)  # the tables, once, before three processes race to make them
+    ran = tmp_path / "ran.txt"
+    spawn = multiprocessing.get_context("spawn")  # a clean interpreter, as a second seo-train would be
+    processes = [spawn.Process(target=sweep_process, args=(storage, i, str(ran))) for i in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    trials = optuna.load_study(study_name="shared", storage=open_storage(storage)).get_trials()
+    assert len(trials) == 12 and [t.number for t in trials] == list(range(12))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    runs = [tuple(map(int, line.split())) for line in ran.read_text().splitlines()]
+    assert sorted(number for _, number in runs) == list(range(12))  # each trial run once
+    assert len({t.params["x"] for t in trials}) == 12
+    assert len({index for index, _ in runs}) >= 2, runs  # they did share the work
+
+
+def running_trial(worker, heartbeat):
+    return SimpleNamespace(system_attrs={WORKER: worker, HEARTBEAT: heartbeat})
+
+
+def test_a_running_trial_is_abandoned_only_when_its_sweep_process_is_gone_or_silent():
+    me, now = this_worker(), time.time()
+    host = socket.gethostname()
+    parent = os.getppid()  # alive, another process of this machine
+    alive = {"host": host, "pid": parent, "started": process_start(parent), "run": "r"}
+    assert not is_abandoned(running_trial(alive, now), me, now)
+    assert not is_abandoned(running_trial(me, now), me, now)  # one of this sweep's own, running now
+    # Another run_study of this process (the sweep before, cut off): nothing runs it any more.
+    assert is_abandoned(running_trial(me | {"run": "earlier"}, now), me, now)
+    assert is_abandoned(
+        running_trial(alive | {"started": -1}, now), me, now
+    )  # its pid is another process's now
+    gone = {"host": host, "pid": 2**22 + 12345, "started": None, "run": "r"}  # above pid_max: no such process
+    assert is_abandoned(running_trial(gone, now), me, now)
+    # Another machine: alive while its heartbeat is recent; abandoned once it has been silent too long.
+    remote = {"host": "another-machine", "pid": 1, "started": 1, "run": "r"}
+    assert not is_abandoned(running_trial(remote, now - 60), me, now)
+    assert is_abandoned(running_trial(remote, now - STALE_AFTER_S - 1), me, now)
+    assert is_abandoned(SimpleNamespace(system_attrs={}), me, now)  # asked outside any sweep
+
+
+@pytest.mark.slow
+def test_n_jobs_runs_trials_at_once_in_processes_of_their_own_on_a_journal_file(tmp_path):
+    """seo-train hparams_search=optuna hydra.sweeper.n_jobs=2 with 4 trials on a journal storage."""
+    journal, sweep = tmp_path / "study.log", tmp_path / "sweep"
+    done = run_command(
+        "train",
+        "hparams_search=optuna",
+        "debug=smoke",
+        "logger=none",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        f"hydra.sweeper.storage={journal}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert done.code == 0, done.output[-3000:]
+    # Two at once: the second trial started before the first ended.
+    out = done.output
+    assert out.index("Trial 1 started") < out.index("Trial 0 ended"), out[-3000:]
+    trials = optuna.load_study(study_name="seo", storage=open_storage(str(journal))).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    for trial in trials:
+        job = sweep / str(trial.number)
+        summary = json.loads((job / "summary.json").read_text())
+        # Each trial ran as its own process, in its own folder, and reported to the study itself.
+        assert (job / "console.log").is_file() and (job / "train.log").is_file()
+        assert f"tuning.trial_id={trial._trial_id}" in summary["overrides"]
+        assert trial.system_attrs["seo:job_dir"]["path"] == str(job)
+        if summary["status"] == "ok":
+            assert trial.value == pytest.approx(summary["objective_value"])
+    frame = pd.read_csv(sweep / "summary.csv", dtype={"job": str})
+    assert sorted(frame["job"]) == ["0", "1", "2", "3"]
+    # The summary rebuilt from the storage alone says the same.
+    rebuilt = summarize_study(str(journal), "seo", "val/loss")
+    assert sorted(rebuilt["job"]) == ["0", "1", "2", "3"]
+    by_job = rebuilt.set_index("job")
+    for _, row in frame.iterrows():
+        assert by_job.loc[row["job"], "status"] == row["status"]
+        assert by_job.loc[row["job"], "objective"] == pytest.approx(row["objective"])
+        assert by_job.loc[row["job"], "folder"] == f"{socket.gethostname()}:{sweep / row['job']}"
