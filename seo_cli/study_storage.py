@@ -84,10 +84,14 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(url)
     except ImportError as err:  # Optuna's, raised from the driver's ModuleNotFoundError
         driver = getattr(err.__cause__, "name", None) or err.name or "of the URL"
-        extra = " (pip install 'seo-cli[postgres]')" if driver == "psycopg" else ""
+        fix = {
+            "psycopg": "install it: pip install 'seo-cli[postgres]'",
+            # SQLAlchemy before 2.1 reads postgresql:// as psycopg2
+            "psycopg2": "install it, or name psycopg 3 (the postgres extra): postgresql+psycopg://...",
+        }.get(driver, "install it")
         raise UserError(
             f"hydra.sweeper.storage={shown(url)} needs the Python database driver {driver}, which is not "
-            f"installed; install it{extra}."
+            f"installed; {fix}."
         ) from None
     except sqlalchemy.exc.ArgumentError as err:  # unparsable, or a database SQLAlchemy does not know
         raise UserError(f"hydra.sweeper.storage={shown(url)} is not a storage URL ({err}); {FIX}.") from None

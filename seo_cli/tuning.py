@@ -3,11 +3,14 @@
     seo-train hparams_search=optuna                                   # TPE over conf/hparams_search/optuna.yaml
     seo-train hparams_search=optuna hydra.sweeper.n_trials=50 hydra.sweeper.sampler=random
     seo-train hparams_search=optuna hydra.sweep.dir=<an earlier sweep>   # continue that study
+    seo-train hparams_search=optuna hydra.sweeper.n_jobs=4            # 4 trials at once, 4 processes
+    seo-train hparams_search=optuna hydra.sweeper.storage=postgresql://db/tuning   # on each machine
 
-The study lives in SQLite in the sweep directory, so re-running the command on the same directory
-continues it. Each trial is one seo-train job; it reports its validation objective after every epoch
-to the study (``TrialReporter``) and stops early when the pruner says so. The Hydra plugin in
-``hydra_plugins/seo_optuna_sweeper`` is a thin shim over ``run_study``.
+By default the study lives in SQLite in the sweep directory, so re-running the command on the same
+directory continues it; ``hydra.sweeper.storage`` puts it in any Optuna storage (seo_cli/study_storage.py),
+which any number of sweeps, on any machines, then share. Each trial is one seo-train job; it reports its
+validation objective after every epoch to the study (``TrialReporter``) and stops early when the pruner
+says so. The Hydra plugin in ``hydra_plugins/seo_optuna_sweeper`` is a thin shim over ``run_study``.
 """
 
 import itertools
