@@ -233,8 +233,8 @@ def tell(study: optuna.Study, trial: optuna.trial.Trial, status: str, value: flo
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # Optuna's words for "already closed"
         log.warning(
-            "Trial %d was closed by another process of the study (its heartbeat was over %d s old); "
-            "its result is in its job folder but not in the study.",
+            "Trial %d was closed by another process of the study, which took it for abandoned (no "
+            "heartbeat for %d s); its result is in its job folder but not in the study.",
             trial.number,
             STALE_AFTER_S,
         )

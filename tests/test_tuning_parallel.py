@@ -243,3 +243,50 @@ def test_n_jobs_runs_trials_at_once_in_processes_of_their_own_on_a_journal_file(
         assert by_job.loc[row["job"], "status"] == row["status"]
         assert by_job.loc[row["job"], "objective"] == pytest.approx(row["objective"])
         assert by_job.loc[row["job"], "folder"] == f"{socket.gethostname()}:{sweep / row['job']}"
+
+
+def test_the_summary_of_a_study_is_rebuilt_from_its_storage(tmp_path, caplog):
+    """Rows from the job folders this machine can read, from the storage for the others."""
+    journal = str(tmp_path / "study.log")
+    storage = open_storage(journal)
+    study = optuna.create_study(study_name="s", storage=storage)
+    here = tmp_path / "sweep" / "0"
+    here.mkdir(parents=True)
+    summary = {
+        "status": "ok",
+        "objective_value": 0.5,
+        "overrides": ["lr=0.1", "tuning.trial_id=0"],
+        "metrics": {"val/loss": 0.5},
+    }
+    (here / "summary.json").write_text(json.dumps(summary))
+    for lr, value, folder in ((0.1, 0.5, here), (0.2, 0.25, "/elsewhere/sweep/1")):
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 1.0)})
+        storage.set_trial_param(trial._trial_id, "lr", lr, optuna.distributions.FloatDistribution(0.01, 1.0))
+        host = socket.gethostname() if folder == here else "another-machine"
+        storage.set_trial_system_attr(trial._trial_id, "seo:job_dir", {"host": host, "path": str(folder)})
+        study.tell(trial, value)
+    killed = study.ask()
+    storage.set_trial_user_attr(killed._trial_id, "killed", True)
+    study.tell(killed, state=optuna.trial.TrialState.FAIL)
+
+    frame = summarize_study(journal, "s", "val/loss")
+    assert list(frame["job"]) == ["1", "0", "2"]  # best first, killed last
+    remote, local, cut = (frame.iloc[i] for i in range(3))
+    assert (remote["status"], remote["objective"], remote["folder"]) == (
+        "ok",
+        0.25,
+        "another-machine:/elsewhere/sweep/1",
+    )
+    assert (local["status"], local["objective"], local["val/loss"]) == ("ok", 0.5, 0.5)
+    assert local["folder"] == f"{socket.gethostname()}:{here}"
+    assert cut["status"] == "killed" and cut["folder"] == ""
+
+    from seo_cli.sweep import main
+
+    main([journal, "--study-name", "s", "--out", str(tmp_path / "table")])
+    written = pd.read_csv(tmp_path / "table" / "summary.csv", dtype={"job": str})
+    assert list(written["job"]) == ["1", "0", "2"]
+    with pytest.raises(SystemExit) as stop:
+        main([journal, "--study-name", "nope"])
+    assert stop.value.code == 1
+    assert f"{journal} holds no study 'nope'; give --study-name, one of: s." in caplog.text
