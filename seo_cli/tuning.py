@@ -416,6 +416,9 @@ class TrialProcesses:
         self.free: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
         for slot in slots:
             self.free.put(slot)
+        self.running: set[subprocess.Popen] = set()
+        self.stopped: int | None = None  # the signal passed on to the trials; none start after it
+        self._lock = threading.Lock()
 
     def __call__(self, batch: list[list[str]], first_job: int) -> list[tuple[str, float]]:
         [overrides] = batch
@@ -428,15 +431,31 @@ class TrialProcesses:
         if slot:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
         log.info("Trial %d started in %s%s", first_job, job_dir, f" on GPU {','.join(slot)}" if slot else "")
+        argv = [*self.command, *overrides, "hydra.mode=RUN", f"hydra.run.dir={job_dir}"]
         try:
-            with open(job_dir / "console.log", "wb") as console:
-                argv = [*self.command, *overrides, "hydra.mode=RUN", f"hydra.run.dir={job_dir}"]
-                subprocess.run(argv, env=env, stdout=console, stderr=subprocess.STDOUT, check=False)
+            with open(job_dir / "console.log", "wb") as console, self._lock:
+                if self.stopped is not None:
+                    return [("failed", math.nan)]
+                process = subprocess.Popen(argv, env=env, stdout=console, stderr=subprocess.STDOUT)
+                self.running.add(process)
+            process.wait()
+            with self._lock:
+                self.running.discard(process)
         finally:
             self.free.put(slot)
         status, value = job_outcome(job_dir)
         log.info("Trial %d ended: %s, objective %.6g", first_job, status, value)
         return [(status, value)]
+
+    def pass_on(self, signum: int, frame: object = None) -> None:
+        """The sweep's handler of SIGTERM: the trials get it too (they save ``last.pt`` and stop, as on
+        their own SIGTERM), no new one starts, and the sweep ends with 128 + signum once they have. Their
+        trials stay unfinished in the study, to be run again by the next sweep on it."""
+        with self._lock:
+            self.stopped = signum
+            for process in self.running:
+                process.send_signal(signum)
+        raise SystemExit(128 + signum)
 
 
 def visible_gpus(environ: Mapping[str, str], device_count: int) -> list[str]:

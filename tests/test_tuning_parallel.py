@@ -5,8 +5,10 @@ tests/test_tuning_postgres.py runs three seo-train processes on one PostgreSQL s
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -151,24 +153,22 @@ def test_a_running_trial_is_abandoned_only_when_its_sweep_process_is_gone_or_sil
 # A trial process as TrialProcesses starts it, minus the training: it writes the summary.json seo-train
 # would, with what it was given (its GPUs, its threads) and when it ran.
 FAKE_TRIAL = """
-import json, os, sys, time
+import json, os, signal, sys, time
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 start = time.time()
-time.sleep(0.3)
-summary = {"status": "ok", "objective_value": float(args["x"]) ** 2, "overrides": sys.argv[1:],
-           "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": os.environ["OMP_NUM_THREADS"],
-           "start": start, "end": time.time()}
-open(os.path.join(args["hydra.run.dir"], "summary.json"), "w").write(json.dumps(summary))
+def write(status):
+    summary = {"status": status, "objective_value": float(args["x"]) ** 2, "overrides": sys.argv[1:],
+               "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": os.environ["OMP_NUM_THREADS"],
+               "start": start, "end": time.time()}
+    open(os.path.join(args["hydra.run.dir"], "summary.json"), "w").write(json.dumps(summary))
+signal.signal(signal.SIGTERM, lambda *_: (write("interrupted"), sys.exit(143)))
+time.sleep(float(os.environ.get("FAKE_TRIAL_S", "0.3")))
+write("ok")
 """
 
 
-def test_trial_processes_run_n_jobs_at_once_each_on_gpus_of_its_own(tmp_path, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    sweep = tmp_path / "sweep"
-    slots = gpu_slots(["0", "1", "2", "3"], 2, 2)  # two DDP trials of two GPUs at once
-    launch = TrialProcesses([sys.executable, "-c", FAKE_TRIAL], sweep, slots, threads=3)
-    storage = str(tmp_path / "study.log")
-    settings = StudySettings(
+def fake_settings(storage: str, **overrides) -> StudySettings:
+    fields = dict(
         study_name="s",
         storage=storage,
         direction="minimize",
@@ -180,7 +180,15 @@ def test_trial_processes_run_n_jobs_at_once_each_on_gpus_of_its_own(tmp_path, mo
         params={"x": "interval(-2.0, 2.0)"},
         n_jobs=2,
     )
-    study = run_study(settings, ["epochs=1"], launch)
+    return StudySettings(**(fields | overrides))
+
+
+def test_trial_processes_run_n_jobs_at_once_each_on_gpus_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    sweep = tmp_path / "sweep"
+    slots = gpu_slots(["0", "1", "2", "3"], 2, 2)  # two DDP trials of two GPUs at once
+    launch = TrialProcesses([sys.executable, "-c", FAKE_TRIAL], sweep, slots, threads=3)
+    study = run_study(fake_settings(str(tmp_path / "study.log")), ["epochs=1"], launch)
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     runs = {t.number: json.loads((sweep / str(t.number) / "summary.json").read_text()) for t in trials}
@@ -201,6 +209,44 @@ def test_trial_processes_run_n_jobs_at_once_each_on_gpus_of_its_own(tmp_path, mo
         for a in runs.values()
         for b in runs.values()
     )
+
+
+def test_sigterm_to_a_parallel_sweep_stops_its_trials_and_a_rerun_runs_them_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TRIAL_S", "60")
+    storage, sweep = str(tmp_path / "study.log"), tmp_path / "sweep"
+    launch = TrialProcesses([sys.executable, "-c", FAKE_TRIAL], sweep, [[], []], threads=1)
+
+    def kill_when_both_run():
+        while len(launch.running) < 2:
+            time.sleep(0.05)
+        time.sleep(0.5)  # their SIGTERM handlers are in place
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill <sweep pid>` or a scheduler would
+
+    previous = signal.signal(signal.SIGTERM, launch.pass_on)  # what the sweeper installs
+    try:
+        threading.Thread(target=kill_when_both_run, daemon=True).start()
+        started = time.time()
+        with pytest.raises(SystemExit) as stop:
+            run_study(fake_settings(storage), [], launch)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stop.value.code == 128 + signal.SIGTERM and time.time() - started < 30
+    # Both trials got the signal and stopped; no third one started.
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1"]
+    assert [json.loads((sweep / j / "summary.json").read_text())["status"] for j in "01"] == [
+        "interrupted"
+    ] * 2
+    study = optuna.load_study(study_name="s", storage=open_storage(storage))
+    cut = study.get_trials()
+    assert [t.state for t in cut] == [optuna.trial.TrialState.RUNNING] * 2  # not told: cut off
+
+    monkeypatch.setenv("FAKE_TRIAL_S", "0")
+    again = TrialProcesses([sys.executable, "-c", FAKE_TRIAL], tmp_path / "again", [[], []], threads=1)
+    study = run_study(fake_settings(storage, n_trials=2), [], again)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    assert all(t.user_attrs == {"killed": True} for t in trials[:2])
+    assert sorted(t.params["x"] for t in trials[2:]) == sorted(t.params["x"] for t in cut)  # the same points
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,14 @@ class OptunaSweeper(Sweeper):
             return [job_outcome(Path(r.hydra_cfg.hydra.runtime.output_dir)) for r in returns]
 
         n_jobs = settings.n_jobs
-        parallel = isinstance(n_jobs, int) and n_jobs > 1
-        return run_study(settings, fixed, self._trial_processes(sweep_dir, n_jobs) if parallel else launch)
+        if not (isinstance(n_jobs, int) and n_jobs > 1):
+            return run_study(settings, fixed, launch)
+        trials = self._trial_processes(sweep_dir, n_jobs)
+        previous = signal.signal(signal.SIGTERM, trials.pass_on)  # a scheduler's or `kill`'s stop
+        try:
+            return run_study(settings, fixed, trials)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _trial_processes(self, sweep_dir: Path, n_jobs: int) -> Any:
         """n_jobs trials at once, each its own seo-train process (training is CPU and GPU work: threads
