@@ -431,7 +431,7 @@ class TrialProcesses:
         if slot:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
         log.info("Trial %d started in %s%s", first_job, job_dir, f" on GPU {','.join(slot)}" if slot else "")
-        argv = [*self.command, *overrides, "hydra.mode=RUN", f"hydra.run.dir={job_dir}"]
+        argv = [*self.command, *overrides, "hydra.mode=RUN", f"hydra.run.dir={quoted(str(job_dir))}"]
         try:
             with open(job_dir / "console.log", "wb") as console, self._lock:
                 if self.stopped is not None:

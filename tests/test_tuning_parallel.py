@@ -154,7 +154,7 @@ def test_a_running_trial_is_abandoned_only_when_its_sweep_process_is_gone_or_sil
 # would, with what it was given (its GPUs, its threads) and when it ran.
 FAKE_TRIAL = """
 import json, os, signal, sys, time
-args = dict(a.split("=", 1) for a in sys.argv[1:])
+args = {k: v.strip("'") for k, v in (a.split("=", 1) for a in sys.argv[1:])}
 start = time.time()
 def write(status):
     summary = {"status": status, "objective_value": float(args["x"]) ** 2, "overrides": sys.argv[1:],
