@@ -141,7 +141,10 @@ def claim_lock(url: str, storage: optuna.storages.BaseStorage, study_name: str) 
 
     key = zlib.crc32(f"seo-cli study {study_name}".encode())
     if backend == "postgresql":
-        take, give = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
+        take, give = (
+            "SELECT pg_advisory_lock(CAST(:key AS bigint))",
+            "SELECT pg_advisory_unlock(CAST(:key AS bigint))",
+        )
     elif backend in ("mysql", "mariadb"):
         take, give = (
             "SELECT GET_LOCK(CONCAT('seo-cli-', :key), -1)",
