@@ -466,6 +466,24 @@ def visible_gpus(environ: Mapping[str, str], device_count: int) -> list[str]:
     return ids[:device_count]
 
 
+def trial_slots(
+    n_jobs: int,
+    device_type: str,
+    strategy: str,
+    num_devices: int,
+    environ: Mapping[str, str],
+    device_count: int,
+) -> list[list[str]]:
+    """The GPUs of each of ``n_jobs`` trials at once, for a trial's ``device`` config: one GPU, or
+    ``device.num_devices`` under ``device=ddp``; none for ``device.type=cpu``.
+
+    Raises:
+        UserError: fewer GPUs than ``n_jobs`` trials need.
+    """
+    visible = [] if device_type == "cpu" else visible_gpus(environ, device_count)
+    return gpu_slots(visible, n_jobs, num_devices if strategy == "ddp" else 1)
+
+
 def gpu_slots(visible: Sequence[str], n_jobs: int, per_trial: int) -> list[list[str]]:
     """The GPUs of each of ``n_jobs`` trials running at once, ``per_trial`` each (``device.num_devices``
     for a DDP trial, else 1), none shared; empty slots on a machine without GPUs.

@@ -32,6 +32,7 @@ from seo_cli.tuning import (
     process_start,
     run_study,
     this_worker,
+    trial_slots,
     visible_gpus,
 )
 
@@ -53,6 +54,16 @@ def test_gpu_slots_give_each_trial_running_at_once_gpus_of_its_own():
         gpu_slots(["0", "1", "2", "3"], 3, 2)
     with pytest.raises(UserError, match=r"device.num_devices=4 but 2 GPU\(s\) are visible"):
         gpu_slots(["0", "1"], 1, 4)
+
+
+def test_trial_slots_follow_the_trials_device_config():
+    four = {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    assert trial_slots(4, "auto", "single", 1, four, 4) == [["0"], ["1"], ["2"], ["3"]]
+    assert trial_slots(2, "cuda", "ddp", 2, four, 4) == [["0", "1"], ["2", "3"]]  # device=ddp num_devices=2
+    assert trial_slots(2, "cpu", "ddp", 2, four, 4) == [[], []]  # CPU trials: no GPU given out
+    assert trial_slots(3, "auto", "single", 1, {}, 0) == [[], [], []]  # a machine without GPUs
+    with pytest.raises(UserError, match=r"hydra.sweeper.n_jobs=3 .* use hydra.sweeper.n_jobs=2 or fewer"):
+        trial_slots(3, "auto", "ddp", 2, four, 4)
 
 
 def test_visible_gpus_are_cuda_visible_devices_entries_or_all():

@@ -113,14 +113,15 @@ class OptunaSweeper(Sweeper):
         of one process would share one interpreter), composed from the same config sources as this one."""
         import torch
 
-        from seo_cli.tuning import TrialProcesses, gpu_slots, visible_gpus
+        from seo_cli.tuning import TrialProcesses, trial_slots
 
         device = self.config.device
-        gpus = [] if device.type == "cpu" else visible_gpus(os.environ, torch.cuda.device_count())
-        per_trial = device.num_devices if device.strategy == "ddp" else 1
+        slots = trial_slots(
+            n_jobs, device.type, device.strategy, device.num_devices, os.environ, torch.cuda.device_count()
+        )
         command = [sys.executable, "-m", "seo_cli.train", "--config-name", self.config.hydra.job.config_name]
         for source in self.config.hydra.runtime.config_sources:
             if source.provider == "command-line" and source.schema == "file":  # --config-dir
                 command += ["--config-dir", source.path]
         threads = max(1, (os.cpu_count() or 1) // n_jobs)
-        return TrialProcesses(command, sweep_dir, gpu_slots(gpus, n_jobs, per_trial), threads)
+        return TrialProcesses(command, sweep_dir, slots, threads)
