@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.table import Table
 from seo_cli.console import print_table
 from seo_cli.errors import UserError, exit_on_user_error
 from seo_cli.files import atomic_path, write_text
+from seo_cli.launch import LOCK_FILE
 from seo_cli.metrics import metric_mode
 
 log = logging.getLogger(__name__)
@@ -164,6 +166,8 @@ def summarize_study(storage: str, study_name: str, objective: str) -> pd.DataFra
             }
         if trial.user_attrs.get(KILLED):
             row["status"] = "killed"
+        elif trial.state == optuna.trial.TrialState.RUNNING:  # its folder has no summary.json yet
+            row["status"] = "running"
         row["folder"] = f"{where['host']}:{folder}" if folder is not None else ""
         rows.append(row)
     return rank_rows(rows, objective)
@@ -195,17 +199,40 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def killed_summary(job: Path) -> dict[str, Any]:
-    """What a killed job's row shows: its overrides, as Hydra recorded them before it ran."""
+    """What a job without summary.json shows: its overrides, as Hydra recorded them before it ran; it is
+    ``running`` while the process named in its lock file is alive (another seo-train sharing the sweep
+    folder, an Optuna trial of another process), else ``killed``."""
     try:
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):
         overrides = None
+    overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    if _held_by_another_process(job):
+        return {"status": "running", "overrides": overrides, "error": ""}
     return {
         "status": "killed",
-        "overrides": [str(o) for o in overrides] if isinstance(overrides, list) else [],
+        "overrides": overrides,
         "error": "its process ended without writing summary.json (killed, e.g. by SIGKILL or the "
         "out-of-memory killer)",
     }
+
+
+def _held_by_another_process(job: Path) -> bool:
+    """The pid in the job's lock file (seo_cli.launch.Job.lock) is a live process of this machine, other
+    than this one (whose jobs are over when it summarises)."""
+    try:
+        pid = int((job / LOCK_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
 
 
 def summary_table(frame: pd.DataFrame, objective: str) -> Table:

@@ -325,10 +325,16 @@ def test_the_summary_of_a_study_is_rebuilt_from_its_storage(tmp_path, caplog):
     killed = study.ask()
     storage.set_trial_user_attr(killed._trial_id, "killed", True)
     study.tell(killed, state=optuna.trial.TrialState.FAIL)
+    running = study.ask()  # a trial another process runs now: its folder has no summary.json yet
+    (tmp_path / "sweep" / "3" / ".hydra").mkdir(parents=True)
+    storage.set_trial_system_attr(
+        running._trial_id, "seo:job_dir", {"host": "h", "path": str(tmp_path / "sweep" / "3")}
+    )
 
     frame = summarize_study(journal, "s", "val/loss")
-    assert list(frame["job"]) == ["1", "0", "2"]  # best first, killed last
-    remote, local, cut = (frame.iloc[i] for i in range(3))
+    assert list(frame["job"]) == ["1", "0", "3", "2"]  # best first, killed last
+    assert frame.iloc[2]["status"] == "running"
+    remote, local, cut = (frame.iloc[i] for i in (0, 1, 3))
     assert (remote["status"], remote["objective"], remote["folder"]) == (
         "ok",
         0.25,
@@ -342,8 +348,20 @@ def test_the_summary_of_a_study_is_rebuilt_from_its_storage(tmp_path, caplog):
 
     main([journal, "--study-name", "s", "--out", str(tmp_path / "table")])
     written = pd.read_csv(tmp_path / "table" / "summary.csv", dtype={"job": str})
-    assert list(written["job"]) == ["1", "0", "2"]
+    assert list(written["job"]) == ["1", "0", "3", "2"]
     with pytest.raises(SystemExit) as stop:
         main([journal, "--study-name", "nope"])
     assert stop.value.code == 1
     assert f"{journal} holds no study 'nope'; give --study-name, one of: s." in caplog.text
+
+
+def test_a_job_folder_without_summary_is_running_while_the_process_in_its_lock_file_lives(tmp_path):
+    """Processes sharing a sweep folder: another's trial in progress is not a killed row."""
+    from seo_cli.sweep import summarize
+
+    for job, pid in (("0", os.getppid()), ("1", 2**22 + 12345)):  # alive; above pid_max, so gone
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("- lr=0.1\n")
+        (tmp_path / job / ".seo-train.lock").write_text(f"{pid}\n")
+    frame = summarize(tmp_path, "val/loss").set_index("job")
+    assert frame.loc["0", "status"] == "running" and frame.loc["1", "status"] == "killed"
