@@ -121,7 +121,8 @@ def test_three_sweeps_sharing_a_storage_run_n_trials_between_them_and_none_twice
     open_storage(storage)  # the tables, once, before three processes race to make them
     ran = tmp_path / "ran.txt"
     spawn = multiprocessing.get_context("spawn")  # a clean interpreter, as a second seo-train would be
-    processes = [spawn.Process(target=sweep_process, args=(storage, i, str(ran))) for i in range(3)]
+    start = spawn.Barrier(3)
+    processes = [spawn.Process(target=sweep_process, args=(storage, i, str(ran), start)) for i in range(3)]
     for process in processes:
         process.start()
     for process in processes:

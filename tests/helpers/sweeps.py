@@ -2,13 +2,15 @@
 imports only seo_cli.tuning (optuna and hydra), not the test modules' torch, so it starts in a second."""
 
 import time
+from typing import Any
 
 from seo_cli.tuning import StudySettings, run_study
 
 
-def sweep_process(storage: str, index: int, ran: str) -> None:
+def sweep_process(storage: str, index: int, ran: str, start: Any) -> None:
     """One of several sweeps sharing a study of 12 trials; each trial scores x^2 in 10 ms and appends
-    "<index> <trial number>" to the file ``ran``."""
+    "<index> <trial number>" to the file ``ran``. ``start``: a barrier the sweeps pass together, so that
+    one which started first does not run every trial before the others have imported anything."""
 
     def launch(batch: list[list[str]], first_job: int) -> list[tuple[str, float]]:
         with open(ran, "a") as log:  # O_APPEND: whole lines from every process
@@ -28,4 +30,5 @@ def sweep_process(storage: str, index: int, ran: str) -> None:
         max_failure_rate=0.5,
         params={"x": "interval(-2.0, 2.0)"},
     )
+    start.wait()
     run_study(settings, [], launch)
