@@ -10,18 +10,14 @@ import sys
 import optuna
 import pandas as pd
 import pytest
-from helpers.postgres import BIN_GLOB, postgres_server, server_bin
+from helpers.postgres import missing, postgres_server
 
 from seo_cli.study_storage import open_storage
 from seo_cli.sweep import summarize_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-pytestmark = pytest.mark.skipif(
-    server_bin() is None,
-    reason=f"no PostgreSQL server binaries (initdb, pg_ctl) under {BIN_GLOB}; .ci/run installs postgresql "
-    "with apt-get where it can",
-)
+pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
 
 @pytest.fixture

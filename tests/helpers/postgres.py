@@ -29,11 +29,28 @@ def server_bin() -> Path | None:
     return max(found, key=lambda d: float(d.parent.name), default=None) if found else None
 
 
+def missing() -> str | None:
+    """Why no server can be started here, or None."""
+    if server_bin() is None:
+        return (
+            f"no PostgreSQL server binaries (initdb, pg_ctl) under {BIN_GLOB}; .ci/run installs postgresql "
+            "with apt-get where it can"
+        )
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        if shutil.which("setpriv") is None:
+            return "running as root, without setpriv (util-linux) to start PostgreSQL as an unprivileged user"
+        try:
+            pwd.getpwnam("nobody")
+        except KeyError:
+            return "running as root, and there is no user 'nobody' to start PostgreSQL as"
+    return None
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Yields a SQLAlchemy URL of a fresh, empty server (database ``postgres``, user ``seo``, no password)."""
     bin_dir = server_bin()
-    assert bin_dir is not None, "call server_bin() first and skip without one"
+    assert bin_dir is not None, "call missing() first and skip with its reason"
     root = Path(tempfile.mkdtemp(prefix="seo-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:
