@@ -165,15 +165,21 @@ def test_a_running_trial_is_abandoned_only_when_its_sweep_process_is_gone_or_sil
 # A trial process as TrialProcesses starts it, minus the training: it writes the summary.json seo-train
 # would, with what it was given (its GPUs, its threads) and when it ran.
 FAKE_TRIAL = """
-import json, os, signal, sys, time
+import glob, json, os, signal, sys, time
 args = {k: v.strip("'") for k, v in (a.split("=", 1) for a in sys.argv[1:])}
-start = time.time()
+job, start = args["hydra.run.dir"], time.time()
 def write(status):
     summary = {"status": status, "objective_value": float(args["x"]) ** 2, "overrides": sys.argv[1:],
                "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": os.environ["OMP_NUM_THREADS"],
                "start": start, "end": time.time()}
-    open(os.path.join(args["hydra.run.dir"], "summary.json"), "w").write(json.dumps(summary))
+    open(os.path.join(job, "summary.json"), "w").write(json.dumps(summary))
 signal.signal(signal.SIGTERM, lambda *_: (write("interrupted"), sys.exit(143)))
+open(job + ".started", "w").close()
+# Up to 10 s for a second trial to be running too: interpreters start slowly on a loaded machine.
+deadline = time.time() + 10
+while len(glob.glob(os.path.join(os.path.dirname(job), "*.started"))) < 2 and time.time() < deadline:
+    time.sleep(0.02)
+start = time.time()
 time.sleep(float(os.environ.get("FAKE_TRIAL_S", "0.3")))
 write("ok")
 """
@@ -229,9 +235,8 @@ def test_sigterm_to_a_parallel_sweep_stops_its_trials_and_a_rerun_runs_them_agai
     launch = TrialProcesses([sys.executable, "-c", FAKE_TRIAL], sweep, [[], []], threads=1)
 
     def kill_when_both_run():
-        while len(launch.running) < 2:
+        while len(list(sweep.glob("*.started"))) < 2:  # written once their SIGTERM handlers are in place
             time.sleep(0.05)
-        time.sleep(0.5)  # their SIGTERM handlers are in place
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill <sweep pid>` or a scheduler would
 
     previous = signal.signal(signal.SIGTERM, launch.pass_on)  # what the sweeper installs
@@ -244,7 +249,7 @@ def test_sigterm_to_a_parallel_sweep_stops_its_trials_and_a_rerun_runs_them_agai
         signal.signal(signal.SIGTERM, previous)
     assert stop.value.code == 128 + signal.SIGTERM and time.time() - started < 30
     # Both trials got the signal and stopped; no third one started.
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert [json.loads((sweep / j / "summary.json").read_text())["status"] for j in "01"] == [
         "interrupted"
     ] * 2
