@@ -5,7 +5,7 @@ same string works with ``optuna-dashboard``:
 
     sqlite:///path/optuna.db          the default, in the sweep directory: one machine
     postgresql://user@host/db         PostgreSQL (psycopg 3: pip install 'seo-cli[postgres]'); many machines
-    mysql+pymysql://user@host/db      MySQL, or any other database SQLAlchemy reaches
+    mysql+pymysql://user@host/db      MySQL or MariaDB
     /shared/tuning/seo.log            a path ending .log: a JournalStorage file on a file system every
                                       process reaches (NFS included: its lock is a symlink, not fcntl)
 
