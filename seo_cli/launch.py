@@ -55,10 +55,13 @@ class Job:
         from hydra.types import RunMode
 
         hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
+        # A trial of an Optuna sweep run in a process of its own (hydra.sweeper.n_jobs) is a sweep job too.
+        trial = any(o.startswith("tuning.trial_id=") for o in overrides)
         return cls(
             Path(hydra_cfg.runtime.output_dir),
-            list(hydra_cfg.overrides.task),
-            multirun=hydra_cfg.mode == RunMode.MULTIRUN,
+            overrides,
+            multirun=hydra_cfg.mode == RunMode.MULTIRUN or trial,
         )
 
     @contextmanager

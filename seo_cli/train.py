@@ -82,7 +82,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             scheduler=scheduler,
             sink=sink,
             checkpoints=build_checkpoints(cfg, run_dir, data, steps_per_epoch * cfg.epochs),
-            trial=build_trial(cfg),
+            trial=build_trial(cfg, run_dir),
             resume_from=resume_state,
             peak_flops=peak_flops(device, cfg.device.precision, cfg.device.peak_tflops),
             profile_dir=run_dir / "profile" if cfg.trainer.profile else None,
@@ -275,7 +275,7 @@ def build_checkpoints(cfg: DictConfig, run_dir: Path, data: PreparedData, total_
     )
 
 
-def build_trial(cfg: DictConfig) -> Any:
+def build_trial(cfg: DictConfig, run_dir: Path) -> Any:
     """The Optuna trial this run is (set by the sweeper), on rank 0; None outside tuning."""
     if cfg.tuning.trial_id is None or not distributed.is_main():
         return None
@@ -283,7 +283,7 @@ def build_trial(cfg: DictConfig) -> Any:
 
     # A test-split objective is known only at the end; the trial reports its validation twin.
     monitor = cfg.objective.replace("test/", "val/", 1)
-    return TrialReporter(cfg.tuning.storage, cfg.tuning.study_name, cfg.tuning.trial_id, cfg.tuning.pruner, monitor)
+    return TrialReporter(cfg.tuning.storage, cfg.tuning.study_name, cfg.tuning.trial_id, cfg.tuning.pruner, monitor, run_dir)
 
 
 def log_plan(cfg: DictConfig, model: torch.nn.Module, device: torch.device, steps_per_epoch: int) -> None:

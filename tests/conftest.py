@@ -23,10 +23,12 @@ LONGEST_FIRST = (
     "test_ddp.py",  # 80
     "test_export.py",  # 45
     "test_submitit.py",  # 40: job processes of submitit's local executor
+    "test_tuning_postgres.py",  # 40: three seo-train processes, each starting cold
     "test_train_options.py",  # 40
     "models/test_model_pretrained.py",  # 30
     "reliability/test_fuzzed_configs.py",  # 35
     "e2e/test_cli.py",  # 30
+    "test_tuning_parallel.py",  # 30
     "test_resume.py",  # 25
     "reliability/test_load.py",  # 25
     "reliability/test_hostile_files.py",  # 23
