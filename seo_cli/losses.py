@@ -3,6 +3,8 @@
 Classification targets use cross entropy (optionally class-weighted and label-smoothed) or focal
 loss; regression targets use MSE, L1 or Huber on standardised values (the preprocessing scales every
 regression target to zero mean and unit variance on the training split, so terms are comparable).
+Ranking targets (``ranking_loss``) compare only rows of the same group: pairwise RankNet, listwise
+ListNet, or LambdaLoss (RankNet's pairs weighted by how much swapping them changes the group's NDCG).
 """
 
 from collections.abc import Sequence
@@ -11,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, RANKING, Target
 from seo_cli.errors import UserError, require
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
+RANKING_LOSSES = ("lambda", "ranknet", "listnet")
 
 
 class MultiTargetLoss(nn.Module):
@@ -27,6 +30,7 @@ class MultiTargetLoss(nn.Module):
             used by ``class_weights="balanced"``.
         classification: loss of classification targets: cross_entropy | focal.
         regression: loss of regression targets: mse | l1 | huber.
+        ranking: loss of ranking targets: lambda | ranknet | listnet (``ranking_loss``).
         label_smoothing: cross-entropy label smoothing, 0-0.2.
         class_weights: null, "balanced" (inverse class frequency), or one list of weights per
             classification target keyed by name, ``{intent: [1, 2, 1, 1]}``.
@@ -41,6 +45,7 @@ class MultiTargetLoss(nn.Module):
         class_counts: dict[str, list[int]],
         classification: str = "cross_entropy",
         regression: str = "mse",
+        ranking: str = "lambda",
         label_smoothing: float = 0.0,
         class_weights: str | dict[str, list[float]] | None = None,
         focal_gamma: float = 2.0,
@@ -60,6 +65,8 @@ class MultiTargetLoss(nn.Module):
             raise UserError(
                 f"loss.regression={regression!r} is not a regression loss; use one of {', '.join(REGRESSION_LOSSES)}."
             )
+        if ranking not in RANKING_LOSSES:
+            raise UserError(f"loss.ranking={ranking!r} is not a ranking loss; use one of {', '.join(RANKING_LOSSES)}.")
         names = [t.name for t in targets]
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(names))
@@ -79,6 +86,7 @@ class MultiTargetLoss(nn.Module):
         self.targets = list(targets)
         self.classification = classification
         self.regression = regression
+        self.ranking = ranking
         self.label_smoothing = label_smoothing
         self.focal_gamma = focal_gamma
         self.huber_delta = huber_delta
@@ -110,7 +118,10 @@ class MultiTargetLoss(nn.Module):
         terms = {}
         for target in self.targets:
             out, y = outputs[target.name], targets[target.name]
-            if target.type == CLASSIFICATION:
+            if target.type == RANKING:
+                # y: int64 [rows, 2], the relevance and the row's group code (seo_cli.data.preprocess).
+                terms[target.name] = ranking_loss(out.float(), y[:, 0].float(), y[:, 1], self.ranking)
+            elif target.type == CLASSIFICATION:
                 weight = None if self.unweighted[target.name] else self.class_weight(target.name)
                 terms[target.name] = self._classification_term(out, y, weight)
             elif self.regression == "mse":
@@ -153,3 +164,73 @@ def _class_weights(spec: str | dict[str, list[float]] | None, target: Target, co
             f"{len(counts)} classes; give one weight per class in the order of the class names."
         )
     return torch.tensor(values, dtype=torch.float32)
+
+
+DENSE_ROWS = 4096  # rows whose [rows, rows] pair matrices are built at once (64 MB of float32 each)
+
+
+def ranking_loss(scores: Tensor, relevance: Tensor, groups: Tensor, kind: str = "lambda") -> Tensor:
+    """The mean over groups of each group's ranking loss; only rows of the same group are compared.
+
+    Groups whose rows all have the same relevance (one-row groups among them) carry no order to learn
+    and are left out; with none left the loss is 0 (and so is its gradient).
+
+    - ranknet: the mean over the group's pairs with relevance_i > relevance_j of log(1 + exp(s_j - s_i))
+      (Burges et al. 2005).
+    - listnet: the cross entropy between softmax(relevance) and softmax(scores) over the group's rows,
+      the top-one probabilities of Cao et al. 2007.
+    - lambda: the sum over those pairs of |ΔNDCG_ij| log(1 + exp(s_j - s_i)), where |ΔNDCG_ij| =
+      |rel_i - rel_j| |1/log2(1 + rank_i) - 1/log2(1 + rank_j)| / IDCG is the change of the group's NDCG
+      (gain = relevance, as ``ndcg_score``) if the two rows swapped places in the current ranking
+      (LambdaRank's weights, Burges 2010; the NDCG-Loss2 family of Wang et al. 2018). The weights take no
+      gradient.
+
+    Up to DENSE_ROWS rows are compared with [rows, rows] masks (no host synchronisation: the training
+    step); more (a whole evaluation split) are cut into chunks of whole groups first.
+    """
+    if len(scores) <= DENSE_ROWS:
+        total, count = _ranking_sums(scores, relevance, groups, kind)
+        return total / count.clamp(min=1)
+    order = torch.argsort(groups, stable=True)
+    bounds = torch.unique_consecutive(groups[order], return_counts=True)[1].cumsum(0).tolist()
+    total = count = scores.new_zeros(())
+    start, end = 0, 0
+    for stop in bounds:  # a chunk ends at a group boundary once it is full (a bigger group is one chunk)
+        if stop - start > DENSE_ROWS and end > start:
+            rows = order[start:end]
+            chunk_total, chunk_count = _ranking_sums(scores[rows], relevance[rows], groups[rows], kind)
+            total, count, start = total + chunk_total, count + chunk_count, end
+        end = stop
+    rows = order[start:end]
+    chunk_total, chunk_count = _ranking_sums(scores[rows], relevance[rows], groups[rows], kind)
+    return (total + chunk_total) / (count + chunk_count).clamp(min=1)
+
+
+def _ranking_sums(scores: Tensor, relevance: Tensor, groups: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """(sum over the groups with an order to learn of their loss, how many such groups), on the device."""
+    same = groups[:, None] == groups[None, :]
+    better = same & (relevance[:, None] > relevance[None, :])  # [i, j]: i should rank above j
+    size = same.sum(1).float()  # each row's group size
+    ordered = better.any(1) | better.any(0)  # rows of groups with two relevance levels
+    groups_counted = (ordered.float() / size).sum()
+    if kind == "listnet":
+        masked = lambda v: v[None, :].expand(len(v), -1).masked_fill(~same, float("-inf"))  # noqa: E731
+        target = relevance - torch.logsumexp(masked(relevance), dim=1)  # log softmax within the group
+        predicted = scores - torch.logsumexp(masked(scores), dim=1)
+        return -(ordered * target.exp() * predicted).sum(), groups_counted
+    pair_loss = F.softplus(scores[None, :] - scores[:, None])  # [i, j]: log(1 + exp(s_j - s_i))
+    if kind == "ranknet":
+        pairs = better.sum(1).float()
+        group_pairs = same.float() @ pairs  # each row's group's pair count
+        per_row = (pair_loss * better).sum(1) / group_pairs.clamp(min=1)
+        return per_row.sum(), groups_counted
+    with torch.no_grad():
+        index = torch.arange(len(scores), device=scores.device)
+        earlier = index[None, :] < index[:, None]  # [i, j]: j comes before i among equals
+        rank = 1 + (same & ((scores[None, :] > scores[:, None]) | ((scores[None, :] == scores[:, None]) & earlier))).sum(1)
+        ideal = 1 + (same & ((relevance[None, :] > relevance[:, None]) | ((relevance[None, :] == relevance[:, None]) & earlier))).sum(1)
+        discount = 1.0 / torch.log2(1.0 + rank.float())
+        ideal_dcg = same.float() @ (relevance / torch.log2(1.0 + ideal.float()))  # each row's group's IDCG
+        delta = (relevance[:, None] - relevance[None, :]).abs() * (discount[:, None] - discount[None, :]).abs()
+        weight = better * delta / ideal_dcg.clamp(min=1e-12)[:, None]
+    return (weight * pair_loss).sum(), groups_counted

@@ -12,7 +12,7 @@ from scipy import stats
 from sklearn import metrics as skm
 from torch import Tensor
 
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, RANKING, Target
 
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -28,15 +28,25 @@ CLASSIFICATION_METRICS = (
     "log_loss",
 )
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "spearman")
+RANKING_METRICS = ("mrr", "map")  # and ndcg@k for each k of data.ndcg_at
+NDCG_AT = (1, 3, 10)
+MAX_NDCG_AT = 100
+MAX_NDCG_LIST = 20  # cut-offs data.ndcg_at may list
 # Direction of each metric, for best-checkpoint selection and sweep ranking.
-HIGHER_IS_BETTER = {m for m in CLASSIFICATION_METRICS if m != "log_loss"} | {"r2", "spearman"}
+HIGHER_IS_BETTER = (
+    {m for m in CLASSIFICATION_METRICS if m != "log_loss"}
+    | {"r2", "spearman", *RANKING_METRICS}
+    | {f"ndcg@{k}" for k in range(1, MAX_NDCG_AT + 1)}
+)
 
 
-def metric_names(targets: list[Target], split: str) -> list[str]:
+def metric_names(targets: list[Target], split: str, ndcg_at: list[int] | None = None) -> list[str]:
     """Every scalar name a run logs for ``split``: its loss, each target's loss and each target's metrics."""
     names = [f"{split}/loss"]
     for t in targets:
         per_target = CLASSIFICATION_METRICS if t.type == CLASSIFICATION else REGRESSION_METRICS
+        if t.type == RANKING:
+            per_target = tuple(f"ndcg@{k}" for k in (ndcg_at or NDCG_AT)) + RANKING_METRICS
         names += [f"{split}/{t.name}/loss"] + [f"{split}/{t.name}/{m}" for m in per_target]
     return names
 
@@ -156,6 +166,78 @@ def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     }
 
 
+NDCG_CELLS = 1 << 22  # padded [groups, rows] cells per call of ndcg_score: memory bounded whatever the group sizes
+
+
+def ranking_report(
+    relevance: np.ndarray, scores: np.ndarray, groups: np.ndarray, ndcg_at: list[int] | tuple[int, ...] = NDCG_AT
+) -> dict:
+    """NDCG@k (each k of ``ndcg_at``), MRR and MAP, each computed per group and averaged over the groups.
+
+    Only groups with a relevant row (relevance > 0) count: without one, the ideal DCG is 0 (NDCG is
+    undefined; scikit-learn would score the group 0 whatever the order) and there is no first relevant
+    row (MRR) nor any precision to average (MAP). ``groups_scored`` says how many groups counted.
+
+    - NDCG@k: scikit-learn's ``ndcg_score`` of the group (gain = relevance, ties in the scores averaged),
+      computed for many groups at once on a padded matrix, which gives the same value per group.
+    - MRR: 1 / the rank of the first row with relevance > 0, the rows ordered by score (ties by row order).
+    - MAP: the mean over the relevant rows of the precision at their rank (relevance > 0 is relevant);
+      scikit-learn's ``average_precision_score`` where the scores have no ties.
+    """
+    relevance = np.asarray(relevance, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    groups = np.asarray(groups)
+    order = np.lexsort((np.arange(len(scores)), -scores, groups))  # by group, then best score first
+    group_sorted, rel_sorted = groups[order], relevance[order]
+    starts = np.flatnonzero(np.r_[True, group_sorted[1:] != group_sorted[:-1]]) if len(order) else np.zeros(0, int)
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank = np.arange(len(order)) - np.repeat(starts, sizes) + 1  # 1 = best within the group
+    which = np.repeat(np.arange(len(starts)), sizes)
+    relevant = rel_sorted > 0
+    has_relevant = np.bincount(which, weights=relevant, minlength=len(starts)) > 0
+    # MRR: the smallest rank of a relevant row per group.
+    first = np.full(len(starts), np.inf)
+    np.minimum.at(first, which[relevant], rank[relevant])
+    # MAP: precision at each relevant row's rank = relevant rows at or above it / its rank.
+    hits = np.cumsum(relevant) - np.repeat(np.r_[0, np.cumsum(relevant)][starts], sizes)
+    precision_sum = np.bincount(which, weights=np.where(relevant, hits / rank, 0.0), minlength=len(starts))
+    relevant_count = np.bincount(which, weights=relevant, minlength=len(starts))
+    result: dict[str, float] = {}
+    kept = np.flatnonzero(has_relevant)
+    for k in ndcg_at:
+        result[f"ndcg@{k}"] = _mean_ndcg(rel_sorted, scores[order], starts, sizes, kept, k) if len(kept) else math.nan
+    result["mrr"] = float(np.mean(1.0 / first[kept])) if len(kept) else math.nan
+    result["map"] = float(np.mean(precision_sum[kept] / relevant_count[kept])) if len(kept) else math.nan
+    result["groups_scored"] = float(len(kept))
+    return result
+
+
+def _mean_ndcg(
+    relevance: np.ndarray, scores: np.ndarray, starts: np.ndarray, sizes: np.ndarray, kept: np.ndarray, k: int
+) -> float:
+    """The mean ``ndcg_score(k=k)`` of the groups in ``kept`` (rows grouped, from ``starts`` for ``sizes``):
+    groups of similar size padded together into matrices of at most NDCG_CELLS cells (padding: relevance
+    0 and a score below every real one, so it ranks last and adds no gain); each matrix's mean weighs by
+    its groups."""
+    by_size = kept[np.argsort(sizes[kept], kind="stable")]
+    floor = scores.min() - 1.0
+    total, position = 0.0, 0
+    while position < len(by_size):
+        width = max(2, int(sizes[by_size[position]]))  # ndcg_score needs 2 columns; a 1-row group scores 1
+        count = 1
+        while position + count < len(by_size) and (count + 1) * max(width, int(sizes[by_size[position + count]])) <= NDCG_CELLS:
+            width = max(width, int(sizes[by_size[position + count]]))
+            count += 1
+        chunk = by_size[position : position + count]
+        true, pred = np.zeros((count, width)), np.full((count, width), floor)
+        for row, g in enumerate(chunk):
+            rows = slice(starts[g], starts[g] + sizes[g])
+            true[row, : sizes[g]], pred[row, : sizes[g]] = relevance[rows], scores[rows]
+        total += skm.ndcg_score(true, pred, k=k) * count
+        position += count
+    return total / len(kept)
+
+
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
     return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
@@ -178,15 +260,21 @@ def target_reports(
     target_scale: dict[str, tuple[float, float]] | None = None,
     class_names: dict[str, list[str]] | None = None,
     curves: dict[str, Curves] | None = None,
+    groups: dict[str, np.ndarray] | None = None,
+    ndcg_at: list[int] | tuple[int, ...] = NDCG_AT,
 ) -> dict[str, dict]:
     """Full report per target; regression values are mapped back to original units first.
 
     Args:
         curves: the classification targets' :func:`ranking_curves`, when the caller keeps them.
+        groups: per ranking target, the group code of each row (its ``labels`` are the relevance).
+        ndcg_at: the cut-offs k of a ranking target's ``ndcg@k``.
     """
     reports = {}
     for t in targets:
-        if t.type == CLASSIFICATION:
+        if t.type == RANKING:
+            reports[t.name] = ranking_report(labels[t.name], predictions[t.name], (groups or {})[t.name], ndcg_at)
+        elif t.type == CLASSIFICATION:
             names = (class_names or {}).get(t.name)
             reports[t.name] = classification_report(
                 labels[t.name], predictions[t.name], names, (curves or {}).get(t.name)
