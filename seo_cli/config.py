@@ -73,6 +73,7 @@ class Placement(Choice):
 class TaskType(Choice):
     classification = "classification"
     regression = "regression"
+    ranking = "ranking"  # graded relevance (integer >= 0), ordered within each data.group_column value
 
 
 class DeviceType(Choice):
@@ -119,6 +120,8 @@ class DataConfig:
     categorical_columns: list[str] = field(default_factory=list)
     targets: list[TargetConfig] = field(default_factory=list)
     split_column: Optional[str] = None  # values train / val / test; null splits by the fractions below
+    group_column: Optional[str] = None  # the group of a row, e.g. the query or the site
+    ndcg_at: list[int] = field(default_factory=lambda: [1, 3, 10])  # ranking targets: the k of <split>/<target>/ndcg@k
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     numeric_scaling: Scaling = Scaling.standard

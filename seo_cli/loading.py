@@ -21,6 +21,7 @@ from seo_cli.config import DataConfig
 from seo_cli.data.preprocess import MAX_LENGTH, Preprocessor
 from seo_cli.data.spec import Target
 from seo_cli.errors import UserError
+from seo_cli.metrics import MAX_NDCG_AT, MAX_NDCG_LIST
 from seo_cli.registry import allowed_classes, build_from_file, lookup
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,12 @@ def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
     if data.pad_to_multiple_of is not None and not 1 <= data.pad_to_multiple_of <= MAX_LENGTH:
         raise UserError(
             f"checkpoint {path}: data.pad_to_multiple_of of its config must be from 1 to {MAX_LENGTH}; use a checkpoint written by seo-train."
+        )
+    # seo-eval reports ndcg@k for each k: a long list or a huge k would cost time and memory.
+    if not 1 <= len(data.ndcg_at) <= MAX_NDCG_LIST or not all(1 <= k <= MAX_NDCG_AT for k in data.ndcg_at):
+        raise UserError(
+            f"checkpoint {path}: data.ndcg_at of its config must list 1 to {MAX_NDCG_LIST} cut-offs from 1 to "
+            f"{MAX_NDCG_AT}; use a checkpoint written by seo-train."
         )
     # seo-eval reads the training file again: a FIFO or a device (/dev/zero) would block or never end.
     for key in ("path", "test_path"):

@@ -16,9 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
-from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
+from seo_cli.data.spec import CLASSIFICATION, RANKING, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
-from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
+from seo_cli.metrics import HIGHER_IS_BETTER, MAX_NDCG_AT, MAX_NDCG_LIST, metric_names
 from seo_cli.pretrained import encoder_files
 from seo_cli.registry import (
     HYDRA_KEYS,
@@ -150,6 +150,21 @@ def _data_problems(data: DictConfig) -> list[str]:
     names = [t.name for t in data.targets]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"data.targets lists {name!r} twice; list each target once.")
+    ranked = [t.name for t in data.targets if t.type == RANKING]
+    if ranked and not data.get("group_column"):
+        problems.append(
+            f"ranking target {ranked[0]!r} needs data.group_column, the column whose rows are ranked against each "
+            "other (e.g. the query); set data.group_column=query_id."
+        )
+    if ranked and data.get("group_column") in seen:
+        problems.append(
+            f"data.group_column={data.group_column!r} is also in {seen[data.group_column]}; give each column one role."
+        )
+    cutoffs = list(data.get("ndcg_at", [1]))
+    if not 1 <= len(cutoffs) <= MAX_NDCG_LIST or not all(1 <= k <= MAX_NDCG_AT for k in cutoffs):
+        problems.append(
+            f"data.ndcg_at={cutoffs} must list 1 to {MAX_NDCG_LIST} cut-offs from 1 to {MAX_NDCG_AT}; e.g. data.ndcg_at=[1,3,10]."
+        )
     return problems
 
 
@@ -193,8 +208,8 @@ def _metric_problems(cfg: DictConfig) -> list[str]:
     """Monitored metrics and objectives that the run does not log, or whose direction is wrong."""
     problems: list[str] = []
     data = cfg.data
-    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION)]
-    known = metric_names(targets, "val") + metric_names(targets, "train")[:1]
+    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION, RANKING)]
+    known = metric_names(targets, "val", list(data.get("ndcg_at", []))) + metric_names(targets, "train")[:1]
     for key, name in (("trainer.monitor", cfg.trainer.monitor), ("objective", cfg.objective)):
         if name not in known:
             problems.append(f"{key}={name!r} is not a metric this run logs; use one of: {', '.join(known)}.")

@@ -8,6 +8,10 @@ Both draw the order of epoch ``e`` from a generator seeded with ``seed + e``, so
 the batches the uninterrupted run would have. Under DDP (``shard=(rank, world_size)``) the rows of each
 rank come from ``DistributedSampler``, epoch by epoch through its ``set_epoch``.
 
+Ranking targets (``groups``): a training epoch is whole groups per batch (``group_batches``), so a
+ranking loss sees every pair of a group at once; the batches are drawn from the same seeded generator,
+so exact resume holds, and under DDP whole batches (so whole groups) are dealt to the ranks.
+
 Dynamic padding (``pad_to_multiple_of``): token ids are stored padded to ``max_length``, and each batch
 is cut to its longest row, rounded up to the multiple, so a batch of headlines is not mostly padding.
 The lengths are read on the host once, so cutting a batch costs no device synchronisation; the text
@@ -91,6 +95,43 @@ def bucketed(order: Tensor, lengths: Tensor, batch_size: int, generator: torch.G
     return torch.cat(picked + last) if picked or last else grouped
 
 
+def group_batches(
+    groups: Tensor, batch_size: int, generator: torch.Generator | None, shard: tuple[int, int] | None = None
+) -> list[Tensor]:
+    """Row numbers of each batch of an epoch, whole groups per batch.
+
+    Every batch takes ``per`` groups in a row of the groups' shuffled order (seeded by ``generator``;
+    None keeps the order of first appearance), ``per = max(1, round(batch_size / mean group size))``, so
+    a batch holds about ``batch_size`` rows; a group of more than ``batch_size`` rows is a batch of its
+    own (never split: a ranking loss needs all its pairs). The count of batches depends only on the
+    group sizes, the same every epoch (schedulers and resume positions count on it). The batches are
+    then shuffled too. Under DDP (``shard=(rank, world size)``) batch ``j`` goes to rank ``j % world``,
+    the list first padded to a multiple of the world size with copies of its first batches (as
+    ``DistributedSampler`` pads rows), so the ranks hold disjoint groups and take the same steps.
+    """
+    order = torch.argsort(groups, stable=True)
+    _, sizes = torch.unique_consecutive(groups[order], return_counts=True)
+    members = list(torch.split(order, sizes.tolist()))  # rows of each group, in row order
+    sizes_list = sizes.tolist()
+    first_rows = order[torch.cumsum(sizes, 0) - sizes]  # a stable sort keeps each group's first row first
+    appearance = torch.argsort(first_rows).tolist()  # the groups in order of first appearance
+    if generator is not None:
+        appearance = [appearance[i] for i in torch.randperm(len(appearance), generator=generator).tolist()]
+    big = [g for g in appearance if sizes_list[g] > batch_size]
+    small = [g for g in appearance if sizes_list[g] <= batch_size]
+    mean = sum(sizes_list[g] for g in small) / len(small) if small else 1.0
+    per = max(1, round(batch_size / mean))
+    batches = [torch.cat([members[g] for g in small[i : i + per]]) for i in range(0, len(small), per)]
+    batches += [members[g] for g in big]
+    if generator is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    if shard is not None:
+        rank, world = shard
+        batches = (batches * world)[: -(-len(batches) // world) * world] if batches else batches
+        batches = batches[rank::world]
+    return batches
+
+
 COMPILED_MULTIPLE = 32  # under compile=true: few shapes, so few recompilations
 
 
@@ -129,9 +170,14 @@ class DeviceBatches:
         drop_last: bool = False,
         pad_to_multiple_of: int | None = None,
         bucket_by_length: bool = False,
+        groups: Tensor | None = None,
     ) -> None:
         self.padding = TokenPadding(inputs["tokens"], pad_to_multiple_of) if "tokens" in inputs else None
         self.bucket_by_length = bucket_by_length and shuffle and self.padding is not None
+        # Shuffled (training) batches of a ranking target: whole groups (group_batches); in evaluation
+        # the rows are scored together anyway.
+        self.groups = groups.cpu() if groups is not None and shuffle else None
+        self.shard = shard
         self.inputs = {k: v.to(device) for k, v in inputs.items()}
         self.targets = {k: v.to(device) for k, v in targets.items()}
         self.batch_size = batch_size
@@ -144,6 +190,9 @@ class DeviceBatches:
         self.num_rows = len(self.sampler) if self.sampler is not None else self.total_rows
         if drop_last:  # a short last batch is left out of every epoch
             self.num_rows -= self.num_rows % batch_size
+        self.num_batches = (
+            len(group_batches(self.groups, batch_size, None, shard)) if self.groups is not None else None
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -157,9 +206,20 @@ class DeviceBatches:
         return fraction
 
     def __len__(self) -> int:
+        if self.num_batches is not None:
+            return self.num_batches
         return -(-self.num_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+        if self.groups is not None:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            for rows in group_batches(self.groups, self.batch_size, generator, self.shard):
+                index = rows.to(self.device)
+                yield (
+                    self._cut({k: v[index] for k, v in self.inputs.items()}, rows),
+                    {k: v[index] for k, v in self.targets.items()},
+                )
+            return
         if self.sampler is None and not self.shuffle:
             for start in range(0, self.num_rows, self.batch_size):
                 rows = slice(start, start + self.batch_size)
@@ -219,18 +279,28 @@ class _IndexBatches(Sampler):
         shard: tuple[int, int] | None = None,
         padding: TokenPadding | None = None,
         bucket_by_length: bool = False,
+        groups: Tensor | None = None,
     ) -> None:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.groups, self.shard = (groups.cpu() if groups is not None and shuffle else None), shard
         self.padding = padding  # counted here, in this process, as the batches are dealt
         self.bucket_by_length = bucket_by_length and shuffle and padding is not None
         self.shard_sampler = _shard_sampler(num_rows, shard, shuffle, seed)
         self.num_rows = len(self.shard_sampler) if self.shard_sampler is not None else num_rows
 
     def __len__(self) -> int:
+        if self.groups is not None:
+            return len(group_batches(self.groups, self.batch_size, None, self.shard))
         return -(-self.num_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.groups is not None:
+            for rows in group_batches(self.groups, self.batch_size, generator, self.shard):
+                if self.padding is not None:
+                    self.padding.length(rows)
+                yield rows
+            return
         if self.shard_sampler is not None:
             self.shard_sampler.set_epoch(self.epoch)
             order = torch.tensor(list(self.shard_sampler))
@@ -265,11 +335,12 @@ class StreamedBatches:
         shard: tuple[int, int] | None = None,
         pad_to_multiple_of: int | None = None,
         bucket_by_length: bool = False,
+        groups: Tensor | None = None,
     ) -> None:
         self.total_rows = len(next(iter(targets.values())))  # of the split, before sharding
         self.padding = TokenPadding(inputs["tokens"], pad_to_multiple_of) if "tokens" in inputs else None
         self.sampler = _IndexBatches(
-            self.total_rows, batch_size, shuffle, seed, shard, self.padding, bucket_by_length
+            self.total_rows, batch_size, shuffle, seed, shard, self.padding, bucket_by_length, groups
         )
         self.loader = DataLoader(
             _RowBatches(inputs, targets, self.padding),
@@ -310,13 +381,15 @@ def make_batches(
     shard: tuple[int, int] | None = None,
     pad_to_multiple_of: int | None = None,
     bucket_by_length: bool = False,
+    groups: Tensor | None = None,
 ) -> "DeviceBatches | StreamedBatches":
     """Batches of one split, placed by ``placement``: device | stream | auto (the device when it fits).
 
     ``shard``: (rank, world size) under DDP: this rank's share of the rows.
     ``pad_to_multiple_of``: cut each batch's tokens to its longest row rounded up to this; None: keep
     every batch at the stored ``max_length``. ``bucket_by_length``: shuffled batches group rows of
-    similar length (``bucketed``).
+    similar length (``bucketed``). ``groups``: each row's group code (a ranking target's): shuffled
+    batches hold whole groups (``group_batches``; length buckets then do not apply).
     """
     if placement == "auto":
         placement = "device" if fits_on_device([inputs, targets], device) else "stream"
@@ -331,6 +404,7 @@ def make_batches(
             shard=shard,
             pad_to_multiple_of=pad_to_multiple_of,
             bucket_by_length=bucket_by_length,
+            groups=groups,
         )
     return StreamedBatches(
         inputs,
@@ -343,6 +417,7 @@ def make_batches(
         shard=shard,
         pad_to_multiple_of=pad_to_multiple_of,
         bucket_by_length=bucket_by_length,
+        groups=groups,
     )
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from seo_cli.config import DataConfig
 from seo_cli.data import seo_pages
 from seo_cli.data.preprocess import Preprocessor, as_text_values
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, RANKING, Target
 from seo_cli.data.tables import Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
 from seo_cli.pretrained import encoder_files
@@ -58,6 +58,7 @@ def load_frame(
         )
     mapped = [*data.text_columns, *data.numeric_columns, *data.categorical_columns]
     mapped += [t.name for t in data.targets] + ([data.split_column] if data.split_column else [])
+    mapped += [data.group_column] if data.group_column and data.group_column not in mapped else []
     frame, source = read_table(
         path or data.path,
         data.format,
@@ -92,6 +93,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
         ("data.categorical_columns", data.categorical_columns),
         ("data.targets", [t.name for t in data.targets]),
         ("data.split_column", [data.split_column] if data.split_column else []),
+        ("data.group_column", [data.group_column] if data.group_column else []),
     ]
     for key, columns in mapped:
         missing = [c for c in columns if c not in frame.columns]
@@ -151,12 +153,20 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
             # Caught here so the message names the row, not a float conversion deep in preprocessing.
             values = pd.to_numeric(frame[target.name], errors="coerce").to_numpy(dtype=np.float64)
             bad = ~np.isfinite(values) & ~empty.to_numpy()
+            if target.type == RANKING:
+                with np.errstate(invalid="ignore"):
+                    bad |= ~empty.to_numpy() & ((values < 0) | (values != np.floor(values)))
             if bad.any():
                 row = _first(bad)
+                fix = (
+                    "a graded relevance is a whole number from 0 (not relevant) up, e.g. 0-3"
+                    if target.type == RANKING
+                    else "fix the value or make it a classification target"
+                )
                 raise UserError(
-                    f"regression target {target.name!r} of {source} holds the non-numeric or infinite value "
-                    f"{frame[target.name].iloc[row]!r} at {source.row(row)}; fix the value or make it a "
-                    "classification target."
+                    f"{target.type} target {target.name!r} of {source} holds the "
+                    f"{'non-numeric or infinite ' if target.type != RANKING else ''}value "
+                    f"{frame[target.name].iloc[row]!r} at {source.row(row)}; {fix}."
                 )
             frame[target.name] = values
 
@@ -346,6 +356,7 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
         vocab_size=data.vocab_size,
         numeric_scaling=data.numeric_scaling,
         encoder=encoder_files(data.tokenizer) if data.tokenizer and data.text_columns else None,
+        group_column=data.group_column,
     )
     tensors = {name: tensorize(preprocessor, frame, name) for name, (frame, _) in splits.items()}
     return PreparedData(config=data, preprocessor=preprocessor, splits=tensors)

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 if TYPE_CHECKING:
     from torch import Tensor
 
-from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
+from seo_cli.data.spec import CLASSIFICATION, RANKING, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class Preprocessor:
     # A pretrained encoder's config, tokenizer, padding id and separator (seo_cli.pretrained); {}: the
     # fitted BPE tokenizer above.
     encoder: dict = field(default_factory=dict)
+    group_column: str = ""  # data.group_column of the ranking targets; "" without one
 
     @classmethod
     def fit(
@@ -79,6 +80,7 @@ class Preprocessor:
         vocab_size: int,
         numeric_scaling: str = "standard",
         encoder: dict | None = None,
+        group_column: str | None = None,
     ) -> "Preprocessor":
         """Fit on the training rows only, so no statistic of validation or test rows leaks into training.
 
@@ -88,6 +90,8 @@ class Preprocessor:
             numeric_scaling: standard (z-score) | power (Yeo-Johnson, then z-score).
             encoder: a pretrained encoder's files (``seo_cli.pretrained.encoder_files``): its tokenizer
                 replaces the fitted one.
+            group_column: the column whose values group the rows a ranking target orders (kept only
+                when there is a ranking target).
         """
         mean, scale, power, fill = [], [], [], []
         if numeric_columns:
@@ -133,6 +137,8 @@ class Preprocessor:
             values = frame[target.name]
             if target.type == CLASSIFICATION:
                 encodings.append(TargetEncoding(target.name, target.type, classes=_class_names(values)))
+            elif target.type == RANKING:
+                encodings.append(TargetEncoding(target.name, target.type))  # relevance is used as it is
             else:
                 y = values.to_numpy(dtype=np.float64)
                 std = float(y.std())
@@ -152,6 +158,7 @@ class Preprocessor:
             targets=encodings,
             numeric_fill=fill,
             encoder=dict(encoder) if encoder and text_columns else {},
+            group_column=(group_column or "") if any(t.type == RANKING for t in targets) else "",
         )
 
     @property
@@ -176,6 +183,7 @@ class Preprocessor:
 
     @property
     def target_scale(self) -> dict[str, tuple[float, float]]:
+        """Per regression target its training (mean, std); a ranking target's scores are kept as they are: (0, 1)."""
         return {t.name: (t.mean, t.std) for t in self.targets if t.type != CLASSIFICATION}
 
     @property
@@ -242,7 +250,9 @@ class Preprocessor:
         out: dict[str, Tensor] = {}
         for t in self.targets:
             values = frame[t.name]
-            if t.type == CLASSIFICATION:
+            if t.type == RANKING:
+                out[t.name] = torch.from_numpy(np.stack([values.to_numpy(np.int64), self.group_codes(frame)], axis=1))
+            elif t.type == CLASSIFICATION:
                 labels = as_text_values(values)
                 # get_indexer, not pd.Categorical: there values outside the categories are deprecated.
                 codes = pd.Index(t.classes).get_indexer(labels).astype(np.int64)
@@ -257,6 +267,10 @@ class Preprocessor:
                 y = (values.to_numpy(dtype=np.float64) - t.mean) / t.std
                 out[t.name] = torch.from_numpy(y.astype(np.float32))
         return out
+
+    def group_codes(self, frame: pd.DataFrame) -> np.ndarray:
+        """int64 code of each row's ``group_column`` value, in order of first appearance (equal values, equal codes)."""
+        return pd.factorize(as_text_values(frame[self.group_column]))[0].astype(np.int64)
 
     def to_state(self) -> dict:
         return asdict(self)
@@ -303,7 +317,7 @@ def check_state(state: Any) -> None:
         "",
         f"a mapping of {', '.join(sorted(fields))} only (it has {unknown[0]!r})" if unknown else "",
     )
-    absent = sorted(fields - set(state) - {"numeric_fill", "encoder"})  # not in older checkpoints
+    absent = sorted(fields - set(state) - {"numeric_fill", "encoder", "group_column"})  # not in older checkpoints
     need(not absent, f".{absent[0]}" if absent else "", "present")
     for key in ("text_columns", "numeric_columns", "categorical_columns"):
         need(names(state[key], MAX_COLUMNS), f".{key}", f"a list of at most {MAX_COLUMNS:,} column names")
@@ -358,6 +372,13 @@ def check_state(state: Any) -> None:
     problem = _tokenizer_problem(tokenizer) if tokenizer else None
     need(problem is None, ".tokenizer_json", f"the kind of tokenizer seo-train fits ({problem})")
     _check_targets(state["targets"])
+    ranked = any(isinstance(t, dict) and t.get("type") == RANKING for t in state["targets"])
+    group = state.get("group_column", "")
+    need(
+        type(group) is str and len(group) <= MAX_TEXT and bool(group) == ranked,
+        ".group_column",
+        f"a column name of at most {MAX_TEXT} characters exactly when there is a ranking target",
+    )
 
 
 def _need(ok: bool, field: str, must: str) -> None:
@@ -400,9 +421,9 @@ def _check_targets(targets: Any) -> None:
         )
         seen.add(name)
         need(
-            target["type"] in (CLASSIFICATION, REGRESSION),
+            target["type"] in (CLASSIFICATION, REGRESSION, RANKING),
             f"{where}.type",
-            f"{CLASSIFICATION} or {REGRESSION}",
+            f"{CLASSIFICATION}, {REGRESSION} or {RANKING}",
         )
         if target["type"] == CLASSIFICATION:
             classes = target.get("classes")

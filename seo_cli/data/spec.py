@@ -4,11 +4,12 @@ from dataclasses import dataclass, field
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+RANKING = "ranking"  # graded relevance (integer >= 0) per row, ordered within the rows of one data.group_column value
 
 
 @dataclass(frozen=True)
 class Target:
-    """One prediction target: a column name and its task type (classification | regression)."""
+    """One prediction target: a column name and its task type (classification | regression | ranking)."""
 
     name: str
     type: str
