@@ -29,7 +29,7 @@ from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches, pad_multiple
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, RANKING, Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
 from seo_cli.files import write_text
@@ -197,7 +197,7 @@ def score_checkpoint(
             pad_to_multiple_of=pad_multiple(trained.data),
         )
     # In the precision it was trained in, so split=val gives exactly the numbers training logged.
-    scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision)
+    scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision, list(trained.data.ndcg_at))
     with clock("inference"):
         outputs, labels = scorer.predict(trained.model, batches, split)
     with clock("metrics"):
@@ -222,6 +222,7 @@ def bootstrap_samples(
         (i, t.name): (t.type, predictions[t.name]["y_true"], predictions[t.name]["y_pred"])
         for i, (trained, (_, predictions)) in enumerate(zip(models, scored, strict=True))
         for t in trained.targets
+        if t.type != RANKING  # rows resampled one by one would break up the groups a ranking is scored in
     }
     resamples = Resamples(rows, cfg.bootstrap, cfg.seed)
     # Worker processes as torch has threads (the cores, or what OMP_NUM_THREADS says), at most two.

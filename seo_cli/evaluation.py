@@ -5,7 +5,7 @@ torch's pytree utilities walk them, so one function handles every shape.
 """
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from seo_cli import distributed
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, RANKING, Target
 from seo_cli.errors import UserError
-from seo_cli.metrics import Curves, as_numpy, flatten, ranking_curves, target_reports
+from seo_cli.metrics import NDCG_AT, Curves, as_numpy, flatten, ranking_curves, target_reports
 from seo_cli.runtime import autocast
 
 Batch = Any  # a tensor, or a dict / list / tuple of tensors
@@ -73,8 +73,9 @@ class Evaluation:
     metrics: dict[str, float]
     reports: dict[str, dict]
     predictions: dict[str, Any]  # class probabilities [N, K], or values [N]
-    labels: dict[str, Any]
+    labels: dict[str, Any]  # a ranking target's: its relevance
     curves: dict[str, Curves]  # per classification target: its ROC and precision-recall curves
+    groups: dict[str, Any] = field(default_factory=dict)  # per ranking target: each row's group code
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Scorer:
     target_scale: dict[str, tuple[float, float]] | None = None  # per regression target: (mean, std)
     class_names: dict[str, list[str]] | None = None
     precision: str = "32"
+    ndcg_at: list[int] | tuple[int, ...] = NDCG_AT  # ranking targets: the k of ndcg@k
 
     def evaluate(
         self,
@@ -133,7 +135,10 @@ class Scorer:
                 }
         if isinstance(labels, Tensor):
             labels = {self.targets[0].name: labels}
-        label_arrays = {name: y.reshape(-1).cpu().numpy() for name, y in labels.items()}
+        ranked = {t.name for t in self.targets if t.type == RANKING}
+        # A ranking target's labels are [rows, 2]: the relevance and the group code.
+        groups = {name: labels[name][:, 1].cpu().numpy() for name in ranked}
+        label_arrays = {name: (y[:, 0] if name in ranked else y).reshape(-1).cpu().numpy() for name, y in labels.items()}
         predictions = as_numpy(outputs, self.targets)
         diverged = [name for name, values in predictions.items() if not np.isfinite(values).all()]
         if diverged:
@@ -149,9 +154,9 @@ class Scorer:
             if t.type == CLASSIFICATION
         }
         reports = target_reports(
-            predictions, label_arrays, self.targets, self.target_scale, self.class_names, curves
+            predictions, label_arrays, self.targets, self.target_scale, self.class_names, curves, groups, self.ndcg_at
         )
-        return Evaluation(metrics | flatten(reports, split), reports, predictions, label_arrays, curves)
+        return Evaluation(metrics | flatten(reports, split), reports, predictions, label_arrays, curves, groups)
 
     def _names(self, target: str, predictions: dict[str, np.ndarray]) -> list[str]:
         """A classification target's class names, or their indices as text."""

@@ -5,7 +5,9 @@
     seo-predict backend=onnx model=model.onnx input=new_pages.csv output=scores.csv   # no torch: seo-export's files
 
 The output has the id column (or the input row number), then per target the predicted class and one
-probability column per class, or the predicted value in the target's units. Rows that cannot be
+probability column per class, or the predicted value in the target's units; a ranking target's score
+and ``<target>_rank``, the row's place within its group (``data.group_column`` of training, which the
+input must have): 1 = the highest score, ties by row order. Rows that cannot be
 scored are written, with their row number and the reason, to ``<output stem>.rejects.csv`` instead of
 stopping the batch (``strict=true`` stops at the first one); a run without such rows removes an earlier
 run's rejects file. Both files are written atomically. An ``id_column`` that is also a predicted column
@@ -25,7 +27,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from seo_cli.data.preprocess import Preprocessor
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, RANKING, Target
 from seo_cli.data.tables import FORMATS, Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
 from seo_cli.files import atomic_path, write_error
@@ -180,6 +182,7 @@ def read_rows(
     frame, source = read_table(path, fmt, column_names, encoding, text_columns=as_text)
     needed = pre.text_columns + pre.numeric_columns + pre.categorical_columns
     needed += [id_column] if id_column else []
+    needed += [pre.group_column] if pre.group_column and pre.group_column not in needed else []
     absent = [c for c in needed if c not in frame.columns]
     if absent:
         raise UserError(
@@ -227,10 +230,23 @@ def score(model: Model, frame: pd.DataFrame, batch_size: int) -> pd.DataFrame:
             proba = arrays[t.name]
             columns[t.name] = np.asarray(names, dtype=object)[proba.argmax(axis=1)]
             columns |= {f"{t.name}_proba_{name}": proba[:, k] for k, name in enumerate(names)}
+        elif t.type == RANKING:
+            columns[t.name] = arrays[t.name]
+            columns[f"{t.name}_rank"] = rank_within_groups(arrays[t.name], pre.group_codes(frame))
         else:
             mean, std = pre.target_scale[t.name]
             columns[t.name] = arrays[t.name] * std + mean
     return pd.DataFrame(columns)
+
+
+def rank_within_groups(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each row's place among the rows of its group by descending score: 1 = best, ties by row order."""
+    order = np.lexsort((np.arange(len(scores)), -scores, groups))
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]) if len(order) else order
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)])) + 1
+    return rank
 
 
 def rejects_path(output: Path) -> Path:
@@ -258,6 +274,8 @@ def prediction_columns(model: Model) -> list[str]:
     columns = []
     for t in model.targets:
         columns.append(t.name)
+        if t.type == RANKING:
+            columns.append(f"{t.name}_rank")
         if t.type == CLASSIFICATION:
             columns += [f"{t.name}_proba_{name}" for name in model.preprocessor.class_names[t.name]]
     return columns

@@ -27,6 +27,7 @@ from seo_cli.config import Placement
 from seo_cli.console import metrics_table, print_table, run_panel
 from seo_cli.data.batches import fits_on_device, make_batches, pad_multiple
 from seo_cli.data.pipeline import PreparedData, SplitTensors, prepare_data, targets_of
+from seo_cli.data.spec import RANKING
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Scorer
 from seo_cli.loggers import MetricsSink
@@ -69,7 +70,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if resume_state is not None and scheduler is not None and resume_state.get("total_steps") != steps_per_epoch * cfg.epochs:
         resume_state = stretch_schedule(resume_state, scheduler, steps_per_epoch * cfg.epochs)
     sink = build_sink(cfg, run_dir, resume_state, allowed)
-    scorer = Scorer(targets_of(data.config), data.preprocessor.target_scale, data.preprocessor.class_names, cfg.device.precision)
+    scorer = Scorer(
+        targets_of(data.config), data.preprocessor.target_scale, data.preprocessor.class_names, cfg.device.precision, list(cfg.data.ndcg_at)
+    )
     log_plan(cfg, model, device, steps_per_epoch)
     try:
         result = fit(
@@ -217,13 +220,25 @@ def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> 
         fixed = make_batches(first.inputs, first.targets, batch_size=cfg.batch_size, **loading)
         return fixed, fixed, fixed
     train = make_batches(
-        splits["train"].inputs, splits["train"].targets, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, **loading
+        splits["train"].inputs,
+        splits["train"].targets,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        groups=ranking_groups(data),
+        **loading,
     )
     val, test = (
         make_batches(splits[name].inputs, splits[name].targets, batch_size=cfg.eval_batch_size, **loading)
         for name in ("val", "test")
     )
     return train, val, test
+
+
+def ranking_groups(data: PreparedData) -> torch.Tensor | None:
+    """The training rows' group codes when a target is ranked (its batches then hold whole groups), else None."""
+    ranked = [t.name for t in targets_of(data.config) if t.type == RANKING]
+    return data.splits["train"].targets[ranked[0]][:, 1] if ranked else None
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, allowed: dict) -> Any:
