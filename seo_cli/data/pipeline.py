@@ -166,7 +166,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
                 raise UserError(
                     f"{target.type} target {target.name!r} of {source} holds the "
                     f"{'non-numeric or infinite ' if target.type != RANKING else ''}value "
-                    f"{frame[target.name].iloc[row]!r} at {source.row(row)}; {fix}."
+                    f"{str(frame[target.name].iloc[row])!r} at {source.row(row)}; {fix}."
                 )
             frame[target.name] = values
 
