@@ -215,26 +215,36 @@ def ranking_report(
 def _mean_ndcg(
     relevance: np.ndarray, scores: np.ndarray, starts: np.ndarray, sizes: np.ndarray, kept: np.ndarray, k: int
 ) -> float:
-    """The mean ``ndcg_score(k=k)`` of the groups in ``kept`` (rows grouped, from ``starts`` for ``sizes``):
-    groups of similar size padded together into matrices of at most NDCG_CELLS cells (padding: relevance
-    0 and a score below every real one, so it ranks last and adds no gain); each matrix's mean weighs by
-    its groups."""
-    by_size = kept[np.argsort(sizes[kept], kind="stable")]
+    """The mean ``ndcg_score(k=k)`` of the groups in ``kept`` (rows grouped, from ``starts`` for ``sizes``,
+    by descending score within a group): groups of similar size padded together into matrices of at
+    most NDCG_CELLS cells (padding: relevance 0 and a score below every real one, so it ranks last and
+    adds no gain); each matrix's mean weighs by its groups. Groups without tied scores skip
+    scikit-learn's tie averaging (a Python loop per group), which gives the same values for them."""
+    which = np.repeat(np.arange(len(starts)), sizes)  # each row's group
+    within = np.arange(len(relevance)) - np.repeat(starts, sizes)  # its place in the group
+    tie = (which[1:] == which[:-1]) & (scores[1:] == scores[:-1])
+    has_tie = np.bincount(which[1:][tie], minlength=len(starts)) > 0
     floor = scores.min() - 1.0
-    total, position = 0.0, 0
-    while position < len(by_size):
-        width = max(2, int(sizes[by_size[position]]))  # ndcg_score needs 2 columns; a 1-row group scores 1
-        count = 1
-        while position + count < len(by_size) and (count + 1) * max(width, int(sizes[by_size[position + count]])) <= NDCG_CELLS:
-            width = max(width, int(sizes[by_size[position + count]]))
-            count += 1
-        chunk = by_size[position : position + count]
-        true, pred = np.zeros((count, width)), np.full((count, width), floor)
-        for row, g in enumerate(chunk):
-            rows = slice(starts[g], starts[g] + sizes[g])
-            true[row, : sizes[g]], pred[row, : sizes[g]] = relevance[rows], scores[rows]
-        total += skm.ndcg_score(true, pred, k=k) * count
-        position += count
+    total = 0.0
+    for tied in (False, True):
+        part = kept[has_tie[kept] == tied]
+        by_size = part[np.argsort(sizes[part], kind="stable")]
+        position = 0
+        while position < len(by_size):
+            width = max(2, int(sizes[by_size[position]]))  # ndcg_score needs 2 columns; a 1-row group scores 1
+            count = 1
+            while position + count < len(by_size) and (count + 1) * max(width, int(sizes[by_size[position + count]])) <= NDCG_CELLS:
+                width = max(width, int(sizes[by_size[position + count]]))
+                count += 1
+            chunk = by_size[position : position + count]
+            slot = np.full(len(starts), -1)
+            slot[chunk] = np.arange(count)  # each group's row of the matrix; -1: not in this chunk
+            rows = np.flatnonzero(slot[which] >= 0)
+            true, pred = np.zeros((count, width)), np.full((count, width), floor)
+            true[slot[which[rows]], within[rows]] = relevance[rows]
+            pred[slot[which[rows]], within[rows]] = scores[rows]
+            total += skm.ndcg_score(true, pred, k=k, ignore_ties=not tied) * count
+            position += count
     return total / len(kept)
 
 

@@ -63,6 +63,10 @@ def test_ranking_report_equals_sklearn_per_group_on_random_groups(monkeypatch):
     for k in (2, 5):
         expected = np.mean([ndcg_score([relevance[groups == g]], [scores[groups == g]], k=k) for g in kept])
         assert report[f"ndcg@{k}"] == pytest.approx(expected, abs=1e-12)
+        # Tied scores (in some groups only): scikit-learn averages the gain over the tied places.
+        rounded = np.where(groups < 20, np.round(scores, 1), scores)
+        expected = np.mean([ndcg_score([relevance[groups == g]], [rounded[groups == g]], k=k) for g in kept])
+        assert ranking_report(relevance, rounded, groups, [k])[f"ndcg@{k}"] == pytest.approx(expected, abs=1e-12)
     expected_ap = np.mean([average_precision_score(relevance[groups == g] > 0, scores[groups == g]) for g in kept])
     assert report["map"] == pytest.approx(expected_ap, abs=1e-12)
 
@@ -291,7 +295,9 @@ def test_seo_predict_writes_score_and_rank_within_the_group(ranked_run, tmp_path
     )  # fmt: skip
     assert done.code == 0, done.output
     scores = pd.read_csv(tmp_path / "scores.csv").assign(query_id=pages["query_id"])
-    assert list(scores.columns[:4]) == ["page_id", "quality", "quality_proba_high", "quality_proba_low"][:1] + list(scores.columns[1:4])
+    assert list(scores.columns) == [
+        "page_id", "quality", "quality_proba_high", "quality_proba_low", "relevance", "relevance_rank", "query_id",
+    ]  # fmt: skip
     for _, rows in scores.groupby("query_id"):
         assert sorted(rows["relevance_rank"]) == list(range(1, len(rows) + 1))
         by_score = rows.sort_values("relevance", ascending=False)
@@ -304,3 +310,19 @@ def test_seo_predict_writes_score_and_rank_within_the_group(ranked_run, tmp_path
     )  # fmt: skip
     assert done.code != 0 and "has no column 'query_id', which the model reads" in done.output
     assert "Traceback" not in done.output
+
+
+def test_seo_eval_reports_the_ranking_metrics_training_logged(ranked_run, tmp_path):
+    import json
+
+    from helpers.commands import run_command
+
+    summary, run_dir, _, _ = ranked_run
+    done = run_command(
+        "evaluate", f"checkpoint={run_dir}/checkpoints/best.pt", "split=test", "device=cpu",
+        f"hydra.run.dir={tmp_path}", "bootstrap=0", "report=false",
+    )  # fmt: skip
+    assert done.code == 0, done.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    for key in ("ndcg@1", "ndcg@3", "ndcg@10", "mrr", "map"):
+        assert metrics[f"test/relevance/{key}"] == pytest.approx(summary["metrics"][f"test/relevance/{key}"], abs=1e-9)

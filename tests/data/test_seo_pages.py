@@ -32,6 +32,7 @@ PINNED_BEST = {
     "quality/accuracy": 0.8504567319835996,
     "ctr/r2": 0.8661932273058266,
     "position/r2": 0.7969196541204543,
+    "relevance/ndcg@10": 0.9153322610299082,
 }
 INT_COLUMNS = [c for c in NUMERIC_COLUMNS if c not in ("page_speed", "keyword_density")]
 
@@ -82,6 +83,8 @@ def test_columns_dtypes_and_ranges(pages_20k):
         "quality",
         "ctr",
         "position",
+        "query_id",
+        "relevance",
     ]
     assert TARGETS == [
         Target("intent", CLASSIFICATION),
@@ -90,9 +93,9 @@ def test_columns_dtypes_and_ranges(pages_20k):
         Target("position", REGRESSION),
     ]
     assert not frame.isna().any().any()
-    for column in ["page_id", *TEXT_COLUMNS, *CATEGORICAL_COLUMNS, "intent", "quality"]:
+    for column in ["page_id", *TEXT_COLUMNS, *CATEGORICAL_COLUMNS, "intent", "quality", "query_id"]:
         assert pd.api.types.is_string_dtype(frame[column]), column
-    for column in INT_COLUMNS:
+    for column in [*INT_COLUMNS, "relevance"]:
         assert frame[column].dtype == np.int64, column
     for column in ["page_speed", "keyword_density", "ctr", "position"]:
         assert frame[column].dtype == np.float64, column
@@ -189,6 +192,7 @@ def test_best_scores_are_pinned_and_plausible(best):
     assert 0.82 < best["quality/accuracy"] < 0.88
     assert 0.82 < best["ctr/r2"] < 0.9
     assert 0.76 < best["position/r2"] < 0.84
+    assert 0.88 < best["relevance/ndcg@10"] < 0.95  # far from 1: the relevance noise is real
 
 
 def test_intent_best_score_equals_the_mean_max_posterior(pages_50k, best):
@@ -206,6 +210,18 @@ def test_bayes_rules_from_observed_columns_reach_the_best_scores(pages_50k, best
     assert r2_position == pytest.approx(best["position/r2"], abs=0.01)
     r2_ctr = r2_score(pages_50k["ctr"], seo_pages.expected_ctr(pages_50k))
     assert r2_ctr == pytest.approx(best["ctr/r2"], abs=0.01)
+
+
+def test_the_bayes_ranking_reaches_the_best_ndcg_and_beats_other_orders(pages_50k, best):
+    from seo_cli.metrics import ranking_report
+
+    def ndcg(scores) -> float:
+        return ranking_report(pages_50k["relevance"], scores, pages_50k["query_id"], [10])["ndcg@10"]
+
+    bayes = ndcg(seo_pages.expected_relevance(pages_50k))
+    assert bayes == pytest.approx(best["relevance/ndcg@10"], abs=0.005)  # 2,500 queries: standard error ~0.002
+    assert ndcg(-pages_50k["position"].to_numpy()) < bayes - 0.05  # the position is another signal
+    assert ndcg(np.random.default_rng(0).random(len(pages_50k))) < bayes - 0.2
 
 
 def test_bayes_intent_beats_reading_the_title_cue_alone(pages_50k):
