@@ -326,3 +326,23 @@ def test_seo_eval_reports_the_ranking_metrics_training_logged(ranked_run, tmp_pa
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     for key in ("ndcg@1", "ndcg@3", "ndcg@10", "mrr", "map"):
         assert metrics[f"test/relevance/{key}"] == pytest.approx(summary["metrics"][f"test/relevance/{key}"], abs=1e-9)
+
+
+def test_a_stored_ndcg_at_out_of_bounds_is_refused(ranked_run, tmp_path):
+    from seo_cli.loading import load_trained
+
+    _, run_dir, _, _ = ranked_run
+    state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert "ndcg_at:\n  - 1\n  - 3\n  - 10\n" in state["config"]
+    for bad in ("  - 0\n", "  - 1000000\n", "  - 1\n" * 21):
+        torch.save(dict(state, config=state["config"].replace("ndcg_at:\n  - 1\n  - 3\n  - 10\n", f"ndcg_at:\n{bad}")), tmp_path / "bad.pt")
+        with pytest.raises(UserError, match=r"data.ndcg_at of its config must list 1 to 20 cut-offs from 1 to 100"):
+            load_trained(tmp_path / "bad.pt", torch.device("cpu"), [])
+
+
+def test_the_cli_refuses_a_ranking_target_without_group_column_in_one_line(tmp_path):
+    from helpers.commands import run_command
+
+    done = run_command("train", RANKED, "logger=none", f"hydra.run.dir={tmp_path}")
+    assert done.code != 0 and "Traceback" not in done.output
+    assert "ranking target 'relevance' needs data.group_column" in done.output
