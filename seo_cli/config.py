@@ -73,6 +73,12 @@ class Placement(Choice):
 class TaskType(Choice):
     classification = "classification"
     regression = "regression"
+    rate = "rate"  # the column holds successes (clicks) out of data.trials_column (impressions)
+
+
+class Sampler(Choice):
+    random = "random"  # every training row once per epoch, in a seeded random order
+    balanced = "balanced"  # rows drawn with replacement so each class of the first classification target is equally likely
 
 
 class DeviceType(Choice):
@@ -119,6 +125,9 @@ class DataConfig:
     categorical_columns: list[str] = field(default_factory=list)
     targets: list[TargetConfig] = field(default_factory=list)
     split_column: Optional[str] = None  # values train / val / test; null splits by the fractions below
+    weight_column: Optional[str] = None  # non-negative row weights of the losses and the metrics; null: every row 1
+    trials_column: Optional[str] = None  # type: rate targets: the trials (impressions) their successes (clicks) are out of
+    sampler: Sampler = Sampler.random  # balanced: class-balanced draws of training rows (first classification target)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     numeric_scaling: Scaling = Scaling.standard

@@ -29,7 +29,7 @@ from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches, pad_multiple
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, RATE, Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
 from seo_cli.files import write_text
@@ -208,8 +208,17 @@ def score_checkpoint(
         if t.type != CLASSIFICATION:
             mean, std = pre.target_scale[t.name]
             y_true, y_pred = y_true * std + mean, y_pred * std + mean
-        predictions[t.name] = {"y_true": y_true, "y_pred": y_pred}
+        predictions[t.name] = {"y_true": y_true, "y_pred": y_pred, "weight": row_weights(scored, t)}
     return scored, predictions
+
+
+def row_weights(scored: Evaluation, target: Target) -> np.ndarray | None:
+    """How much each evaluated row counts in ``target``'s metrics: its weight (``data.weight_column``),
+    times its trials for a rate target; None when every row counts 1."""
+    weight, trials = scored.sample_weight, scored.trials
+    if target.type == RATE:
+        return trials if weight is None else weight * trials
+    return weight
 
 
 def bootstrap_samples(
@@ -219,7 +228,7 @@ def bootstrap_samples(
     ``{"<split>/<target>/<metric>": [resamples]}``: every checkpoint's targets in one pass over the
     resamples, so each resample scores every checkpoint on the same rows."""
     wanted = {
-        (i, t.name): (t.type, predictions[t.name]["y_true"], predictions[t.name]["y_pred"])
+        (i, t.name): (t.type, *(predictions[t.name][key] for key in ("y_true", "y_pred", "weight")))
         for i, (trained, (_, predictions)) in enumerate(zip(models, scored, strict=True))
         for t in trained.targets
     }

@@ -25,7 +25,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from seo_cli.data.preprocess import Preprocessor
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, RATE, Target
 from seo_cli.data.tables import FORMATS, Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
 from seo_cli.files import atomic_path, write_error
@@ -217,7 +217,8 @@ def row_problems(frame: pd.DataFrame, model: Model, source: Source) -> pd.Series
 
 
 def score(model: Model, frame: pd.DataFrame, batch_size: int) -> pd.DataFrame:
-    """Per target: the predicted class and its probabilities, or the value in the target's units."""
+    """Per target: the predicted class and its probabilities, a rate target's predicted rate as
+    ``<name>_rate`` (clicks per impression), or the value in the target's units."""
     pre = model.preprocessor
     arrays = model.outputs(frame, batch_size)
     columns: dict[str, np.ndarray] = {}
@@ -227,6 +228,8 @@ def score(model: Model, frame: pd.DataFrame, batch_size: int) -> pd.DataFrame:
             proba = arrays[t.name]
             columns[t.name] = np.asarray(names, dtype=object)[proba.argmax(axis=1)]
             columns |= {f"{t.name}_proba_{name}": proba[:, k] for k, name in enumerate(names)}
+        elif t.type == RATE:
+            columns[f"{t.name}_rate"] = arrays[t.name]
         else:
             mean, std = pre.target_scale[t.name]
             columns[t.name] = arrays[t.name] * std + mean
@@ -257,7 +260,7 @@ def prediction_columns(model: Model) -> list[str]:
     """The columns ``score`` writes, in order: per target its name, then a classifier's probabilities."""
     columns = []
     for t in model.targets:
-        columns.append(t.name)
+        columns.append(f"{t.name}_rate" if t.type == RATE else t.name)
         if t.type == CLASSIFICATION:
             columns += [f"{t.name}_proba_{name}" for name in model.preprocessor.class_names[t.name]]
     return columns

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
-from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
+from seo_cli.data.spec import CLASSIFICATION, RATE, REGRESSION, TRIALS_KEY, WEIGHT_KEY, InputSpec, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
 from seo_cli.pretrained import encoder_files
@@ -107,6 +107,8 @@ def _data_problems(data: DictConfig) -> list[str]:
         "data.numeric_columns": data.numeric_columns,
         "data.categorical_columns": data.categorical_columns,
         "data.targets": [t.name for t in data.targets],
+        "data.weight_column": [data.weight_column] if data.weight_column else [],
+        "data.trials_column": [data.trials_column] if data.trials_column else [],
     }
     seen: dict[str, str] = {}
     for key, columns in roles.items():
@@ -150,6 +152,30 @@ def _data_problems(data: DictConfig) -> list[str]:
     names = [t.name for t in data.targets]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"data.targets lists {name!r} twice; list each target once.")
+    return problems + _label_problems(data)
+
+
+def _label_problems(data: DictConfig) -> list[str]:
+    """Row weights, rate targets and their trials, and the balanced sampler's classification target."""
+    problems: list[str] = []
+    for name in [t.name for t in data.targets if t.name in (WEIGHT_KEY, TRIALS_KEY)]:
+        problems.append(f"data.targets names {name!r}, a name seo-cli keeps for itself; rename the column.")
+    rates = [t.name for t in data.targets if t.type == RATE]
+    if rates and not data.trials_column:
+        problems.append(
+            f"target {rates[0]!r} is type: rate, which needs the trials its successes are out of; set "
+            "data.trials_column to that column, e.g. data.trials_column=impressions."
+        )
+    if data.trials_column and not rates:
+        problems.append(
+            f"data.trials_column={data.trials_column} applies to type: rate targets only; declare one "
+            "(e.g. {name:clicks,type:rate}) or remove data.trials_column."
+        )
+    if data.sampler == "balanced" and not any(t.type == CLASSIFICATION for t in data.targets):
+        problems.append(
+            "data.sampler=balanced balances the classes of the first classification target, and there is none; "
+            "use data.sampler=random."
+        )
     return problems
 
 
@@ -193,7 +219,7 @@ def _metric_problems(cfg: DictConfig) -> list[str]:
     """Monitored metrics and objectives that the run does not log, or whose direction is wrong."""
     problems: list[str] = []
     data = cfg.data
-    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION)]
+    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION, RATE)]
     known = metric_names(targets, "val") + metric_names(targets, "train")[:1]
     for key, name in (("trainer.monitor", cfg.trainer.monitor), ("objective", cfg.objective)):
         if name not in known:

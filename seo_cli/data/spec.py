@@ -4,11 +4,17 @@ from dataclasses import dataclass, field
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+RATE = "rate"  # successes out of trials (clicks out of impressions): a probability, trained with a binomial likelihood
+
+# Keys of a batch's label dict that are not targets: the row weights (data.weight_column) and the trials
+# of rate targets (data.trials_column). No target may take these names (seo_cli.validation refuses them).
+WEIGHT_KEY = "__weight__"
+TRIALS_KEY = "__trials__"
 
 
 @dataclass(frozen=True)
 class Target:
-    """One prediction target: a column name and its task type (classification | regression)."""
+    """One prediction target: a column name and its task type (classification | regression | rate)."""
 
     name: str
     type: str
