@@ -107,8 +107,6 @@ def _data_problems(data: DictConfig) -> list[str]:
         "data.numeric_columns": data.numeric_columns,
         "data.categorical_columns": data.categorical_columns,
         "data.targets": [t.name for t in data.targets],
-        "data.weight_column": [data.weight_column] if data.weight_column else [],
-        "data.trials_column": [data.trials_column] if data.trials_column else [],
     }
     seen: dict[str, str] = {}
     for key, columns in roles.items():
@@ -160,6 +158,9 @@ def _label_problems(data: DictConfig) -> list[str]:
     problems: list[str] = []
     for name in [t.name for t in data.targets if t.name in (WEIGHT_KEY, TRIALS_KEY)]:
         problems.append(f"data.targets names {name!r}, a name seo-cli keeps for itself; rename the column.")
+    for key in ("weight_column", "trials_column"):  # an input may also weigh rows (impressions), a target may not
+        if data[key] and data[key] in [t.name for t in data.targets]:
+            problems.append(f"data.{key}={data[key]} is also a target; weigh the rows by another column.")
     rates = [t.name for t in data.targets if t.type == RATE]
     if rates and not data.trials_column:
         problems.append(
