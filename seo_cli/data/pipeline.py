@@ -182,13 +182,14 @@ def _check_label_columns(frame: pd.DataFrame, data: DataConfig, source: Source) 
                 f"{key} names column {column!r}, which {source} does not have; "
                 f"its columns are: {', '.join(map(str, frame.columns))}."
             )
-        raw = frame[column]
-        values = pd.to_numeric(raw.mask(missing_cells(raw)), errors="coerce").to_numpy(dtype=np.float64)
+        raw, empty = frame[column], missing_cells(frame[column]).to_numpy()
+        values = pd.to_numeric(raw.mask(empty), errors="coerce").to_numpy(dtype=np.float64)
         bad = ~(values >= 0) | np.isinf(values)  # NaN (empty or not a number), negative or infinite
         if bad.any():
             row = _first(bad)
+            shown = "an empty cell" if empty[row] else repr(str(raw.iloc[row]))
             raise UserError(
-                f"{key} {column!r} of {source} holds {raw.iloc[row]!r} at {source.row(row)}, but a {what} must "
+                f"{key} {column!r} of {source} holds {shown} at {source.row(row)}, but a {what} must "
                 "be a finite number of 0 or more; fix the value or remove the row."
             )
         frame[column] = values
