@@ -214,10 +214,12 @@ def _score_block(scorers: dict, sums: "_WeightedSums", block: np.ndarray) -> dic
         counts[start : start + part.shape[1]] = part.T
     del block
     total, weighted = sums.of(counts)
-    return {
-        name: scorer.metrics(part, counts, total)
-        for (name, scorer), part in zip(scorers.items(), weighted, strict=True)
-    }
+    # A weighted resample may draw only rows of weight 0: its metrics are NaN, which ``interval`` leaves out.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            name: scorer.metrics(part, counts, total)
+            for (name, scorer), part in zip(scorers.items(), weighted, strict=True)
+        }
 
 
 class _WeightedSums:

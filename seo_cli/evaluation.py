@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from seo_cli import distributed
-from seo_cli.data.spec import CLASSIFICATION, TRIALS_KEY, WEIGHT_KEY, Target
+from seo_cli.data.spec import CLASSIFICATION, RATE, TRIALS_KEY, WEIGHT_KEY, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import Curves, as_numpy, flatten, ranking_curves, target_reports
 from seo_cli.runtime import autocast
@@ -152,6 +152,17 @@ class Scorer:
                 "diverged); lower learning_rate or set trainer.gradient_clip_val=1.0."
             )
         weight, trials = label_arrays.get(WEIGHT_KEY), label_arrays.get(TRIALS_KEY)
+        if weight is not None and not weight.any():
+            raise UserError(
+                f"every {split} row weighs 0 in the weight column, so there is nothing to score; "
+                "score rows of which some have a positive weight."
+            )
+        rates = [t.name for t in self.targets if t.type == RATE]
+        if rates and not (trials * (1 if weight is None else weight)).any():
+            raise UserError(
+                f"rate target {rates[0]!r} has no trials in the {split} rows (every row has 0 trials, or weighs 0), "
+                "so there is no rate to score; score rows with trials."
+            )
         curves = {
             t.name: ranking_curves(
                 label_arrays[t.name], predictions[t.name], self._names(t.name, predictions), weight

@@ -495,3 +495,20 @@ def test_seo_eval_weighs_rows_and_impressions_as_scikit_learn_on_seo_predicts_ou
         assert metrics[f"eval/clicks/{key}"] == pytest.approx(by_hand[key], rel=1e-5)
     low, high = result["intervals"]["eval/clicks/brier"]
     assert low <= metrics["eval/clicks/brier"] <= high
+
+
+def test_scoring_rows_that_all_weigh_zero_or_have_no_trials_is_one_sentence():
+    from seo_cli.evaluation import Scorer
+
+    outputs, value = {"v": torch.zeros(3)}, torch.zeros(3)
+    with pytest.raises(
+        UserError, match="^every eval row weighs 0 in the weight column, so there is nothing to score; "
+    ):
+        Scorer([Target("v", "regression")]).score(outputs, {"v": value, WEIGHT_KEY: torch.zeros(3)}, "eval")
+    labels = {
+        "v": value,
+        TRIALS_KEY: torch.tensor([0.0, 5.0, 0.0]),
+        WEIGHT_KEY: torch.tensor([1.0, 0.0, 1.0]),
+    }
+    with pytest.raises(UserError, match="^rate target 'v' has no trials in the eval rows"):
+        Scorer([Target("v", RATE)]).score(outputs, labels, "eval")
