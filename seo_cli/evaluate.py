@@ -270,8 +270,9 @@ def compare(models: list[TrainedModel], results: list[dict], samples: list[dict]
     rows = []
     for trained, result, model_samples in zip(models, results, samples, strict=True):
         row = {"checkpoint": str(trained.path), "label": trained.label, "metrics": {}}
+        headline = {(t.name, m) for t in trained.targets for m in HEADLINE.get(t.type, HEADLINE["regression"])}
         for key, value in result["metrics"].items():
-            if key.rsplit("/", 1)[-1] not in {m for ms in HEADLINE.values() for m in ms}:
+            if tuple(key.split("/", 1)[-1].rsplit("/", 1)) not in headline:  # <split>/<target>/<metric>
                 continue
             entry = {"value": value, "interval": result["intervals"].get(key)}
             if key in model_samples and key in samples[0] and trained is not models[0]:
