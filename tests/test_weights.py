@@ -512,3 +512,15 @@ def test_scoring_rows_that_all_weigh_zero_or_have_no_trials_is_one_sentence():
     }
     with pytest.raises(UserError, match="^rate target 'v' has no trials in the eval rows"):
         Scorer([Target("v", RATE)]).score(outputs, labels, "eval")
+
+
+def test_a_checkpoint_whose_config_and_preprocessing_name_other_weight_columns_is_refused(runs, tmp_path):
+    from seo_cli.loading import load_trained
+
+    state = torch.load(runs["train"] / "checkpoints" / "best.pt", weights_only=True)
+    state["config"] = state["config"].replace("weight_column: w", "weight_column: z")
+    torch.save(state, tmp_path / "tampered.pt")
+    with pytest.raises(
+        UserError, match="data.weight_column and data.trials_column of its config are not the columns"
+    ):
+        load_trained(tmp_path / "tampered.pt", torch.device("cpu"), [])
