@@ -76,6 +76,11 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
         problems += check_component(node, f"logger.{name}", "logger", allowed)
 
     problems += _data_problems(cfg.data) + _run_problems(cfg) + _metric_problems(cfg)
+    if cfg.data.sampler == "balanced" and cfg.trainer.overfit_batches:
+        problems.append(
+            "data.sampler=balanced draws new rows each epoch, but trainer.overfit_batches trains on the same first "
+            "batches every epoch; use data.sampler=random with trainer.overfit_batches."
+        )
     if not problems:  # the constructors see only values that passed every other check
         for group in ("model", "optimizer", "loss", "scheduler"):
             if cfg[group]:

@@ -409,6 +409,22 @@ def test_config_mistakes_are_reported_together_before_data_loads(table):
     )
 
 
+def test_balanced_sampler_with_overfit_batches_is_refused_at_start_up(tmp_path):
+    done = run_command(
+        "train",
+        "data.sampler=balanced",
+        "trainer.overfit_batches=2",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert done.code == 1
+    assert (
+        "data.sampler=balanced draws new rows each epoch, but trainer.overfit_batches trains on the same"
+        in done.output
+    )
+    assert "Traceback" not in done.output
+
+
 def test_stored_weight_and_rate_fields_are_checked(runs):
     state = torch.load(runs["train"] / "checkpoints" / "best.pt", weights_only=True)["preprocessing"]
     check_state(state)
