@@ -164,6 +164,22 @@ def test_weighted_loss_equals_the_weighted_mean_by_hand():
         torch.testing.assert_close(ones[name], plain[name])
 
 
+def test_focal_and_huber_terms_take_row_weights_too():
+    targets = [Target("c", "classification"), Target("v", "regression")]
+    loss_fn = MultiTargetLoss(
+        targets, {"c": [1, 1]}, classification="focal", regression="huber", focal_gamma=2.0
+    )
+    logits, y = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
+    v, v_true = torch.randn(5) * 3, torch.randn(5)
+    w = torch.tensor([0.5, 0.0, 2.0, 1.0, 3.0])
+    terms = loss_fn.terms({"c": logits, "v": v}, {"c": y, "v": v_true, WEIGHT_KEY: w})
+    p = F.softmax(logits, 1)[torch.arange(5), y]
+    torch.testing.assert_close(terms["c"], (w * -((1 - p) ** 2) * p.log()).sum() / w.sum())
+    error = (v - v_true).abs()
+    huber = torch.where(error < 1, 0.5 * error**2, error - 0.5)
+    torch.testing.assert_close(terms["v"], (w * huber).sum() / w.sum())
+
+
 def test_a_batch_whose_rows_all_weigh_zero_has_loss_zero_and_finite_gradients():
     loss_fn = MultiTargetLoss([Target("v", "regression")], {})
     v = torch.randn(4, requires_grad=True)
