@@ -70,6 +70,12 @@ class Placement(Choice):
     stream = "stream"  # a DataLoader from host memory
 
 
+class SplitBy(Choice):
+    random = "random"  # seeded random rows, stratified on the first classification target
+    group = "group"  # whole groups of data.group_column: no group in two splits (stratified where possible)
+    time = "time"  # by data.time_column: train on the earliest rows, validate on the next, test on the latest
+
+
 class TaskType(Choice):
     classification = "classification"
     regression = "regression"
@@ -119,6 +125,9 @@ class DataConfig:
     categorical_columns: list[str] = field(default_factory=list)
     targets: list[TargetConfig] = field(default_factory=list)
     split_column: Optional[str] = None  # values train / val / test; null splits by the fractions below
+    split_by: SplitBy = SplitBy.random  # how the fractions below split the rows (without data.split_column)
+    group_column: Optional[str] = None  # the group of a row, e.g. the query or the site (split_by=group)
+    time_column: Optional[str] = None  # a date or a number ordering the rows in time (split_by=time)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     numeric_scaling: Scaling = Scaling.standard

@@ -98,6 +98,24 @@ def _data_problems(data: DictConfig) -> list[str]:
         problems.append(f"data.num_workers={data.num_workers} must be 0 or more.")
     if data.test_path and data.split_column:
         problems.append("data.test_path and data.split_column both choose the test rows; keep one of them.")
+    if data.split_column and data.split_by != "random":
+        problems.append(
+            f"data.split_column and data.split_by={data.split_by} both choose the splits; keep one of them."
+        )
+    if data.split_by == "group" and not data.group_column:
+        problems.append(
+            "data.split_by=group needs data.group_column, the column naming each row's group (e.g. site or "
+            "query); set it, or use data.split_by=random."
+        )
+    if data.split_by == "time" and not data.time_column:
+        problems.append(
+            "data.split_by=time needs data.time_column, a column of dates or numbers ordering the rows; set it, "
+            "or use data.split_by=random."
+        )
+    if data.time_column and data.split_by != "time":
+        problems.append(
+            f"data.time_column={data.time_column} orders only a time split; set data.split_by=time or remove it."
+        )
     if not data.targets:
         problems.append(
             "data.targets is empty; name at least one, e.g. data.targets=[{name:intent,type:classification}]."
@@ -307,6 +325,8 @@ def known_run_length(cfg: DictConfig) -> int | None:
     fractions, with train_test_split's rounding); None when the rows are in a file not yet read."""
     data = cfg.data
     if data.source != "seo_pages" or data.split_column or not 0 < data.val_fraction + data.test_fraction < 1:
+        return None
+    if data.split_by != "random":  # whole groups, tied times: sizes known once split
         return None
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.trainer.accumulate_grad_batches < 1 or cfg.device.num_devices < 1:
         return None
