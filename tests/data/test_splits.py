@@ -293,3 +293,17 @@ def test_a_missing_group_or_time_column_names_the_key(tmp_path):
             UserError, match=rf"^data.{key} names column '{column}', which {path} does not have; its"
         ):
             load_splits(data_config(path=str(path), split_by=split_by, **{key: column}), seed=0)
+
+
+def test_times_with_different_offsets_are_compared_in_utc():
+    times = ["2024-06-01T10:00+02:00", "2024-06-01T09:00Z", "2024-06-01T12:00+05:00", "2024-06-01T08:30Z"] * 5
+    frame = pd.DataFrame({"x": np.zeros(20), "label": ["a", "b"] * 10, "t": times})
+    rows = split_rows(
+        frame, data_config(split_by="time", time_column="t", val_fraction=0.25, test_fraction=0.25), 0, "t"
+    )
+    # In UTC: 07:00 (row 2), 08:00 (row 0), 08:30 (row 3), 09:00 (row 1), five rows each.
+    assert {name: sorted({i % 4 for i in idx}) for name, idx in rows.items()} == {
+        "train": [0, 2],
+        "val": [3],
+        "test": [1],
+    }
