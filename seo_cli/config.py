@@ -211,11 +211,21 @@ class TuningConfig:
 
 
 @dataclass
+class CvConfig:
+    """k-fold cross-validation: ``cv.folds=5`` trains five models in ``fold_<k>/`` of the run directory,
+    each validated on another fifth of the train and val rows; the test split stays held out."""
+
+    folds: Optional[int] = None  # null or 0: off; 2 or more: the number of folds
+    fold: Optional[int] = None  # the fold a model of a cross-validation run trains on (0-based), set by the run
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
     model: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = field(default_factory=dict)

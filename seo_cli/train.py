@@ -9,6 +9,7 @@ component (announced on its own log line), ``fit``, score the best checkpoint on
 write the summary. Only this module, ``evaluate.py`` and ``predict.py`` read ``cfg``.
 """
 
+import copy
 import dataclasses
 import json
 import logging
@@ -21,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from seo_cli import distributed
+from seo_cli import crossval, distributed
 from seo_cli.checkpoint import Checkpoint, CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.config import Placement
 from seo_cli.console import metrics_table, print_table, run_panel
@@ -60,7 +61,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     make_run_dir(run_dir)
     resume_path, resume_state = resume_point(cfg, run_dir)
     device = set_up_device(cfg)
-    data = prepare_data(OmegaConf.to_object(cfg.data), cfg.seed)
+    fold = (cfg.cv.fold, cfg.cv.folds) if cfg.cv.fold is not None else None  # a model of a cross-validation
+    data = prepare_data(OmegaConf.to_object(cfg.data), cfg.seed, fold)
     model, loss_fn, optimizer = build_model(cfg, data, device, allowed)
     data = frozen_features(cfg, data, model, device)
     train_batches, val_batches, test_batches = build_batches(cfg, data, device)
@@ -99,6 +101,44 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if distributed.is_main():
         write_summary(run_dir, summary)
         report(cfg, result, summary)
+    return summary
+
+
+def cross_validate(cfg: DictConfig, run_dir: Path) -> dict:
+    """``cv.folds=K``: train one model per fold, each in ``run_dir/fold_<k>/`` with its own checkpoints
+    (``train`` with ``cv.fold=k``), then write ``cv_summary.csv`` and ``.json`` and the run's summary,
+    whose objective value is the mean over the folds. ``resume=auto`` keeps the folds that finished and
+    resumes the one that was interrupted.
+
+    Under ``hparams_search=optuna`` the trial hears only that mean, at the end: the folds do not report
+    their epochs to the pruner (fold 1's third epoch is no step further than fold 0's), so a
+    cross-validated trial is never pruned.
+
+    Returns:
+        The run's summary (as ``train``'s, with ``metrics_std`` and the fold directories).
+    """
+    started = time.perf_counter()
+    check_train_config(cfg)
+    make_run_dir(run_dir)
+    build_trial(cfg, run_dir)  # the study learns where the trial's files are
+    summaries = []
+    for k in range(cfg.cv.folds):
+        fold_dir = crossval.fold_dir(run_dir, k)
+        finished = fold_dir / "summary.json"
+        if cfg.resume == "auto" and finished.exists() and json.loads(finished.read_text()).get("status") == "ok":
+            log.info("Cross-validation fold %d finished before (resume=auto): its summary is kept.", k)
+            summaries.append(json.loads(finished.read_text()))
+            continue
+        log.info("Cross-validation: training fold %d of folds 0-%d in %s", k, cfg.cv.folds - 1, fold_dir)
+        fold_cfg = copy.deepcopy(cfg)
+        fold_cfg.cv.fold = k
+        fold_cfg.tuning.trial_id = None  # see above: no per-epoch reports
+        summaries.append(train(fold_cfg, fold_dir))
+    table, summary = crossval.summarize_folds(cfg.objective, summaries, run_dir)
+    summary["wall_time_s"] = time.perf_counter() - started
+    crossval.write_cv_summary(run_dir, table, summary)
+    write_summary(run_dir, summary)
+    log.info("Evaluate the ensemble of the folds on the test split with: seo-eval checkpoint=%s", run_dir)
     return summary
 
 

@@ -75,7 +75,7 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
     for name, node in (cfg.logger or {}).items():
         problems += check_component(node, f"logger.{name}", "logger", allowed)
 
-    problems += _data_problems(cfg.data) + _run_problems(cfg) + _metric_problems(cfg)
+    problems += _data_problems(cfg.data) + _run_problems(cfg) + _metric_problems(cfg) + _cv_problems(cfg)
     if not problems:  # the constructors see only values that passed every other check
         for group in ("model", "optimizer", "loss", "scheduler"):
             if cfg[group]:
@@ -207,6 +207,35 @@ def _run_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _cv_problems(cfg: DictConfig) -> list[str]:
+    """What stops ``cv.folds`` from cross-validating this run."""
+    folds, fold = cfg.cv.folds, cfg.cv.fold
+    if not folds:
+        if fold is not None:
+            return ["cv.fold picks one fold of a cross-validation; set cv.folds too (e.g. cv.folds=5), or remove cv.fold."]
+        return []
+    problems = []
+    if folds < 2:
+        problems.append(f"cv.folds={folds} must be 2 or more, or 0 or null for no cross-validation.")
+    elif fold is not None and not 0 <= fold < folds:
+        problems.append(f"cv.fold={fold} must be from 0 to {folds - 1} (the folds of cv.folds={folds}), or null for all.")
+    if cfg.data.split_by == "time":
+        problems.append(
+            "cv.folds rotates validation over all train and val rows, which under data.split_by=time would train on "
+            "the future; use data.split_by=random or group, or remove cv.folds."
+        )
+    if cfg.device.strategy == "ddp":
+        problems.append("cv.folds does not combine with device=ddp yet; train the folds on one device, or remove cv.folds.")
+    if cfg.resume not in (None, "auto") and fold is None:
+        problems.append(
+            f"resume={cfg.resume} names one checkpoint, and a cross-validation run has one per fold; use resume=auto "
+            "with hydra.run.dir=<the run directory>, or set cv.fold to resume that fold."
+        )
+    if cfg.trainer.overfit_batches:
+        problems.append("trainer.overfit_batches trains and validates on the same rows, which no fold does; remove one of them.")
+    return problems
+
+
 def _metric_problems(cfg: DictConfig) -> list[str]:
     """Monitored metrics and objectives that the run does not log, or whose direction is wrong."""
     problems: list[str] = []
@@ -326,7 +355,7 @@ def known_run_length(cfg: DictConfig) -> int | None:
     data = cfg.data
     if data.source != "seo_pages" or data.split_column or not 0 < data.val_fraction + data.test_fraction < 1:
         return None
-    if data.split_by != "random":  # whole groups, tied times: sizes known once split
+    if data.split_by != "random" or cfg.cv.folds:  # whole groups, tied times, folds: sizes known once split
         return None
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.trainer.accumulate_grad_batches < 1 or cfg.device.num_devices < 1:
         return None
