@@ -4,6 +4,7 @@
     seo-eval checkpoint=... split=val                                           # the numbers training reported
     seo-eval checkpoint=... data.path=new_pages.csv                              # a new labelled file
     seo-eval checkpoint=[a.pt,b.pt] | checkpoint=outputs/multirun/<date>/<time>  # compare on the same rows
+    seo-eval checkpoint=outputs/train/<date>/<time>   # of seo-train cv.folds=K: the folds' ensemble on test
 
 Writes ``metrics.json``, PNG plots and ``report.md`` (one folder per checkpoint when there are several,
 plus ``comparison.md``), with bootstrap confidence intervals of the headline metrics.
@@ -27,6 +28,7 @@ from rich.table import Table
 from seo_cli.bootstrap import HEADLINE, Resamples, interval, metric_samples
 from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
+from seo_cli.crossval import CV_SUMMARY
 from seo_cli.data.batches import make_batches, pad_multiple
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
 from seo_cli.data.spec import CLASSIFICATION, Target
@@ -34,6 +36,7 @@ from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
 from seo_cli.files import write_text
 from seo_cli.loading import TrainedModel, load_trained
+from seo_cli.metrics import as_numpy
 from seo_cli.report import write_report
 from seo_cli.runtime import pick_device
 from seo_cli.sweep import job_order
@@ -102,7 +105,7 @@ def split_rows(trained: TrainedModel, split: str, file_key: str = "data.path") -
             f"checkpoint {trained.path}: data.num_rows={trained.data.num_rows} of its config is outside the 50 to "
             f"{MAX_REGENERATED_ROWS:,} seo_pages rows that are regenerated; give a file of rows with {file_key}=<file>."
         )
-    return load_splits(trained.data, trained.seed)[split][0]
+    return load_splits(trained.data, trained.seed, trained.fold)[split][0]
 
 
 def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
@@ -117,20 +120,28 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         raise UserError(f"eval_batch_size={cfg.eval_batch_size} must be at least 1.")
     device = pick_device(cfg.device.type, cfg.device.fallback)
     clock = Stopwatch()
+    folds = fold_checkpoints(cfg.checkpoint)
     with clock("load"):
         models = [
-            load_trained(path, device, cfg.allowed_targets) for path in checkpoint_paths(cfg.checkpoint)
+            load_trained(path, device, cfg.allowed_targets)
+            for path in folds or checkpoint_paths(cfg.checkpoint)
         ]
+    if folds:
+        check_ensemble(models, cfg)
     with clock("read"):
         frame, split = evaluation_rows(models[0], cfg)
-    for other in models[1:]:
-        if other.data != models[0].data or other.seed != models[0].seed:
-            log.warning(
-                "%s was trained on other data or another seed than %s; all are scored on the rows of the first.",
-                other.path,
-                models[0].path,
-            )
-    scored = [score_checkpoint(trained, frame, split, cfg, device, clock) for trained in models]
+    if folds:  # one model: the folds' mean, reported as the run directory's
+        scored = [score_ensemble(models, frame, split, cfg, device, clock)]
+        models = models[:1]
+    else:
+        for other in models[1:]:
+            if other.data != models[0].data or other.seed != models[0].seed:
+                log.warning(
+                    "%s was trained on other data or another seed than %s; all are scored on the rows of the first.",
+                    other.path,
+                    models[0].path,
+                )
+        scored = [score_checkpoint(trained, frame, split, cfg, device, clock) for trained in models]
     samples: list[dict[str, np.ndarray]] = [{} for _ in models]
     if cfg.bootstrap:
         with clock("bootstrap"):
@@ -139,10 +150,12 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     for i, (trained, (scored_model, predictions)) in enumerate(zip(models, scored, strict=True)):
         out_dir = run_dir if len(models) == 1 else run_dir / f"{i:02d}_{trained.path.parent.parent.name}"
         result = checkpoint_result(trained, scored_model, samples[i], split, len(frame), cfg)
+        if folds:
+            result |= {"checkpoint": str(cfg.checkpoint), "epoch": None, "ensemble": [str(p) for p in folds]}
         with clock("report"):
             write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
             if cfg.report:
-                history = trained.state.get("history")
+                history = trained.state.get("history") if not folds else None  # one per fold
                 write_report(out_dir, result, predictions, trained.targets, history, scored_model.curves)
         print_target_tables(result, trained.targets, split)
         log.info("Wrote %s", out_dir / ("report.md" if cfg.report else "metrics.json"))
@@ -183,6 +196,27 @@ def score_checkpoint(
 ) -> tuple[Evaluation, dict[str, dict[str, np.ndarray]]]:
     """Predictions and metrics of one checkpoint on ``frame``, and per target its labels and
     predictions in the target's own units (regression outputs are standardised), for plots and intervals."""
+    outputs, labels = predict_rows(trained, frame, split, cfg, device, clock)
+    with clock("metrics"):
+        scored = scorer_of(trained).score(outputs, labels, split, trained.loss_fn)
+    return scored, target_predictions(scored, trained)
+
+
+def scorer_of(trained: TrainedModel) -> Scorer:
+    # In the precision it was trained in, so split=val gives exactly the numbers training logged.
+    pre = trained.preprocessor
+    return Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision)
+
+
+def predict_rows(
+    trained: TrainedModel,
+    frame: pd.DataFrame,
+    split: str,
+    cfg: DictConfig,
+    device: torch.device,
+    clock: Stopwatch,
+) -> tuple[Any, Any]:
+    """The model's outputs and the labels of ``frame``'s rows, encoded with the checkpoint's preprocessing."""
     pre = trained.preprocessor
     with clock("preprocess"):
         tensors = tensorize(pre, frame, split)
@@ -196,20 +230,117 @@ def score_checkpoint(
             pin_memory=trained.data.pin_memory,
             pad_to_multiple_of=pad_multiple(trained.data),
         )
-    # In the precision it was trained in, so split=val gives exactly the numbers training logged.
-    scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision)
     with clock("inference"):
-        outputs, labels = scorer.predict(trained.model, batches, split)
-    with clock("metrics"):
-        scored = scorer.score(outputs, labels, split, trained.loss_fn)
+        return scorer_of(trained).predict(trained.model, batches, split)
+
+
+def target_predictions(scored: Evaluation, trained: TrainedModel) -> dict[str, dict[str, np.ndarray]]:
+    """Per target its labels and predictions, regression values in the target's units."""
     predictions = {}
     for t in trained.targets:
         y_true, y_pred = scored.labels[t.name], scored.predictions[t.name]
         if t.type != CLASSIFICATION:
-            mean, std = pre.target_scale[t.name]
+            mean, std = trained.preprocessor.target_scale[t.name]
             y_true, y_pred = y_true * std + mean, y_pred * std + mean
         predictions[t.name] = {"y_true": y_true, "y_pred": y_pred}
-    return scored, predictions
+    return predictions
+
+
+def fold_checkpoints(checkpoint: Any) -> list[Path] | None:
+    """The best.pt of each fold, in fold order, when ``checkpoint=`` names the directory of a
+    cross-validation run (``seo-train cv.folds=K``); None for anything else.
+
+    Raises:
+        UserError: a cross-validation run that has not finished every fold.
+    """
+    if isinstance(checkpoint, ListConfig | list | tuple) or not Path(checkpoint).is_dir():
+        return None
+    run_dir = Path(checkpoint)
+    found = {p.name for p in run_dir.glob("fold_*") if p.name.removeprefix("fold_").isdigit()}
+    if not found:
+        return None
+    paths = [run_dir / f"fold_{k}" / "checkpoints" / "best.pt" for k in range(len(found))]
+    if not (run_dir / f"{CV_SUMMARY}.json").is_file() or not all(p.is_file() for p in paths):
+        raise UserError(
+            f"checkpoint {run_dir} is a cross-validation run whose folds have not all finished (no "
+            f"{CV_SUMMARY}.json); finish it with seo-train ... hydra.run.dir={run_dir} resume=auto, or score one "
+            f"fold with checkpoint={run_dir / 'fold_0' / 'checkpoints' / 'best.pt'}."
+        )
+    return paths
+
+
+def check_ensemble(models: list[TrainedModel], cfg: DictConfig) -> None:
+    """The folds' models make one ensemble: the folds of one run, with the same targets and classes.
+
+    Raises:
+        UserError: ``split`` other than test (each fold trained on the others' val rows), or folds that differ.
+    """
+    run_dir = cfg.checkpoint
+    if not cfg.data.path and str(cfg.split) != "test":
+        raise UserError(
+            f"split={cfg.split}: each fold of the cross-validation run {run_dir} trained on the others' "
+            "validation rows, so only the test split is new to all of them; use split=test, data.path=<file>, "
+            f"or one fold's checkpoint, e.g. checkpoint={run_dir}/fold_0/checkpoints/best.pt."
+        )
+    first = models[0]
+    for k, trained in enumerate(models):
+        same = (
+            trained.targets == first.targets
+            and trained.preprocessor.class_names == first.preprocessor.class_names
+        )
+        if (
+            trained.fold != (k, len(models))
+            or not same
+            or trained.data != first.data
+            or trained.seed != first.seed
+        ):
+            raise UserError(
+                f"checkpoint {trained.path} is not fold {k} of the same {len(models)}-fold cross-validation as "
+                f"{first.path}; score the folds of one seo-train cv.folds run."
+            )
+
+
+def score_ensemble(
+    models: list[TrainedModel],
+    frame: pd.DataFrame,
+    split: str,
+    cfg: DictConfig,
+    device: torch.device,
+    clock: Stopwatch,
+) -> tuple[Evaluation, dict[str, dict[str, np.ndarray]]]:
+    """The folds' models as one: the mean of their class probabilities, and of their regression values in
+    the target's units, scored as the first fold's model (its loss, scales and class names). Each fold
+    encodes the rows with its own preprocessing, fitted on its own training rows."""
+    first = models[0]
+    totals: dict[str, np.ndarray] = {}
+    for trained in models:
+        outputs, labels = predict_rows(trained, frame, split, cfg, device, clock)
+        if trained is first:
+            template, first_labels = outputs, labels
+        values = as_numpy(outputs, trained.targets)
+        for t in trained.targets:
+            value = values[t.name].astype(np.float64)
+            if t.type != CLASSIFICATION:  # back to the target's units: each fold has its own scale
+                mean, std = trained.preprocessor.target_scale[t.name]
+                value = value * std + mean
+            totals[t.name] = totals.get(t.name, 0.0) + value
+    # Back into the first model's outputs: log-probabilities (their softmax is the mean probability) and
+    # standardised values, so its loss and metrics score the ensemble as they score one model.
+    single = isinstance(template, torch.Tensor)
+    ensemble = {}
+    for t in first.targets:
+        shape = (template if single else template[t.name]).shape
+        average = totals[t.name] / len(models)
+        if t.type == CLASSIFICATION:
+            average = np.log(np.maximum(average, np.finfo(np.float32).tiny))
+        else:
+            mean, std = first.preprocessor.target_scale[t.name]
+            average = (average - mean) / std
+        ensemble[t.name] = torch.as_tensor(average, dtype=torch.float32, device=device).reshape(shape)
+    outputs = ensemble[first.targets[0].name] if single else ensemble
+    with clock("metrics"):
+        scored = scorer_of(first).score(outputs, first_labels, split, first.loss_fn)
+    return scored, target_predictions(scored, first)
 
 
 def bootstrap_samples(

@@ -41,6 +41,7 @@ class TrainedModel:
     targets: list[Target]
     model: torch.nn.Module
     loss_fn: torch.nn.Module
+    fold: tuple[int, int] | None = None  # (k, folds): a model of a cross-validation run, validated on fold k
 
     @property
     def label(self) -> str:
@@ -90,7 +91,23 @@ def load_trained(path: Path, device: torch.device, allowed_targets: list[str]) -
     loss_fn = build_from_file(
         config["loss"], f"{where}: loss", "loss", allowed, targets=targets, class_counts=_class_counts(state, pre, where)
     )
-    return TrainedModel(path, state, config, data, pre, targets, model.to(device), loss_fn.to(device))
+    fold = _fold_of(path, config)
+    return TrainedModel(path, state, config, data, pre, targets, model.to(device), loss_fn.to(device), fold)
+
+
+def _fold_of(path: Path, config: dict[str, Any]) -> tuple[int, int] | None:
+    """``(cv.fold, cv.folds)`` of a cross-validation run's model (whose val split is its fold's), else None."""
+    cv = config.get("cv") or {}
+    fold, folds = (cv.get("fold"), cv.get("folds")) if isinstance(cv, dict) else (None, None)
+    if fold is None:
+        return None
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (fold, folds))
+    if not whole or not 0 <= fold < folds:
+        raise UserError(
+            f"checkpoint {path}: cv.fold and cv.folds of its config must be whole numbers with 0 <= cv.fold < "
+            "cv.folds; use a checkpoint written by seo-train."
+        )
+    return fold, folds
 
 
 def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
