@@ -17,7 +17,15 @@ from seo_cli.files import atomic_path, write_text
 log = logging.getLogger(__name__)
 
 CV_SUMMARY = "cv_summary"  # cv_summary.csv and cv_summary.json in the run directory: what marks a cv run
-FOLD_COLUMNS = ["fold", "status", "objective", "best_epoch", "epochs_trained", "wall_time_s"]
+FOLD_COLUMNS = [
+    "fold",
+    "status",
+    "objective",
+    "best_epoch",
+    "epochs_trained",
+    "wall_time_s",
+    "samples_per_second",
+]
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -34,6 +42,7 @@ def fold_table(summaries: list[dict]) -> pd.DataFrame:
             "best_epoch": s.get("best_epoch"),
             "epochs_trained": s.get("epochs_trained"),
             "wall_time_s": s.get("wall_time_s"),
+            "samples_per_second": s.get("samples_per_second"),
             **s.get("metrics", {}),
         }
         for k, s in enumerate(summaries)
@@ -96,7 +105,9 @@ def write_cv_summary(run_dir: Path, table: pd.DataFrame, summary: dict) -> None:
     stds = {"objective": summary["objective_std"], **summary["metrics_std"]}
     title = f"{summary['cv_folds']}-fold cross-validation, {summary['objective']}"
     print_table(metrics_table(title, {"mean": means, "std": stds}))
-    log.info("Cross-validation summary: %s and %s", run_dir / f"{CV_SUMMARY}.csv", run_dir / f"{CV_SUMMARY}.json")
+    log.info(
+        "Cross-validation summary: %s and %s", run_dir / f"{CV_SUMMARY}.csv", run_dir / f"{CV_SUMMARY}.json"
+    )
 
 
 def _plain(values: dict) -> dict[str, float | None]:

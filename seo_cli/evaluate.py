@@ -83,10 +83,16 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
         overrides = {
             k: cfg.data[k] for k in ("format", "column_names", "encoding") if cfg.data[k] is not None
         }
-        # The whole file is scored: the training run's split column or test file do not apply to it.
-        data = DataConfig(
-            **{**data.__dict__, "source": "file", "split_column": None, "test_path": None, **overrides}
-        )
+        # The whole file is scored: the training run's split column, test file, and the group or time column
+        # its split was made by do not apply to it (a target that needs groups would keep group_column).
+        unsplit = {
+            "split_column": None,
+            "test_path": None,
+            "split_by": "random",
+            "group_column": None,
+            "time_column": None,
+        }
+        data = DataConfig(**{**data.__dict__, "source": "file", **unsplit, **overrides})
         frame, source = load_frame(data, first.seed, cfg.data.path, mapped_only=True)
         return drop_rows_without_target(frame, data, source), "eval"
     return split_rows(first, str(cfg.split)), str(cfg.split)
