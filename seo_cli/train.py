@@ -124,21 +124,37 @@ def cross_validate(cfg: DictConfig, run_dir: Path) -> dict:
     summaries = []
     for k in range(cfg.cv.folds):
         fold_dir = crossval.fold_dir(run_dir, k)
-        finished = fold_dir / "summary.json"
-        if cfg.resume == "auto" and finished.exists() and json.loads(finished.read_text()).get("status") == "ok":
-            log.info("Cross-validation fold %d finished before (resume=auto): its summary is kept.", k)
-            summaries.append(json.loads(finished.read_text()))
-            continue
-        log.info("Cross-validation: training fold %d of folds 0-%d in %s", k, cfg.cv.folds - 1, fold_dir)
         fold_cfg = copy.deepcopy(cfg)
         fold_cfg.cv.fold = k
         fold_cfg.tuning.trial_id = None  # see above: no per-epoch reports
+        finished = finished_fold(fold_cfg, fold_dir) if cfg.resume == "auto" else None
+        if finished is not None:
+            log.info("Cross-validation fold %d finished before (resume=auto): its summary is kept.", k)
+            summaries.append(finished)
+            continue
+        if not (fold_dir / "checkpoints").is_dir():
+            fold_cfg.resume = None  # a fold not started yet starts afresh, without resume=auto's warning
+        log.info("Cross-validation: training fold %d of folds 0-%d in %s", k, cfg.cv.folds - 1, fold_dir)
         summaries.append(train(fold_cfg, fold_dir))
     table, summary = crossval.summarize_folds(cfg.objective, summaries, run_dir)
     summary["wall_time_s"] = time.perf_counter() - started
     crossval.write_cv_summary(run_dir, table, summary)
     write_summary(run_dir, summary)
     log.info("Evaluate the ensemble of the folds on the test split with: seo-eval checkpoint=%s", run_dir)
+    return summary
+
+
+def finished_fold(cfg: DictConfig, fold_dir: Path) -> dict | None:
+    """The summary of a fold that finished in an earlier attempt of this cross-validation, or None.
+
+    Raises:
+        UserError: it was trained with other settings (``check_resume_config``, as any resume).
+    """
+    path, best = fold_dir / "summary.json", fold_dir / "checkpoints" / "best.pt"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    if summary.get("status") != "ok" or not best.is_file():
+        return None
+    check_resume_config(load_checkpoint(best)["config"], cfg, cfg.resume_strict, best)
     return summary
 
 

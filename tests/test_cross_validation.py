@@ -2,6 +2,7 @@
 tests share, plus the config errors of splits and folds (no data loaded)."""
 
 import json
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -139,12 +140,26 @@ def test_seo_eval_of_the_run_directory_refuses_another_split(cv_run, tmp_path):
     )
 
 
-def test_resume_auto_keeps_the_finished_folds(cv_run):
+def test_resume_auto_keeps_the_finished_folds_and_resumes_the_interrupted_one(cv_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(cv_run, run_dir)
+    (run_dir / "fold_2" / "summary.json").unlink()  # fold 2 stopped after writing its last.pt
+    (run_dir / "cv_summary.json").unlink()
     before = json.loads((cv_run / "summary.json").read_text())
-    done = run_command("train", *TINY, f"cv.folds={FOLDS}", f"hydra.run.dir={cv_run}", "resume=auto")
+    done = run_command("train", *TINY, f"cv.folds={FOLDS}", f"hydra.run.dir={run_dir}", "resume=auto")
     assert done.code == 0, done.output[-3000:]
-    assert done.output.count("finished before (resume=auto): its summary is kept") == FOLDS
-    assert json.loads((cv_run / "summary.json").read_text())["objective_value"] == before["objective_value"]
+    assert done.output.count("finished before (resume=auto): its summary is kept") == 2
+    resumed = json.loads((run_dir / "fold_2" / "summary.json").read_text())
+    assert resumed["resumed_from"] == str(run_dir / "fold_2" / "checkpoints" / "last.pt")
+    assert resumed["objective_value"] == pytest.approx(fold_summaries(cv_run)[2]["objective_value"])
+    assert json.loads((run_dir / "summary.json").read_text())["objective_value"] == pytest.approx(
+        before["objective_value"]
+    )
+    # A kept fold is checked against the command as any resumed checkpoint is.
+    done = run_command(
+        "train", *TINY, f"cv.folds={FOLDS}", f"hydra.run.dir={run_dir}", "resume=auto", "seed=7"
+    )
+    assert done.code == 1 and "Traceback" not in done.output and "seed: 42 -> 7" in done.output
 
 
 def test_folds_train_without_the_tuning_trial_and_the_trial_hears_the_mean(
