@@ -298,3 +298,27 @@ def test_a_checkpoint_with_a_forged_fold_is_refused(cv_run, tmp_path, cv):
         UserError, match=r"forged.pt: cv.fold and cv.folds of its config must be whole numbers with"
     ):
         load_trained(tmp_path / "forged.pt", torch.device("cpu"), [])
+
+
+def test_a_new_file_is_scored_whole_without_the_split_columns(tmp_path):
+    """seo-eval data.path=<file> of a model split by site or by date: the file needs neither column."""
+    from types import SimpleNamespace
+
+    from seo_cli.config import DataConfig, TargetConfig
+    from seo_cli.evaluate import evaluation_rows
+
+    path = tmp_path / "new.csv"
+    pd.DataFrame({"x": [1.0, 2.0, 3.0], "label": ["a", "b", "a"]}).to_csv(path, index=False)
+    for split in ({"split_by": "group", "group_column": "site"}, {"split_by": "time", "time_column": "date"}):
+        data = DataConfig(
+            source="file",
+            path="train.csv",
+            numeric_columns=["x"],
+            targets=[TargetConfig("label", "classification")],
+            **split,
+        )
+        cfg = OmegaConf.create(
+            {"data": {"path": str(path), "format": None, "column_names": None, "encoding": None}}
+        )
+        frame, name = evaluation_rows(SimpleNamespace(data=data, seed=0), cfg)
+        assert name == "eval" and frame["x"].tolist() == [1.0, 2.0, 3.0]
