@@ -12,6 +12,7 @@ from torch import Tensor
 
 from seo_cli.config import DataConfig
 from seo_cli.data import seo_pages
+from seo_cli.data.parquet import StreamedData, is_parquet_dir, prepare_stream
 from seo_cli.data.preprocess import Preprocessor, as_text_values
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.data.tables import Source, check_plain_cells, missing_cells, read_table
@@ -312,8 +313,13 @@ def load_splits(data: DataConfig, seed: int) -> dict[str, tuple[pd.DataFrame, So
     return splits
 
 
-def prepare_data(data: DataConfig, seed: int) -> PreparedData:
-    """Read, check and split the rows, fit preprocessing on the training split, and tensorize every split."""
+def prepare_data(data: DataConfig, seed: int) -> "PreparedData | StreamedData":
+    """Read, check and split the rows, fit preprocessing on the training split, and tensorize every split.
+
+    A directory of Parquet shards is not read whole: it is scanned and streamed (``seo_cli.data.parquet``).
+    """
+    if is_parquet_dir(data):
+        return prepare_stream(data, seed)
     splits = load_splits(data, seed)
     train_frame, train_source = splits["train"]
     for target in targets_of(data):
