@@ -9,6 +9,7 @@ Writes ``metrics.json``, PNG plots and ``report.md`` (one folder per checkpoint 
 plus ``comparison.md``), with bootstrap confidence intervals of the headline metrics.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -28,6 +29,15 @@ from seo_cli.bootstrap import HEADLINE, Resamples, interval, metric_samples
 from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches, pad_multiple
+from seo_cli.data.parquet import (
+    Layout,
+    ParquetBatches,
+    ShardStream,
+    is_parquet_dir,
+    layout_of,
+    layouts_of,
+    scan_shards,
+)
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
@@ -75,6 +85,8 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
     A new file (``data.path``) is read with the first checkpoint's column mapping and checked like
     training data; otherwise the checkpoint's own ``split`` is rebuilt from its config and seed.
     """
+    if cfg.data.path and Path(cfg.data.path).is_dir():  # a new directory of Parquet shards: streamed
+        return shard_rows(first, cfg.data.path), "eval"
     if cfg.data.path:
         data = first.data
         overrides = {
@@ -86,7 +98,29 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
         )
         frame, source = load_frame(data, first.seed, cfg.data.path, mapped_only=True)
         return drop_rows_without_target(frame, data, source), "eval"
+    if is_parquet_dir(first.data):  # the checkpoint's own split of its shards: streamed, never read whole
+        return layouts_of(first.data, (str(cfg.split),))[str(cfg.split)], str(cfg.split)
     return split_rows(first, str(cfg.split)), str(cfg.split)
+
+
+def shard_rows(trained: TrainedModel, directory: str) -> Layout:
+    """Every row with its targets of a directory of Parquet shards, checked with the checkpoint's mapping.
+
+    Raises:
+        UserError: a bad shard or value (``scan_shards``), or a class the checkpoint was not trained on.
+    """
+    data = dataclasses.replace(trained.data, split_column=None)
+    layout = layout_of(scan_shards(directory, "data.path", data, "test"), "test", data)
+    classes = trained.preprocessor.class_names
+    for target, counts in layout.shards.classes["test"].items():
+        unseen = sorted(set(counts) - set(classes.get(target, counts)))
+        if unseen:
+            path, row = layout.shards.seen_at["test"][target][unseen[0]]
+            raise UserError(
+                f"class {unseen[0]!r} of target {target!r} (row {row + 1} of {path}) is not one of the classes "
+                f"{trained.path} was trained on; remove those rows, or score them with seo-predict."
+            )
+    return layout
 
 
 def split_rows(trained: TrainedModel, split: str, file_key: str = "data.path") -> pd.DataFrame:
@@ -185,17 +219,10 @@ def score_checkpoint(
     predictions in the target's own units (regression outputs are standardised), for plots and intervals."""
     pre = trained.preprocessor
     with clock("preprocess"):
-        tensors = tensorize(pre, frame, split)
-        batches = make_batches(
-            tensors.inputs,
-            tensors.targets,
-            batch_size=cfg.eval_batch_size,
-            device=device,
-            placement=trained.data.placement,
-            num_workers=trained.data.num_workers,
-            pin_memory=trained.data.pin_memory,
-            pad_to_multiple_of=pad_multiple(trained.data),
-        )
+        if isinstance(frame, Layout):  # Parquet shards: read and preprocessed by the loader's workers
+            batches = shard_batches(trained, frame, cfg.eval_batch_size)
+        else:
+            batches = in_memory_batches(trained, frame, split, cfg.eval_batch_size, device)
     # In the precision it was trained in, so split=val gives exactly the numbers training logged.
     scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision)
     with clock("inference"):
@@ -210,6 +237,40 @@ def score_checkpoint(
             y_true, y_pred = y_true * std + mean, y_pred * std + mean
         predictions[t.name] = {"y_true": y_true, "y_pred": y_pred}
     return scored, predictions
+
+
+def shard_batches(trained: TrainedModel, layout: Layout, batch_size: int) -> ParquetBatches:
+    """The rows of ``layout`` in file order, streamed by the training run's number of workers."""
+    pre = trained.preprocessor
+    stream = ShardStream(
+        layout,
+        pre,
+        batch_size=batch_size,
+        shuffle=False,
+        seed=0,
+        shuffle_buffer=1,
+        shard=None,
+        pad_to_multiple_of=pad_multiple(trained.data),
+        pad_id=pre.input_spec.pad_id,
+    )
+    return ParquetBatches(stream, trained.data.num_workers, trained.data.pin_memory, seed=0)
+
+
+def in_memory_batches(
+    trained: TrainedModel, frame: pd.DataFrame, split: str, batch_size: int, device: torch.device
+) -> Any:
+    """The rows of ``frame`` as tensors, on the device or streamed as the training run placed them."""
+    tensors = tensorize(trained.preprocessor, frame, split)
+    return make_batches(
+        tensors.inputs,
+        tensors.targets,
+        batch_size=batch_size,
+        device=device,
+        placement=trained.data.placement,
+        num_workers=trained.data.num_workers,
+        pin_memory=trained.data.pin_memory,
+        pad_to_multiple_of=pad_multiple(trained.data),
+    )
 
 
 def bootstrap_samples(

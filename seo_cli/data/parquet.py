@@ -430,6 +430,9 @@ class Layout:
     def counts(self) -> np.ndarray:
         return self.shards.counts[:, SPLITS.index(self.split)]
 
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
     def order(self, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
         """The row groups holding rows of the split, in the epoch's order: the files in an order drawn from
         ``(seed, epoch)`` and the row groups of each file in a drawn order; file order without ``shuffle``."""
@@ -753,26 +756,27 @@ class StreamedData:
         return int(self.layouts[split].counts.sum())
 
 
+def layout_of(shards: Shards, split: str, data: DataConfig) -> Layout:
+    """``split``'s rows of scanned ``shards``, read with the column mapping of ``data``."""
+    regression = [t.name for t in data.targets if str(t.type) != CLASSIFICATION]
+    return Layout(
+        shards,
+        split,
+        list(mapped_columns(data)),
+        targets_of(data),
+        data.split_column if shards.split is None else None,
+        {"numeric": list(data.numeric_columns), "regression": regression},
+    )
+
+
 def layouts_of(data: DataConfig, splits: tuple[str, ...] = SPLITS) -> dict[str, Layout]:
     """Scan the shards of ``data`` (one directory and its split column, or a directory per split)."""
-    columns = list(dict.fromkeys([*mapped_columns(data)]))
-    kinds = {
-        "numeric": list(data.numeric_columns),
-        "regression": [t.name for t in data.targets if str(t.type) != CLASSIFICATION],
-    }
-    targets = targets_of(data)
     if data.split_column:
         shards = scan_shards(data.path, "data.path", data, None)
-        return {s: Layout(shards, s, columns, targets, data.split_column, kinds) for s in splits}
-    keys = {
-        "train": ("data.path", data.path),
-        "val": ("data.val_path", data.val_path),
-        "test": ("data.test_path", data.test_path),
-    }
-    return {
-        s: Layout(scan_shards(keys[s][1], keys[s][0], data, s), s, columns, targets, None, kinds)
-        for s in splits
-    }
+        return {s: layout_of(shards, s, data) for s in splits}
+    keys = {"train": ("data.path", data.path), "val": ("data.val_path", data.val_path)}
+    keys["test"] = ("data.test_path", data.test_path)
+    return {s: layout_of(scan_shards(keys[s][1], keys[s][0], data, s), s, data) for s in splits}
 
 
 def prepare_stream(data: DataConfig, seed: int) -> StreamedData:
