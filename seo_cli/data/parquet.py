@@ -184,12 +184,12 @@ def check_schema(
                 "into plain columns (join a list of keywords into one text cell, say)."
             )
         if (role == "data.numeric_columns" or column in regression) and kind != "number":
-            fix = "store numbers in it" + (
-                ", or move it to data.categorical_columns"
-                if role == "data.numeric_columns"
-                else ", or make it a classification target"
+            numeric = role == "data.numeric_columns"
+            raise UserError(
+                f"{'numeric column' if numeric else 'regression target'} {column!r} of {path} is of type {dtype}, "
+                "not numbers; store numbers in it, or "
+                + ("move it to data.categorical_columns." if numeric else "make it a classification target.")
             )
-            raise UserError(f"{role} column {column!r} of {path} is of type {dtype}, not numbers; {fix}.")
         if role == "data.split_column" and kind != "text":
             raise UserError(
                 f"data.split_column {column!r} of {path} is of type {dtype}; store the text train, val or test in it."
