@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 READ_ROWS = 8192  # rows per record batch decoded from a row group: the reading's memory, a few MB
-EVAL_WINDOW = 16384  # rows preprocessed together in an unshuffled (evaluation) stream
+EVAL_WINDOW = 16384  # rows read together in an unshuffled (evaluation) stream
+PREPROCESS_BATCHES = 8  # batches tokenized together in a worker
 
 
 def is_parquet_dir(data: Any) -> bool:
@@ -305,6 +306,12 @@ def scan_shards(directory: str, key: str, data: DataConfig, split: str | None) -
                                 )
                                 seen_at[name][t.name][label] = (path, row)
                             table_counts[label] = table_counts.get(label, 0) + int(n)
+                        if len(classes[name][t.name]) > data.max_classes:  # refused before it holds them all
+                            raise UserError(
+                                f"classification target {t.name!r} has more than data.max_classes="
+                                f"{data.max_classes:,} classes (by row {at + table.num_rows} of {path}); check that "
+                                "it is a label (or declare it type: regression), or raise data.max_classes."
+                            )
                 at += table.num_rows
             file_index.append(index)
             groups.append(group)
@@ -604,9 +611,12 @@ class ShardStream(IterableDataset):
                 )
                 if hi <= start + size:
                     done.append(j)
-            if done:
-                next_batch += len(done)
-                yield from self._batches([pa.concat_tables(pending.pop(j)) for j in done])
+            next_batch += len(done)
+            # A few batches preprocessed at a time: one tokenizer load serves them, and the main process
+            # does not wait for a whole window's worth before its next batch.
+            for first in range(0, len(done), PREPROCESS_BATCHES):
+                group = done[first : first + PREPROCESS_BATCHES]
+                yield from self._batches([pa.concat_tables(pending.pop(j)) for j in group])
 
     def _rank_rows(self, groups: np.ndarray, start: int) -> Iterator[pa.Table]:
         """This rank's rows from its row ``start`` on."""
@@ -788,6 +798,10 @@ def prepare_stream(data: DataConfig, seed: int) -> StreamedData:
     """
     from seo_cli.pretrained import encoder_files
 
+    log.info(
+        "Scanning the Parquet shards under %s: schemas, and the values of the split, target and numeric columns",
+        data.path,
+    )
     layouts = layouts_of(data)
     rows = {s: int(layouts[s].counts.sum()) for s in SPLITS}
     log.info(
@@ -818,6 +832,9 @@ def prepare_stream(data: DataConfig, seed: int) -> StreamedData:
         for t in preprocessor.targets
         if t.type == CLASSIFICATION
     }
+    # Buffers pyarrow's allocator keeps for reuse after the scan and the sample (about 150 MB at 250,000
+    # rows) would be inherited by every DataLoader worker forked from this process.
+    pa.default_memory_pool().release_unused()
     return StreamedData(data, preprocessor, layouts, class_counts, min(data.fit_sample_rows, rows["train"]))
 
 

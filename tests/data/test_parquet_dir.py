@@ -31,6 +31,7 @@ from seo_cli.config import DataConfig, TargetConfig
 from seo_cli.data.parquet import SPLITS, prepare_stream, targets_of
 from seo_cli.data.preprocess import Preprocessor
 from seo_cli.data.seo_pages import generate_seo_pages
+from seo_cli.distributed import gather_rows
 from seo_cli.errors import UserError
 from seo_cli.train import train
 from seo_cli.trainer import TrainingInterrupted
@@ -115,8 +116,15 @@ def _rank(rank: int, init: str, data, out: str) -> None:
         dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
         stream = batches(data, rank=rank, workers=2)
         epochs = [epoch_ids(stream, epoch) for epoch in range(2)]
+        # Evaluation: dealt row by row as DistributedSampler deals (135 test rows: rank 1 repeats the first to
+        # make 68 each); gather_rows puts them back in file order and drops the repeat.
+        val = batches(data, "test", rank=rank, workers=2, shuffle=False, batch_size=32)
+        ids = torch.cat([ids for _, _, ids in val])
         gathered = [None, None]
-        dist.all_gather_object(gathered, {"epochs": epochs, "len": len(stream)})
+        dist.all_gather_object(
+            gathered,
+            {"epochs": epochs, "len": len(stream), "eval": gather_rows(ids, val.total_rows).tolist()},
+        )
         if rank == 0:
             Path(out).write_text(json.dumps(gathered))
         dist.destroy_process_group()
@@ -149,6 +157,8 @@ def test_every_training_row_once_per_epoch_with_2_ranks_x_2_workers(streamed, fr
         assert [len(rank["epochs"][epoch]) for rank in gathered] == [gathered[0]["len"]] * 2 == [20, 20]
         orders.append(seen)
     assert orders[0] != orders[1]  # each epoch its own order
+    test = np.flatnonzero(frame["split"].to_numpy() == "test").tolist()
+    assert gathered[0]["eval"] == gathered[1]["eval"] == test
     # The loader's round robin over the workers yields batch k of the rank as one process would.
     assert gathered[0]["epochs"][0] == epoch_ids(batches(streamed, rank=0, workers=0))
 
