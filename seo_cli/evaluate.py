@@ -29,16 +29,9 @@ from seo_cli.bootstrap import HEADLINE, Resamples, interval, metric_samples
 from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches, pad_multiple
-from seo_cli.data.parquet import (
-    Layout,
-    ParquetBatches,
-    ShardStream,
-    is_parquet_dir,
-    layout_of,
-    layouts_of,
-    scan_shards,
-)
+from seo_cli.data.parquet import ParquetBatches, ShardStream
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
+from seo_cli.data.shards import Layout, is_parquet_dir, layout_of, layouts_of, scan_shards
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer

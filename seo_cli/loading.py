@@ -114,7 +114,7 @@ def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
             f"checkpoint {path}: data.pad_to_multiple_of of its config must be from 1 to {MAX_LENGTH}; use a checkpoint written by seo-train."
         )
     # seo-eval reads the training file again: a FIFO or a device (/dev/zero) would block or never end. A
-    # directory is Parquet shards, whose regular .parquet files alone are read (seo_cli.data.parquet).
+    # directory is Parquet shards, whose regular .parquet files alone are read (seo_cli.data.shards).
     for key in ("path", "test_path", "val_path"):
         named = getattr(data, key)
         plain = os.path.isfile(named) or os.path.isdir(named) if named is not None else True

@@ -173,7 +173,7 @@ def predict_shards(cfg: DictConfig, model: Model, output: Path) -> dict:
             type (naming the file), or (under ``strict``) the first invalid row.
     """
     from seo_cli.config import DataConfig
-    from seo_cli.data.parquet import READ_ROWS, _fragment, as_frame, check_schema, shard_files
+    from seo_cli.data.shards import READ_ROWS, _fragment, as_frame, check_schema, shard_files
 
     pre = model.preprocessor
     mapping = DataConfig(

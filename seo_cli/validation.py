@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from seo_cli.data.parquet import is_parquet_dir
 from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
+from seo_cli.data.shards import is_parquet_dir
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
@@ -163,7 +163,7 @@ def _data_problems(data: DictConfig) -> list[str]:
 
 
 def _parquet_problems(data: DictConfig) -> list[str]:
-    """The rules of a directory of Parquet shards (``seo_cli.data.parquet``): its splits come from a column
+    """The rules of a directory of Parquet shards (``seo_cli.data.shards``): its splits come from a column
     or from directories, never from random rows, and the in-memory options do not apply."""
     problems: list[str] = []
     if not data.path:

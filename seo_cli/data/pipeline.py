@@ -12,8 +12,9 @@ from torch import Tensor
 
 from seo_cli.config import DataConfig
 from seo_cli.data import seo_pages
-from seo_cli.data.parquet import StreamedData, is_parquet_dir, prepare_stream
+from seo_cli.data.parquet import StreamedData, prepare_stream
 from seo_cli.data.preprocess import Preprocessor, as_text_values
+from seo_cli.data.shards import is_parquet_dir
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.data.tables import Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError

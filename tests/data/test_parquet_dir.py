@@ -1,4 +1,4 @@
-"""data=parquet_dir: Parquet shards streamed, never read whole (seo_cli/data/parquet.py).
+"""data=parquet_dir: Parquet shards streamed, never read whole (seo_cli/data/shards.py, parquet.py).
 
 Every training row once per epoch across 2 gloo ranks x 2 DataLoader workers (asserted on row ids), the
 seeded shuffle and its buffer, a batch-exact start inside an epoch, a run stopped mid-epoch and resumed
@@ -28,9 +28,10 @@ from omegaconf import OmegaConf
 
 from seo_cli.checkpoint import load_checkpoint
 from seo_cli.config import DataConfig, TargetConfig
-from seo_cli.data.parquet import SPLITS, prepare_stream, targets_of
+from seo_cli.data.parquet import SPLITS, prepare_stream
 from seo_cli.data.preprocess import Preprocessor
 from seo_cli.data.seo_pages import generate_seo_pages
+from seo_cli.data.shards import targets_of
 from seo_cli.distributed import gather_rows
 from seo_cli.errors import UserError
 from seo_cli.train import train
