@@ -156,10 +156,11 @@ class ShardStream(IterableDataset):
         before = np.concatenate([[0], np.cumsum(self.layout.counts[groups])])
         g = groups[int(np.searchsorted(before, start, side="right")) - 1]
         shards = self.layout.shards
+        offset = start - int(before[np.flatnonzero(groups == g)[0]])
         return (
-            f"{shards.paths[shards.file[g]]} row group {int(shards.row_group[g])}, its {self.layout.split} row "
-            f"{start - int(before[np.flatnonzero(groups == g)[0]])}: shuffle window {window} (seed "
-            f"[{self.seed}, {self.epoch}, {self.rank}, {window}]), batch row {row - window * self.window}"
+            f"shuffle window {window} (seed [{self.seed}, {self.epoch}, {self.rank}, {window}]), from "
+            f"{self.layout.split} row {offset} of row group {int(shards.row_group[g])} of "
+            f"{shards.paths[shards.file[g]]}; the batch from the window's row {row - window * self.window}"
         )
 
     def __iter__(self) -> Iterator[tuple]:
