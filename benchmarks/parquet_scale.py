@@ -2,7 +2,8 @@
 on a directory of Parquet shards, with the peak memory of the whole process tree, on the CPU.
 
     python benchmarks/parquet_scale.py                              # 250,000 and 1,000,000 rows; then 20,000,000
-    python benchmarks/parquet_scale.py --sizes 100000 --big 0       # a quicker look
+    python benchmarks/parquet_scale.py --sizes 250000 --big 0       # a quicker look
+    python benchmarks/parquet_scale.py --sizes 500000 --big 0 --add # one more size beside the results
 
 Writes built-in ``seo_pages`` rows (title, meta description and body text, nine numeric signals, the
 ``cms`` category, the four targets, a ``split`` column: 98% train, 1% val, 1% test) as shards of 250,000
@@ -278,16 +279,17 @@ def main() -> None:
     parser.add_argument("--unique-rows", type=int, default=2_000_000)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/seo_parquet_scale"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--add", action="store_true", help="keep the other sizes' results already in --out")
     args = parser.parse_args()
     started = time.perf_counter()
-    largest = max([*args.sizes, args.big])
-    make_shards(args.dir, largest, args.unique_rows)
+    make_shards(args.dir, max([*args.sizes, args.big]), args.unique_rows)
     generated = time.perf_counter() - started
-    results = {}
+    results = json.loads(args.out.read_text())["results"] if args.add and args.out.exists() else {}
     for size in args.sizes:
         results[str(size)] = run(
             make_shards(args.dir, size, args.unique_rows), args.dir / f"run_{size}", None
         )
+        save(args, results, generated)  # each run as it ends: a later one may be cut short
         Console().print(table(results))
     if args.big:
         big = run(
@@ -295,34 +297,33 @@ def main() -> None:
         )
         big["epoch_s_extrapolated"] = big["rows"]["train"] / big["samples_per_second"]
         results[str(args.big)] = big
-    Console().print(table(results))
+        save(args, results, generated)
+    Console().print(table(dict(sorted(results.items(), key=lambda item: int(item[0])))))
+    print(f"wrote {args.out}")
+
+
+def save(args: argparse.Namespace, results: dict, generated: float) -> None:
     import seo_cli
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "seo-train data=parquet_dir model=seo_multitask, one epoch, peak memory of the "
-                "process tree (issue 21); see the module docstring",
-                "command": " ".join(["python", *sys.argv]),
-                "machine": machine(),
-                "versions": {p: version(p) for p in ("torch", "pyarrow", "pandas", "tokenizers")}
-                | {"python": sys.version.split()[0]},
-                "git": git_revision(),
-                "seo_cli_imported_from": str(Path(seo_cli.__file__).parent),
-                "shard_rows": SHARD_ROWS,
-                "row_group_rows": ROW_GROUP,
-                "unique_rows": args.unique_rows,
-                "limit_mb": LIMIT_MB,
-                "met": all(r["peak_rss_tree_mb"] < LIMIT_MB for r in results.values()),
-                "generate_s": generated,
-                "results": results,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {args.out}")
+    document = {
+        "benchmark": "seo-train data=parquet_dir model=seo_multitask, one epoch, peak memory of the process "
+        "tree (issue 21); see the module docstring",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "versions": {p: version(p) for p in ("torch", "pyarrow", "pandas", "tokenizers")}
+        | {"python": sys.version.split()[0]},
+        "git": git_revision(),
+        "seo_cli_imported_from": str(Path(seo_cli.__file__).parent),
+        "shard_rows": SHARD_ROWS,
+        "row_group_rows": ROW_GROUP,
+        "unique_rows": args.unique_rows,
+        "limit_mb": LIMIT_MB,
+        "met": all(r["peak_rss_tree_mb"] < LIMIT_MB for r in results.values()),
+        "generate_s": generated,
+        "results": dict(sorted(results.items(), key=lambda item: int(item[0]))),
+    }
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ What is held in memory is bounded by the knobs, not by the rows: the shards' foo
 group, the preprocessing sample (``data.fit_sample_rows``) and, per DataLoader worker, one shuffle window
 (``data.shuffle_buffer`` rows) with the record batch being decoded.
 
-1. ``scan_shards`` checks every file's schema against the column mapping (the files are untrusted, as
+1. ``shards.scan_shards`` checks every file's schema against the column mapping (the files are untrusted, as
    table files are) and reads the split column, the targets and the numeric columns once, row group by
    row group: values are checked there (one sentence naming file, column and row), and each row group's
    usable rows per split and the classes of every target are counted. Text is not read in this pass.
@@ -26,7 +26,7 @@ group, the preprocessing sample (``data.fit_sample_rows``) and, per DataLoader w
    ``DistributedSampler`` deals them, so ``distributed.gather_rows`` puts them back in order.
 4. Exact resume: the position of batch ``k`` of an epoch (row group, offset in it, shuffle window and its
    seed) follows from ``(seed, epoch, rank, k)`` and the scan's counts, so ``ParquetBatches.iter_from``
-   starts there, decoding only the row groups of that window, not the epoch's earlier rows.
+   starts there, decoding from the row group that window starts in, not the epoch's earlier rows.
 """
 
 import logging

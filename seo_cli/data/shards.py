@@ -168,7 +168,10 @@ def check_schema(
             raise UserError(
                 f"data.split_column {column!r} of {path} is of type {dtype}; store the text train, val or test in it."
             )
-        if first is not None and first[1].field(column).type != dtype:
+        # Types of one kind may differ (string and large_string, int32 and int64: writers differ, and each
+        # shard is read with its own schema); numbers in one shard and text in another would turn the
+        # label or category 7 into "7" here and "7.0" or "007" there.
+        if first is not None and _kind(first[1].field(column).type) != kind:
             raise UserError(
                 f"column {column!r} is of type {dtype} in {path} but {first[1].field(column).type} in {first[0]}; "
                 "write every shard with one schema."

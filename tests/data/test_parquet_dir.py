@@ -364,16 +364,14 @@ def broken(frame: pd.DataFrame, case: str, directory: Path) -> Path:
     elif case == "class only in test":
         frame.loc[400, ["intent", "split"]] = ["brand-new", "test"]
     write_shards(frame, directory)
+    # string and large_string are one kind (the split column), text and numbers are not (cms)
     if case == "types differ between shards":
         part = pq.read_table(directory / "part-02.parquet")
-        pq.write_table(
-            part.set_column(
-                part.schema.get_field_index("backlinks"),
-                "backlinks",
-                part.column("backlinks").cast(pa.float64()),
-            ),
-            directory / "part-02.parquet",
-        )
+        split = part.column("split").cast(pa.string())
+        cms = pa.array(np.arange(part.num_rows) % 3)
+        part = part.set_column(part.schema.get_field_index("split"), "split", split)
+        part = part.set_column(part.schema.get_field_index("cms"), "cms", cms)
+        pq.write_table(part, directory / "part-02.parquet")
     if case == "not Parquet":
         (directory / "part-01.parquet").write_bytes(b"not a parquet file")
     return directory
@@ -393,7 +391,7 @@ def broken(frame: pd.DataFrame, case: str, directory: Path) -> Path:
         ),
         (
             "types differ between shards",
-            "column 'backlinks' is of type double in {dir}/part-02.parquet but int64 in {dir}/part-00.parquet",
+            "column 'cms' is of type int64 in {dir}/part-02.parquet but large_string in {dir}/part-00.parquet",
         ),
         ("not Parquet", "cannot read {dir}/part-01.parquet as Parquet"),
         (
