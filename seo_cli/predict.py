@@ -193,9 +193,13 @@ def predict_shards(cfg: DictConfig, model: Model, output: Path) -> dict:
                 fragment = _fragment(str(path))
                 schema = fragment.physical_schema
             except (pa.ArrowException, OSError) as err:
-                raise UserError(f"cannot read {path} as Parquet: {str(err).strip()[:200]}; check the file.") from None
+                raise UserError(
+                    f"cannot read {path} as Parquet: {str(err).strip()[:200]}; check the file."
+                ) from None
             if cfg.id_column and cfg.id_column not in schema.names:
-                raise UserError(f"id_column={cfg.id_column} is not a column of {path}; its columns are: {', '.join(schema.names)}.")
+                raise UserError(
+                    f"id_column={cfg.id_column} is not a column of {path}; its columns are: {', '.join(schema.names)}."
+                )
             check_schema(path, schema, mapping, "input", first)
             first = first or (path, schema)
             source = Source(str(path))
@@ -211,7 +215,11 @@ def predict_shards(cfg: DictConfig, model: Model, output: Path) -> dict:
                     )
                 valid = frame[~invalid]
                 if len(valid):
-                    ids = valid[cfg.id_column] if cfg.id_column else pd.Series(valid.index + 1, index=valid.index, name="row")
+                    ids = (
+                        valid[cfg.id_column]
+                        if cfg.id_column
+                        else pd.Series(valid.index + 1, index=valid.index, name="row")
+                    )
                     scored = score(model, valid, cfg.batch_size)
                     scores.write(pd.concat([ids.reset_index(drop=True), scored], axis=1))
                 if invalid.any():
@@ -221,7 +229,9 @@ def predict_shards(cfg: DictConfig, model: Model, output: Path) -> dict:
         scores.close([cfg.id_column or "row", *prediction_columns(model)])
         bad.close(["row", "reason", *columns])
     if rejected:
-        log.warning("%d of %d rows could not be scored; they are in %s with the reason.", rejected, rows, rejects)
+        log.warning(
+            "%d of %d rows could not be scored; they are in %s with the reason.", rejected, rows, rejects
+        )
     else:
         rejects.unlink(missing_ok=True)  # an earlier run's rejects would read as this run's
     log.info("Wrote %d predictions to %s", rows - rejected, output)
@@ -253,7 +263,13 @@ class TableWriter:
                 text = frame.to_json(orient="records", lines=True)
                 f.write(text if text.endswith("\n") else text + "\n")
         else:
-            frame.to_csv(self.path, mode="a", header=self.rows == 0, sep="," if self.fmt == "csv" else "\t", index=False)
+            frame.to_csv(
+                self.path,
+                mode="a",
+                header=self.rows == 0,
+                sep="," if self.fmt == "csv" else "\t",
+                index=False,
+            )
         self.rows += len(frame)
 
     def close(self, columns: list[str]) -> None:
