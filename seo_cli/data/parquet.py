@@ -49,6 +49,7 @@ from seo_cli.data.shards import (
     Layout,
     as_frame,
     check_classes,
+    concat,
     is_parquet_dir,
     layouts_of,
     targets_of,
@@ -82,7 +83,7 @@ class _Taker:
                 table = table.slice(0, n - have)
             parts.append(table)
             have += table.num_rows
-        return pa.concat_tables(parts) if parts else None
+        return concat(parts) if parts else None
 
 
 def batch_bounds(rows: int, batch_size: int, steps: int) -> np.ndarray:
@@ -200,7 +201,7 @@ class ShardStream(IterableDataset):
             # does not wait for a whole window's worth before its next batch.
             for first in range(0, len(done), PREPROCESS_BATCHES):
                 group = done[first : first + PREPROCESS_BATCHES]
-                yield from self._batches([pa.concat_tables(pending.pop(j)) for j in group])
+                yield from self._batches([concat(pending.pop(j)) for j in group])
 
     def _rank_rows(self, groups: np.ndarray, start: int) -> Iterator[pa.Table]:
         """This rank's rows from its row ``start`` on."""
@@ -224,7 +225,7 @@ class ShardStream(IterableDataset):
 
     def _batches(self, tables: list[pa.Table]) -> Iterator[tuple]:
         """The tensors of these batches, preprocessed together (one tokenizer load for all)."""
-        rows = pa.concat_tables(tables)
+        rows = concat(tables)
         frame = as_frame(rows.drop(["__row__"]), self.layout.kinds)
         inputs = self.preprocessor.transform_inputs(frame)
         targets = self.preprocessor.transform_targets(frame, f"the {self.layout.split} split")
@@ -306,7 +307,7 @@ def fit_preprocessing(layout: Layout, data: DataConfig, seed: int, encoder: dict
             if len(mine):
                 parts.append(table.take(pa.array(mine)))
             offset += table.num_rows
-    sample = as_frame(pa.concat_tables(parts).drop(["__row__"]), layout.kinds)
+    sample = as_frame(concat(parts).drop(["__row__"]), layout.kinds)
     log.info(
         "Preprocessing fitted on a seeded sample of %s of the %s training rows (data.fit_sample_rows=%s).",
         f"{size:,}",

@@ -306,6 +306,20 @@ def scan_shards(directory: str, key: str, data: DataConfig, split: str | None) -
     return shards
 
 
+def plain(table: pa.Table) -> pa.Table:
+    """``table`` with its dictionary-encoded columns decoded: shards written by different writers then join."""
+    for i, column in enumerate(table.columns):
+        if pa.types.is_dictionary(column.type):
+            table = table.set_column(i, table.field(i).name, column.cast(column.type.value_type))
+    return table
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """Tables of rows of several shards as one: a column's type may differ between shards within a kind
+    (``string`` and ``large_string``, ``int32`` and ``int64``, integers and floats), so types are promoted."""
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__
@@ -446,7 +460,7 @@ class Layout:
             for batch in _read(
                 fragments[path], int(self.shards.row_group[g]), self.columns, threads=False, path=path
             ):
-                table = pa.Table.from_batches([batch])
+                table = plain(pa.Table.from_batches([batch]))
                 keep = usable(table, self.shards, self.split, self.targets, self.split_column)
                 ids = np.arange(row_id, row_id + table.num_rows, dtype=np.int64)
                 row_id += table.num_rows

@@ -345,6 +345,32 @@ def test_seo_predict_scores_a_directory_of_shards(straight, frame, tmp_path):
     assert rejects["row"].tolist() == [6] and "backlinks" in rejects["reason"].iloc[0]
 
 
+def test_shards_whose_types_differ_within_a_kind_stream_as_one(frame, streamed, tmp_path):
+    """Writers differ: string or large_string, dictionary-encoded or not, int32 or int64 or double."""
+    directory = write_shards(frame, tmp_path / "mixed")
+    for name, changes in {
+        "part-01.parquet": {
+            "split": lambda c: c.dictionary_encode(),
+            "backlinks": lambda c: c.cast(pa.int32()),
+        },
+        "part-02.parquet": {
+            "title": lambda c: c.cast(pa.string()),
+            "intent": lambda c: c.dictionary_encode(),
+        },
+    }.items():
+        part = pq.read_table(directory / name)
+        for column, change in changes.items():
+            part = part.set_column(part.schema.get_field_index(column), column, change(part.column(column)))
+        pq.write_table(part, directory / name, row_group_size=ROW_GROUP)
+    mixed, reference = prepare_stream(config(directory), seed=0), streamed
+    assert mixed.preprocessor.to_state() == reference.preprocessor.to_state()
+    for (x, y, ids), (x2, y2, ids2) in zip(
+        batches(mixed, buffer=400).iter_from(0), batches(reference, buffer=400).iter_from(0), strict=True
+    ):
+        assert torch.equal(ids, ids2)
+        torch.testing.assert_close((x, y), (x2, y2), rtol=0, atol=0)
+
+
 def broken(frame: pd.DataFrame, case: str, directory: Path) -> Path:
     """A directory of shards with one fault."""
     frame = frame.copy()
