@@ -31,7 +31,7 @@ from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches, pad_multiple
 from seo_cli.data.parquet import ParquetBatches, ShardStream
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
-from seo_cli.data.shards import Layout, is_parquet_dir, layout_of, layouts_of, scan_shards
+from seo_cli.data.shards import Layout, head_frame, is_parquet_dir, layout_of, layouts_of, scan_shards
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
@@ -123,6 +123,8 @@ def split_rows(trained: TrainedModel, split: str, file_key: str = "data.path") -
     Raises:
         UserError: built-in data of a size outside what is regenerated, or a data file that is gone.
     """
+    if is_parquet_dir(trained.data):  # seo-export's parity rows: the split's first rows, not all of them
+        return head_frame(layouts_of(trained.data, (split,))[split], MAX_REGENERATED_ROWS)
     if trained.data.source == "seo_pages" and not 50 <= trained.data.num_rows <= MAX_REGENERATED_ROWS:
         # The checkpoint's own number: regenerating 3e8 rows would take hours and tens of GB.
         raise UserError(

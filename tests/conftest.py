@@ -26,7 +26,7 @@ LONGEST_FIRST = (
     "models/test_model_pretrained.py",  # 30
     "reliability/test_fuzzed_configs.py",  # 35
     "e2e/test_cli.py",  # 30
-    "data/test_parquet_dir.py",  # 28
+    "data/test_parquet_dir.py",  # 23
     "test_resume.py",  # 25
     "reliability/test_load.py",  # 25
     "reliability/test_hostile_files.py",  # 23

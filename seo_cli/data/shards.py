@@ -472,6 +472,17 @@ class Layout:
                     yield table
 
 
+def head_frame(layout: Layout, rows: int) -> pd.DataFrame:
+    """The first ``rows`` rows of ``layout``'s split in file order, as the frame ``Preprocessor`` reads."""
+    parts, have = [], 0
+    for table in layout.read(layout.order(0, 0, shuffle=False), 0, {}):
+        parts.append(table.slice(0, rows - have))
+        have += parts[-1].num_rows
+        if have >= rows:
+            break
+    return as_frame(concat(parts).drop(["__row__"]), layout.kinds) if parts else pd.DataFrame()
+
+
 def layout_of(shards: Shards, split: str, data: DataConfig) -> Layout:
     """``split``'s rows of scanned ``shards``, read with the column mapping of ``data``."""
     regression = [t.name for t in data.targets if str(t.type) != CLASSIFICATION]
