@@ -263,31 +263,13 @@ def scan_shards(directory: str, key: str, data: DataConfig, split: str | None) -
             count = np.zeros(3, np.int64)
             at = file_row
             for batch in _read(fragment, group, columns, threads=True, path=path):
-                table = pa.Table.from_batches([batch])
+                table = plain(pa.Table.from_batches([batch]))
                 _check_values(table, data, targets, path, at, split)
                 for s, name in enumerate(SPLITS):
-                    if split is not None and name != split:
-                        continue
-                    keep = usable(table, shards, name, targets, data.split_column)
-                    count[s] += int(keep.sum())
-                    for t in targets:
-                        if t.type != CLASSIFICATION or not keep.any():
-                            continue
-                        labels = as_text_values(table.column(t.name).filter(pa.array(keep)).to_pandas())
-                        for label, n in labels.value_counts().items():
-                            table_counts = classes[name][t.name]
-                            if label not in table_counts:
-                                row = at + int(
-                                    np.flatnonzero(keep)[np.flatnonzero(labels.to_numpy() == label)[0]]
-                                )
-                                seen_at[name][t.name][label] = (path, row)
-                            table_counts[label] = table_counts.get(label, 0) + int(n)
-                        if len(classes[name][t.name]) > data.max_classes:  # refused before it holds them all
-                            raise UserError(
-                                f"classification target {t.name!r} has more than data.max_classes="
-                                f"{data.max_classes:,} classes (by row {at + table.num_rows} of {path}); check that "
-                                "it is a label (or declare it type: regression), or raise data.max_classes."
-                            )
+                    if split is None or name == split:
+                        keep = usable(table, shards, name, targets, data.split_column)
+                        count[s] += int(keep.sum())
+                        count_classes(table, keep, targets, classes[name], seen_at[name], (path, at), data)
                 at += table.num_rows
             file_index.append(index)
             groups.append(group)
@@ -304,6 +286,40 @@ def scan_shards(directory: str, key: str, data: DataConfig, split: str | None) -
     shards.classes = {s: c for s, c in classes.items() if split is None or s == split}
     shards.seen_at = seen_at
     return shards
+
+
+def count_classes(
+    table: pa.Table,
+    keep: np.ndarray,
+    targets: list[Target],
+    classes: dict[str, dict[str, int]],
+    seen_at: dict[str, dict[str, tuple[Path, int]]],
+    where: tuple[Path, int],
+    data: DataConfig,
+) -> None:
+    """Add the classes of the ``keep`` rows of ``table`` (file rows ``where[1]`` on) to ``classes``, and
+    where each class is first seen to ``seen_at``.
+
+    Raises:
+        UserError: a target with more than ``data.max_classes`` classes, as soon as it has them.
+    """
+    path, at = where
+    for t in targets:
+        if t.type != CLASSIFICATION or not keep.any():
+            continue
+        labels = as_text_values(table.column(t.name).filter(pa.array(keep)).to_pandas())
+        counts = classes[t.name]
+        for label, n in labels.value_counts().items():
+            if label not in counts:
+                first = np.flatnonzero(labels.to_numpy() == label)[0]
+                seen_at[t.name][label] = (path, at + int(np.flatnonzero(keep)[first]))
+            counts[label] = counts.get(label, 0) + int(n)
+        if len(counts) > data.max_classes:  # refused before it holds them all
+            raise UserError(
+                f"classification target {t.name!r} has more than data.max_classes={data.max_classes:,} classes "
+                f"(by row {at + table.num_rows} of {path}); check that it is a label (or declare it type: "
+                "regression), or raise data.max_classes."
+            )
 
 
 def plain(table: pa.Table) -> pa.Table:

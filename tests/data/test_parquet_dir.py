@@ -491,3 +491,10 @@ def test_the_command_line_says_one_sentence_and_exits_1(shards, tmp_path):
     )
     assert done.code == 1
     assert "holds 'holdout' at row 101 of" in done.output and "Traceback" not in done.output
+
+
+def test_more_classes_than_max_classes_are_refused_while_scanning(shards):
+    with pytest.raises(
+        UserError, match=r"classification target 'intent' has more than data.max_classes=3 classes"
+    ):
+        prepare_stream(config(shards, max_classes=3), seed=0)
