@@ -46,7 +46,8 @@ class ClipAlgorithm(Choice):
 
 class Source(Choice):
     seo_pages = "seo_pages"  # the built-in generator
-    file = "file"  # a CSV, TSV, JSON Lines or Parquet file at data.path
+    file = "file"  # a CSV, TSV, JSON Lines or Parquet file at data.path (a directory: as parquet_dir)
+    parquet_dir = "parquet_dir"  # a directory of Parquet shards at data.path, streamed (larger than memory)
 
 
 class Missing(Choice):
@@ -115,6 +116,7 @@ class DataConfig:
     source: Source = Source.seo_pages
     path: Optional[str] = None
     test_path: Optional[str] = None  # a second file whose rows are the test split; data.path then gives train + val
+    val_path: Optional[str] = None  # parquet_dir: a directory of validation shards (with data.test_path, a directory)
     format: Optional[str] = None  # csv | tsv | jsonl | parquet; null picks by file extension
     column_names: list[str] = field(default_factory=list)  # a CSV/TSV without a header row: its columns, in order
     encoding: str = "utf-8"  # text encoding of CSV, TSV and JSON Lines files, e.g. latin-1, cp1252
@@ -141,6 +143,8 @@ class DataConfig:
     placement: Placement = Placement.auto
     num_workers: int = 2  # DataLoader workers when streaming
     pin_memory: bool = True  # page-locked host batches when streaming to a GPU (faster, asynchronous copies)
+    fit_sample_rows: int = 200_000  # parquet_dir: training rows (a seeded sample) the preprocessing is fitted on
+    shuffle_buffer: int = 65_536  # parquet_dir: rows shuffled together within each worker's stream
 
 
 @dataclass

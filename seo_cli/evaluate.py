@@ -10,6 +10,7 @@ Writes ``metrics.json``, PNG plots and ``report.md`` (one folder per checkpoint 
 plus ``comparison.md``), with bootstrap confidence intervals of the headline metrics.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,7 +31,9 @@ from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.crossval import CV_SUMMARY
 from seo_cli.data.batches import make_batches, pad_multiple
+from seo_cli.data.parquet import ParquetBatches, ShardStream
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
+from seo_cli.data.shards import Layout, head_frame, is_parquet_dir, layout_of, layouts_of, scan_shards
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
@@ -78,6 +81,8 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
     A new file (``data.path``) is read with the first checkpoint's column mapping and checked like
     training data; otherwise the checkpoint's own ``split`` is rebuilt from its config and seed.
     """
+    if cfg.data.path and Path(cfg.data.path).is_dir():  # a new directory of Parquet shards: streamed
+        return shard_rows(first, cfg.data.path), "eval"
     if cfg.data.path:
         data = first.data
         overrides = {
@@ -95,7 +100,29 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
         data = DataConfig(**{**data.__dict__, "source": "file", **unsplit, **overrides})
         frame, source = load_frame(data, first.seed, cfg.data.path, mapped_only=True)
         return drop_rows_without_target(frame, data, source), "eval"
+    if is_parquet_dir(first.data):  # the checkpoint's own split of its shards: streamed, never read whole
+        return layouts_of(first.data, (str(cfg.split),))[str(cfg.split)], str(cfg.split)
     return split_rows(first, str(cfg.split)), str(cfg.split)
+
+
+def shard_rows(trained: TrainedModel, directory: str) -> Layout:
+    """Every row with its targets of a directory of Parquet shards, checked with the checkpoint's mapping.
+
+    Raises:
+        UserError: a bad shard or value (``scan_shards``), or a class the checkpoint was not trained on.
+    """
+    data = dataclasses.replace(trained.data, split_column=None)
+    layout = layout_of(scan_shards(directory, "data.path", data, "test"), "test", data)
+    classes = trained.preprocessor.class_names
+    for target, counts in layout.shards.classes["test"].items():
+        unseen = sorted(set(counts) - set(classes.get(target, counts)))
+        if unseen:
+            path, row = layout.shards.seen_at["test"][target][unseen[0]]
+            raise UserError(
+                f"class {unseen[0]!r} of target {target!r} (row {row + 1} of {path}) is not one of the classes "
+                f"{trained.path} was trained on; remove those rows, or score them with seo-predict."
+            )
+    return layout
 
 
 def split_rows(trained: TrainedModel, split: str, file_key: str = "data.path") -> pd.DataFrame:
@@ -105,6 +132,8 @@ def split_rows(trained: TrainedModel, split: str, file_key: str = "data.path") -
     Raises:
         UserError: built-in data of a size outside what is regenerated, or a data file that is gone.
     """
+    if is_parquet_dir(trained.data):  # seo-export's parity rows: the split's first rows, not all of them
+        return head_frame(layouts_of(trained.data, (split,))[split], MAX_REGENERATED_ROWS)
     if trained.data.source == "seo_pages" and not 50 <= trained.data.num_rows <= MAX_REGENERATED_ROWS:
         # The checkpoint's own number: regenerating 3e8 rows would take hours and tens of GB.
         raise UserError(
@@ -216,26 +245,19 @@ def scorer_of(trained: TrainedModel) -> Scorer:
 
 def predict_rows(
     trained: TrainedModel,
-    frame: pd.DataFrame,
+    frame: "pd.DataFrame | Layout",
     split: str,
     cfg: DictConfig,
     device: torch.device,
     clock: Stopwatch,
 ) -> tuple[Any, Any]:
-    """The model's outputs and the labels of ``frame``'s rows, encoded with the checkpoint's preprocessing."""
-    pre = trained.preprocessor
+    """The model's outputs and the labels of ``frame``'s rows (or Parquet shards' ``Layout``), encoded with the
+    checkpoint's preprocessing."""
     with clock("preprocess"):
-        tensors = tensorize(pre, frame, split)
-        batches = make_batches(
-            tensors.inputs,
-            tensors.targets,
-            batch_size=cfg.eval_batch_size,
-            device=device,
-            placement=trained.data.placement,
-            num_workers=trained.data.num_workers,
-            pin_memory=trained.data.pin_memory,
-            pad_to_multiple_of=pad_multiple(trained.data),
-        )
+        if isinstance(frame, Layout):  # Parquet shards: read and preprocessed by the loader's workers
+            batches = shard_batches(trained, frame, cfg.eval_batch_size)
+        else:
+            batches = in_memory_batches(trained, frame, split, cfg.eval_batch_size, device)
     with clock("inference"):
         return scorer_of(trained).predict(trained.model, batches, split)
 
@@ -347,6 +369,40 @@ def score_ensemble(
     with clock("metrics"):
         scored = scorer_of(first).score(outputs, first_labels, split, first.loss_fn)
     return scored, target_predictions(scored, first)
+
+
+def shard_batches(trained: TrainedModel, layout: Layout, batch_size: int) -> ParquetBatches:
+    """The rows of ``layout`` in file order, streamed by the training run's number of workers."""
+    pre = trained.preprocessor
+    stream = ShardStream(
+        layout,
+        pre,
+        batch_size=batch_size,
+        shuffle=False,
+        seed=0,
+        shuffle_buffer=1,
+        shard=None,
+        pad_to_multiple_of=pad_multiple(trained.data),
+        pad_id=pre.input_spec.pad_id,
+    )
+    return ParquetBatches(stream, trained.data.num_workers, trained.data.pin_memory, seed=0)
+
+
+def in_memory_batches(
+    trained: TrainedModel, frame: pd.DataFrame, split: str, batch_size: int, device: torch.device
+) -> Any:
+    """The rows of ``frame`` as tensors, on the device or streamed as the training run placed them."""
+    tensors = tensorize(trained.preprocessor, frame, split)
+    return make_batches(
+        tensors.inputs,
+        tensors.targets,
+        batch_size=batch_size,
+        device=device,
+        placement=trained.data.placement,
+        num_workers=trained.data.num_workers,
+        pin_memory=trained.data.pin_memory,
+        pad_to_multiple_of=pad_multiple(trained.data),
+    )
 
 
 def bootstrap_samples(

@@ -130,10 +130,12 @@ def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
         raise UserError(
             f"checkpoint {path}: data.pad_to_multiple_of of its config must be from 1 to {MAX_LENGTH}; use a checkpoint written by seo-train."
         )
-    # seo-eval reads the training file again: a FIFO or a device (/dev/zero) would block or never end.
-    for key in ("path", "test_path"):
+    # seo-eval reads the training file again: a FIFO or a device (/dev/zero) would block or never end. A
+    # directory is Parquet shards, whose regular .parquet files alone are read (seo_cli.data.shards).
+    for key in ("path", "test_path", "val_path"):
         named = getattr(data, key)
-        if named is not None and ("\0" in named or os.path.exists(named) and not os.path.isfile(named)):
+        plain = os.path.isfile(named) or os.path.isdir(named) if named is not None else True
+        if named is not None and ("\0" in named or os.path.exists(named) and not plain):
             raise UserError(
                 f"checkpoint {path}: data.{key} of its config names {named}, which is not a regular file; "
                 "give the rows with data.path=<file>."

@@ -27,6 +27,7 @@ from seo_cli.checkpoint import Checkpoint, CheckpointManager, load_checkpoint, u
 from seo_cli.config import Placement
 from seo_cli.console import metrics_table, print_table, run_panel
 from seo_cli.data.batches import fits_on_device, make_batches, pad_multiple
+from seo_cli.data.parquet import StreamedData
 from seo_cli.data.pipeline import PreparedData, SplitTensors, prepare_data, targets_of
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Scorer
@@ -231,6 +232,11 @@ def frozen_features(cfg: DictConfig, data: PreparedData, model: torch.nn.Module,
     inner = unwrap_model(model)
     if not getattr(inner, "freeze_all", False):
         return data
+    if isinstance(data, StreamedData):
+        raise UserError(
+            "model.freeze=all computes each split's features once, in memory, which data.source=parquet_dir does "
+            "not hold; use model.freeze=embeddings or a number of layers."
+        )
     started = time.perf_counter()
     splits = {
         name: SplitTensors(
@@ -250,6 +256,8 @@ def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> 
 
     ``trainer.overfit_batches=N``: all three are the first N training batches, in a fixed order.
     """
+    if isinstance(data, StreamedData):
+        return stream_batches(cfg, data)
     splits = data.splits
     placement = cfg.data.placement
     if placement == Placement.auto:
@@ -279,6 +287,28 @@ def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> 
         make_batches(splits[name].inputs, splits[name].targets, batch_size=cfg.eval_batch_size, **loading)
         for name in ("val", "test")
     )
+    return train, val, test
+
+
+def stream_batches(cfg: DictConfig, data: StreamedData) -> tuple[Any, Any, Any]:
+    """Train (shuffled: row groups and a shuffle buffer; a contiguous share per rank), validation and test
+    batches of Parquet shards, read and preprocessed by ``data.num_workers`` DataLoader workers."""
+    log.info(
+        "Data placement: streamed from Parquet shards by %d DataLoader worker(s), shuffle buffer %s rows",
+        cfg.data.num_workers,
+        f"{cfg.data.shuffle_buffer:,}",
+    )
+    loading = {
+        "seed": cfg.seed,
+        "shuffle_buffer": cfg.data.shuffle_buffer,
+        "shard": (distributed.rank(), distributed.world_size()) if distributed.enabled() else None,
+        "pad_to_multiple_of": pad_multiple(cfg.data, compiled=cfg.compile or cfg.trainer.cuda_graphs),
+        "pad_id": data.preprocessor.input_spec.pad_id,
+        "num_workers": cfg.data.num_workers,
+        "pin_memory": cfg.data.pin_memory,
+    }
+    train = data.batches("train", batch_size=cfg.batch_size, shuffle=True, **loading)
+    val, test = (data.batches(name, batch_size=cfg.eval_batch_size, shuffle=False, **loading) for name in ("val", "test"))
     return train, val, test
 
 

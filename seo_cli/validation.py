@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
+from seo_cli.data.shards import is_parquet_dir
 from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
@@ -88,15 +89,23 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
 def _data_problems(data: DictConfig) -> list[str]:
     """What is wrong with the ``data`` section: sources, columns and their roles, splits, sizes."""
     problems: list[str] = []
+    shards = is_parquet_dir(data)  # split by a column or by directories: the fractions do not apply
     if data.source == "file" and not data.path:
         problems.append("data.path is required for a data file; set data.path=pages.csv.")
-    if data.source != "file":
+    if shards:
+        problems += _parquet_problems(data)
+    elif data.source != "file":
         for key in ("test_path", "column_names"):
             if data[key]:
                 problems.append(f"data.{key} applies to data files only; set data=csv or remove it.")
+    if data.val_path and not shards:
+        problems.append(
+            "data.val_path names a directory of validation shards, for data.source=parquet_dir only; "
+            "remove it, or set data=parquet_dir."
+        )
     if data.num_workers < 0:
         problems.append(f"data.num_workers={data.num_workers} must be 0 or more.")
-    if data.test_path and data.split_column:
+    if data.test_path and data.split_column and not shards:
         problems.append("data.test_path and data.split_column both choose the test rows; keep one of them.")
     if data.split_column and data.split_by != "random":
         problems.append(
@@ -138,7 +147,7 @@ def _data_problems(data: DictConfig) -> list[str]:
         problems.append(
             "the data has no input columns; set data.text_columns, data.numeric_columns or data.categorical_columns."
         )
-    if not data.split_column:
+    if not data.split_column and not shards:
         for key in ("val_fraction",) if data.test_path else ("val_fraction", "test_fraction"):
             if not 0.0 < data[key] < 1.0:
                 problems.append(f"data.{key}={data[key]} must be between 0 and 1 (exclusive), e.g. 0.15.")
@@ -171,6 +180,37 @@ def _data_problems(data: DictConfig) -> list[str]:
     return problems
 
 
+def _parquet_problems(data: DictConfig) -> list[str]:
+    """The rules of a directory of Parquet shards (``seo_cli.data.shards``): its splits come from a column
+    or from directories, never from random rows, and the in-memory options do not apply."""
+    problems: list[str] = []
+    if not data.path:
+        problems.append("data.path is required for data.source=parquet_dir; set data.path=<directory of .parquet shards>.")
+    if data.split_column and (data.val_path or data.test_path):
+        problems.append(
+            "data.split_column and data.val_path / data.test_path both choose the validation and test rows; keep one."
+        )
+    elif not data.split_column and not (data.val_path and data.test_path):
+        problems.append(
+            "data.source=parquet_dir takes its splits from a column or from directories, never from random rows: "
+            "set data.split_column=<a column holding train, val or test>, or both data.val_path and data.test_path "
+            "to directories of shards."
+        )
+    if data.column_names:
+        problems.append("data.column_names names the columns of a header-less CSV; Parquet shards name their own, remove it.")
+    for key, low in (("fit_sample_rows", 100), ("shuffle_buffer", 1)):
+        if data[key] < low:
+            problems.append(f"data.{key}={data[key]} must be at least {low}.")
+    if data.placement == "device":
+        problems.append("data.placement=device keeps a split in memory, but Parquet shards are streamed; remove it.")
+    if data.bucket_by_length:
+        problems.append(
+            "data.bucket_by_length sorts a split held in memory, but Parquet shards are streamed; remove it "
+            "(padding=longest still cuts each batch to its longest row)."
+        )
+    return problems
+
+
 def _run_problems(cfg: DictConfig) -> list[str]:
     """What is wrong with the run's sizes, rates, trainer and device knobs (and a warm-up longer than the run)."""
     problems: list[str] = []
@@ -195,6 +235,11 @@ def _run_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"device.timeout_s={cfg.device.timeout_s} must be a positive number of seconds.")
     if cfg.device.strategy == "ddp" and cfg.device.type == "mps":
         problems.append("device.type=mps cannot run DDP; use device.type=cuda or cpu with device=ddp.")
+    if cfg.trainer.overfit_batches and is_parquet_dir(cfg.data):
+        problems.append(
+            "trainer.overfit_batches trains on the first batches held in memory, but Parquet shards are streamed; "
+            "remove it (or debug=overfit), or copy a few rows into a table file."
+        )
     if cfg.trainer.cuda_graphs:
         problems += _cuda_graph_conflicts(cfg)
     if cfg.device.precision not in PRECISIONS:

@@ -13,7 +13,9 @@ from torch import Tensor
 
 from seo_cli.config import DataConfig, SplitBy
 from seo_cli.data import seo_pages
+from seo_cli.data.parquet import StreamedData, prepare_stream
 from seo_cli.data.preprocess import Preprocessor, as_text_values
+from seo_cli.data.shards import is_parquet_dir
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.data.tables import Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
@@ -571,9 +573,21 @@ def load_splits(
     return splits
 
 
-def prepare_data(data: DataConfig, seed: int, fold: tuple[int, int] | None = None) -> PreparedData:
+def prepare_data(
+    data: DataConfig, seed: int, fold: tuple[int, int] | None = None
+) -> "PreparedData | StreamedData":
     """Read, check and split the rows (as ``load_splits``), fit preprocessing on the training split, and
-    tensorize every split."""
+    tensorize every split; ``fold`` (k, K): cross-validation's fold k of K.
+
+    A directory of Parquet shards is not read whole: it is scanned and streamed (``seo_cli.data.parquet``).
+    """
+    if is_parquet_dir(data):
+        if fold is not None:
+            raise UserError(
+                "cv.folds deals rows into folds in memory, and a directory of Parquet shards is streamed; "
+                "give its splits by data.split_column or data.val_path instead, or cross-validate a table file."
+            )
+        return prepare_stream(data, seed)
     splits = load_splits(data, seed, fold)
     train_frame, train_source = splits["train"]
     for target in targets_of(data):
