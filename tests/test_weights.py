@@ -556,3 +556,24 @@ def test_a_checkpoint_whose_config_and_preprocessing_name_other_weight_columns_i
         UserError, match="data.weight_column and data.trials_column of its config are not the columns"
     ):
         load_trained(tmp_path / "tampered.pt", torch.device("cpu"), [])
+
+
+def test_weights_trials_and_the_balanced_sampler_are_refused_with_parquet_shards():
+    fields = {
+        "source": "parquet_dir",
+        "path": "crawl",
+        "split_column": "split",
+        "numeric_columns": ["x"],
+        "weight_column": "w",
+        "sampler": "balanced",
+        "targets": [{"name": "label", "type": "classification"}],
+    }
+    problems = _data_problems(OmegaConf.merge(OmegaConf.structured(DataConfig), fields))
+    assert (
+        "data.weight_column is not read from Parquet shards yet; give the rows as a table file (data=csv), or remove it."
+        in problems
+    )
+    assert any(
+        p.startswith("data.sampler=balanced draws from a split held in memory, but Parquet shards")
+        for p in problems
+    )
