@@ -32,7 +32,7 @@ from rich.table import Table
 
 from seo_cli.console import print_table
 from seo_cli.data.preprocess import as_text_values
-from seo_cli.data.spec import CLASSIFICATION
+from seo_cli.data.spec import CLASSIFICATION, RATE
 from seo_cli.errors import UserError
 from seo_cli.evaluate import split_rows
 from seo_cli.evaluation import predict
@@ -309,7 +309,7 @@ def compare(
                 names = np.asarray(t.classes, dtype=object)
                 row["accuracy_torch"] = float((names[ours.argmax(1)] == truth).mean())
                 row["accuracy_onnx"] = float((names[theirs.argmax(1)] == truth).mean())
-        elif labels is not None:
+        elif labels is not None and t.type != RATE:  # a rate's column holds counts, its output a logit
             truth = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=float)
             known = np.isfinite(truth)
             for key, values in (("rmse_torch", ours), ("rmse_onnx", theirs)):

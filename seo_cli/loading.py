@@ -42,6 +42,7 @@ class TrainedModel:
     targets: list[Target]
     model: torch.nn.Module
     loss_fn: torch.nn.Module
+    fold: tuple[int, int] | None = None  # (k, folds): a model of a cross-validation run, validated on fold k
 
     @property
     def label(self) -> str:
@@ -75,6 +76,12 @@ def load_trained(path: Path, device: torch.device, allowed_targets: list[str]) -
     pre = Preprocessor.from_state(state["preprocessing"], where)
     targets = [Target(t.name, t.type) for t in pre.targets]
     data = _data_config(path, config)
+    if (data.weight_column or "", data.trials_column or "") != (pre.weight_column, pre.trials_column):
+        # seo-eval reads the config's columns and encodes the preprocessing's: they must be the same ones.
+        raise UserError(
+            f"{where}: data.weight_column and data.trials_column of its config are not the columns its preprocessing "
+            "weighs by; use a checkpoint written by seo-train."
+        )
     device_section = config.get("device", {})
     if not isinstance(device_section, dict) or str(device_section.get("precision", "32")) not in PRECISIONS:
         raise UserError(f"{where}: device.precision of its config must be one of {', '.join(PRECISIONS)}; use a checkpoint written by seo-train.")
@@ -91,7 +98,23 @@ def load_trained(path: Path, device: torch.device, allowed_targets: list[str]) -
     loss_fn = build_from_file(
         config["loss"], f"{where}: loss", "loss", allowed, targets=targets, class_counts=_class_counts(state, pre, where)
     )
-    return TrainedModel(path, state, config, data, pre, targets, model.to(device), loss_fn.to(device))
+    fold = _fold_of(path, config)
+    return TrainedModel(path, state, config, data, pre, targets, model.to(device), loss_fn.to(device), fold)
+
+
+def _fold_of(path: Path, config: dict[str, Any]) -> tuple[int, int] | None:
+    """``(cv.fold, cv.folds)`` of a cross-validation run's model (whose val split is its fold's), else None."""
+    cv = config.get("cv") or {}
+    fold, folds = (cv.get("fold"), cv.get("folds")) if isinstance(cv, dict) else (None, None)
+    if fold is None:
+        return None
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (fold, folds))
+    if not whole or not 0 <= fold < folds:
+        raise UserError(
+            f"checkpoint {path}: cv.fold and cv.folds of its config must be whole numbers with 0 <= cv.fold < "
+            "cv.folds; use a checkpoint written by seo-train."
+        )
+    return fold, folds
 
 
 def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
@@ -120,10 +143,12 @@ def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
             f"checkpoint {path}: data.ndcg_at of its config must list 1 to {MAX_NDCG_LIST} cut-offs from 1 to "
             f"{MAX_NDCG_AT}; use a checkpoint written by seo-train."
         )
-    # seo-eval reads the training file again: a FIFO or a device (/dev/zero) would block or never end.
-    for key in ("path", "test_path"):
+    # seo-eval reads the training file again: a FIFO or a device (/dev/zero) would block or never end. A
+    # directory is Parquet shards, whose regular .parquet files alone are read (seo_cli.data.shards).
+    for key in ("path", "test_path", "val_path"):
         named = getattr(data, key)
-        if named is not None and ("\0" in named or os.path.exists(named) and not os.path.isfile(named)):
+        plain = os.path.isfile(named) or os.path.isdir(named) if named is not None else True
+        if named is not None and ("\0" in named or os.path.exists(named) and not plain):
             raise UserError(
                 f"checkpoint {path}: data.{key} of its config names {named}, which is not a regular file; "
                 "give the rows with data.path=<file>."

@@ -1,6 +1,12 @@
 """Per-target metrics, computed by scikit-learn on predictions gathered once per evaluation.
 
 Keys are slash-named: ``<split>/<target>/<metric>``, e.g. ``val/intent/accuracy``, ``val/ctr/r2``.
+
+Row weights (``data.weight_column``) are scikit-learn's ``sample_weight``: every count, mean and curve is
+weighted (the confusion matrix and the per-class support hold sums of weights), and rows of weight 0 are
+left out entirely. Spearman's correlation is the one exception: it ranks the rows of positive weight
+unweighted, as there is no standard weighted form. A rate target's rows weigh their trials (times the
+row weight): its log loss, Brier score and MAE are those of the observed rates weighted by impressions.
 """
 
 import math
@@ -12,7 +18,7 @@ from scipy import stats
 from sklearn import metrics as skm
 from torch import Tensor
 
-from seo_cli.data.spec import CLASSIFICATION, RANKING, Target
+from seo_cli.data.spec import CLASSIFICATION, RANKING, RATE, Target
 
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -28,6 +34,7 @@ CLASSIFICATION_METRICS = (
     "log_loss",
 )
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "spearman")
+RATE_METRICS = ("log_loss", "brier", "mae")  # of the predicted rate against the observed one, weighted by trials
 RANKING_METRICS = ("mrr", "map")  # and ndcg@k for each k of data.ndcg_at
 NDCG_AT = (1, 3, 10)
 MAX_NDCG_AT = 100
@@ -44,7 +51,7 @@ def metric_names(targets: list[Target], split: str, ndcg_at: list[int] | None = 
     """Every scalar name a run logs for ``split``: its loss, each target's loss and each target's metrics."""
     names = [f"{split}/loss"]
     for t in targets:
-        per_target = CLASSIFICATION_METRICS if t.type == CLASSIFICATION else REGRESSION_METRICS
+        per_target = {CLASSIFICATION: CLASSIFICATION_METRICS, RATE: RATE_METRICS}.get(t.type, REGRESSION_METRICS)
         if t.type == RANKING:
             per_target = tuple(f"ndcg@{k}" for k in (ndcg_at or NDCG_AT)) + RANKING_METRICS
         names += [f"{split}/{t.name}/loss"] + [f"{split}/{t.name}/{m}" for m in per_target]
@@ -52,16 +59,29 @@ def metric_names(targets: list[Target], split: str, ndcg_at: list[int] | None = 
 
 
 def as_numpy(outputs: dict[str, Tensor] | Tensor, targets: list[Target]) -> dict[str, np.ndarray]:
-    """Move model outputs to the host once: class probabilities for classification, values for regression."""
+    """Move model outputs to the host once: class probabilities for classification, the predicted rate (the
+    sigmoid of the output) for a rate, values for regression."""
     if isinstance(outputs, Tensor):
         outputs = {targets[0].name: outputs}
     arrays = {}
     for t in targets:
         out = outputs[t.name].detach().float()
-        arrays[t.name] = (
-            (torch.softmax(out, dim=-1) if t.type == CLASSIFICATION else out.reshape(-1)).cpu().numpy()
-        )
+        if t.type == CLASSIFICATION:
+            out = torch.softmax(out, dim=-1)
+        else:
+            out = torch.sigmoid(out.reshape(-1)) if t.type == RATE else out.reshape(-1)
+        arrays[t.name] = out.cpu().numpy()
     return arrays
+
+
+def positive_rows(
+    sample_weight: np.ndarray | None, *arrays: np.ndarray
+) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """The weights and ``arrays`` of the rows whose weight is above 0 (all of them without weights)."""
+    if sample_weight is None:
+        return None, list(arrays)
+    keep = sample_weight > 0
+    return sample_weight[keep].astype(np.float64), [a[keep] for a in arrays]
 
 
 def classification_report(
@@ -69,12 +89,15 @@ def classification_report(
     proba: np.ndarray,
     class_names: list[str] | None = None,
     curves: "Curves | None" = None,
+    sample_weight: np.ndarray | None = None,
 ) -> dict:
     """All classification metrics of one target, the confusion matrix and the per-class report.
 
     Args:
         curves: this target's :func:`ranking_curves`, when the caller has them (computed here otherwise).
+        sample_weight: per-row weights (scikit-learn's meaning); None: every row 1.
     """
+    w, (y_true, proba) = positive_rows(sample_weight, y_true, proba)
     num_classes = proba.shape[1]
     labels = list(range(num_classes))
     names = class_names or [str(i) for i in labels]
@@ -82,11 +105,11 @@ def classification_report(
     # The confusion counts with one bincount, and every score below from them: each of scikit-learn's
     # scoring functions checks and counts all the labels again (a second per target at 1,000,000 rows).
     # The same divisions as precision_recall_fscore_support(zero_division=0) makes, so the same values.
-    confusion = np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, -1)
+    confusion = np.bincount(y_true * num_classes + y_pred, weights=w, minlength=num_classes**2).reshape(num_classes, -1)
     tp, support, predicted = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
     precision, recall, f1 = _divide(tp, predicted), _divide(tp, support), _divide(2 * tp, support + predicted)
     result = {
-        "accuracy": tp.sum() / len(y_true),
+        "accuracy": tp.sum() / (len(y_true) if w is None else w.sum()),
         "balanced_accuracy": recall[support > 0].mean(),  # as balanced_accuracy_score: over the true classes
     }
     for average, weights in (("weighted", support), ("macro", None)):
@@ -95,7 +118,7 @@ def classification_report(
             f"recall_{average}": np.average(recall, weights=weights),
             f"f1_{average}": np.average(f1, weights=weights),
         }
-    roc, pr = curves if curves is not None else ranking_curves(y_true, proba, names)
+    roc, pr = curves if curves is not None else ranking_curves(y_true, proba, names, w)
     present = np.flatnonzero(support)
     if len(present) < 2:
         result["roc_auc"] = float("nan")  # undefined with one class in the evaluated rows
@@ -103,13 +126,13 @@ def classification_report(
         # As roc_auc_score (one-vs-rest macro with more than two classes): the mean area of the curves.
         result["roc_auc"] = np.mean([area for *_, area in roc])
     else:
-        result["roc_auc"] = _roc_auc_of_present(y_true, proba, present)
+        result["roc_auc"] = _roc_auc_of_present(y_true, proba, present, w)
     # As average_precision_score: of the positive class, or one-vs-rest macro over the classes present.
     result["average_precision"] = np.mean([area for *_, area in pr]) if len(present) >= 2 else float("nan")
     # Clip so a confidently wrong float32 probability of exactly 0 gives a large, finite loss.
-    result["log_loss"] = skm.log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=labels)
+    result["log_loss"] = skm.log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=labels, sample_weight=w)
     result = {k: float(v) for k, v in result.items()}
-    result["confusion_matrix"] = confusion.tolist()
+    result["confusion_matrix"] = confusion.tolist() if w is not None else confusion.astype(np.int64).tolist()
     result["per_class"] = {
         name: {"precision": float(p), "recall": float(r), "f1-score": float(f), "support": float(n)}
         for name, p, r, f, n in zip(names, precision, recall, f1, support, strict=True)
@@ -122,11 +145,15 @@ Curve = tuple[str, np.ndarray, np.ndarray, float]  # (class name, x, y, area)
 Curves = tuple[list[Curve], list[Curve]]  # (ROC curves, precision-recall curves)
 
 
-def ranking_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> Curves:
+def ranking_curves(
+    y_true: np.ndarray, proba: np.ndarray, class_names: list[str], sample_weight: np.ndarray | None = None
+) -> Curves:
     """One-vs-rest ROC curves (class, fpr, tpr, AUC) of the classes with positive and negative rows, and
     precision-recall curves (class, recall, precision, average precision) of the classes with positive
     rows; binary: class 1 only. What the report plots, and whose areas the metrics report.
+    ``sample_weight``: per-row weights, rows of weight 0 left out.
     """
+    w, (y_true, proba) = positive_rows(sample_weight, y_true, proba)
     roc, pr = [], []
     classes = [1] if proba.shape[1] == 2 else range(proba.shape[1])
     for k in classes:
@@ -134,7 +161,11 @@ def ranking_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]
         if not positive.any():
             continue
         if positive.all():  # no negative rows: no ROC curve, and precision 1 at every threshold
-            precision, recall, _ = skm.precision_recall_curve(positive, score)
+            precision, recall, _ = skm.precision_recall_curve(positive, score, sample_weight=w)
+        elif w is not None:  # weighted counts are not whole numbers: scikit-learn's own two curves
+            fpr, tpr, _ = skm.roc_curve(positive, score, sample_weight=w, drop_intermediate=False)
+            roc.append((class_names[k], fpr, tpr, float(skm.auc(fpr, tpr))))
+            precision, recall, _ = skm.precision_recall_curve(positive, score, sample_weight=w)
         else:
             # One sort of the scores for both curves (each sorts 1,000,000 rows in 0.15 s): the ROC curve
             # at every threshold holds the counts of true and false positives precision_recall_curve
@@ -150,9 +181,11 @@ def ranking_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]
     return roc, pr
 
 
-def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """MSE, RMSE, MAE, R^2 and Spearman's rank correlation (what matters for ranking positions)."""
-    mse = skm.mean_squared_error(y_true, y_pred)
+def regression_report(y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray | None = None) -> dict:
+    """MSE, RMSE, MAE, R^2 and Spearman's rank correlation (what matters for ranking positions); weighted
+    by ``sample_weight`` but Spearman's (the rows of positive weight, unweighted)."""
+    w, (y_true, y_pred) = positive_rows(sample_weight, y_true, y_pred)
+    mse = skm.mean_squared_error(y_true, y_pred, sample_weight=w)
     with warnings.catch_warnings():
         # Constant predictions (an untrained model) have no rank correlation: NaN, not a warning.
         warnings.simplefilter("ignore")
@@ -160,8 +193,8 @@ def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     return {
         "mse": float(mse),
         "rmse": math.sqrt(mse),
-        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
-        "r2": float(skm.r2_score(y_true, y_pred)),
+        "mae": float(skm.mean_absolute_error(y_true, y_pred, sample_weight=w)),
+        "r2": float(skm.r2_score(y_true, y_pred, sample_weight=w)),
         "spearman": float(spearman),
     }
 
@@ -246,6 +279,20 @@ def _mean_ndcg(
             total += skm.ndcg_score(true, pred, k=k, ignore_ties=not tied) * count
             position += count
     return total / len(kept)
+RATE_CLIP = 1e-7  # a predicted rate of exactly 0 or 1 gives a large, finite log loss
+
+
+def rate_report(rate: np.ndarray, predicted: np.ndarray, trials: np.ndarray) -> dict:
+    """Log loss (the binomial negative log-likelihood per trial), Brier score and MAE of the predicted rates
+    against the observed ones, each row weighted by ``trials`` (its impressions, times its row weight)."""
+    w, (rate, p) = positive_rows(trials, rate.astype(np.float64), predicted.astype(np.float64))
+    p = np.clip(p, RATE_CLIP, 1 - RATE_CLIP)
+    log_loss = -(rate * np.log(p) + (1 - rate) * np.log1p(-p))
+    return {
+        "log_loss": float(np.average(log_loss, weights=w)),
+        "brier": float(np.average((p - rate) ** 2, weights=w)),
+        "mae": float(np.average(np.abs(p - rate), weights=w)),
+    }
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -253,14 +300,16 @@ def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
 
 
-def _roc_auc_of_present(y_true: np.ndarray, proba: np.ndarray, present: np.ndarray) -> float:
+def _roc_auc_of_present(
+    y_true: np.ndarray, proba: np.ndarray, present: np.ndarray, sample_weight: np.ndarray | None = None
+) -> float:
     """One-vs-rest macro AUC over the classes present, on their probabilities renormalised over them
     (scikit-learn refuses absent columns); with two, their binary AUC (both one-vs-rest AUCs equal it)."""
     proba = proba[:, present] / proba[:, present].sum(axis=1, keepdims=True)
     y_true = np.searchsorted(present, y_true)
     if len(present) == 2:
-        return skm.roc_auc_score(y_true, proba[:, 1])
-    return skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro")
+        return skm.roc_auc_score(y_true, proba[:, 1], sample_weight=sample_weight)
+    return skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", sample_weight=sample_weight)
 
 
 def target_reports(
@@ -270,6 +319,8 @@ def target_reports(
     target_scale: dict[str, tuple[float, float]] | None = None,
     class_names: dict[str, list[str]] | None = None,
     curves: dict[str, Curves] | None = None,
+    sample_weight: np.ndarray | None = None,
+    trials: np.ndarray | None = None,
     groups: dict[str, np.ndarray] | None = None,
     ndcg_at: list[int] | tuple[int, ...] = NDCG_AT,
 ) -> dict[str, dict]:
@@ -277,6 +328,8 @@ def target_reports(
 
     Args:
         curves: the classification targets' :func:`ranking_curves`, when the caller keeps them.
+        sample_weight: the row weights; None: every row 1.
+        trials: the rate targets' trials (impressions) per row.
         groups: per ranking target, the group code of each row (its ``labels`` are the relevance).
         ndcg_at: the cut-offs k of a ranking target's ``ndcg@k``.
     """
@@ -287,11 +340,16 @@ def target_reports(
         elif t.type == CLASSIFICATION:
             names = (class_names or {}).get(t.name)
             reports[t.name] = classification_report(
-                labels[t.name], predictions[t.name], names, (curves or {}).get(t.name)
+                labels[t.name], predictions[t.name], names, (curves or {}).get(t.name), sample_weight
             )
+        elif t.type == RATE:
+            weight = trials if sample_weight is None else sample_weight * trials
+            reports[t.name] = rate_report(labels[t.name], predictions[t.name], weight)
         else:
             mean, std = (target_scale or {}).get(t.name, (0.0, 1.0))
-            reports[t.name] = regression_report(labels[t.name] * std + mean, predictions[t.name] * std + mean)
+            reports[t.name] = regression_report(
+                labels[t.name] * std + mean, predictions[t.name] * std + mean, sample_weight
+            )
     return reports
 
 

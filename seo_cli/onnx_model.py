@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from seo_cli.data.preprocess import Preprocessor
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, RATE, Target
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -342,12 +342,17 @@ class OnnxModel:
         )
 
     def outputs(self, frame: pd.DataFrame, batch_size: int) -> dict[str, np.ndarray]:
-        """Per target: class probabilities ``[rows, classes]``, or the standardised value ``[rows]``."""
+        """Per target: class probabilities ``[rows, classes]``, a rate ``[rows]``, or the standardised value ``[rows]``."""
         raw = self.raw_outputs(self.preprocessor.encode_inputs(frame, self.sidecar.inputs), batch_size)
-        return {
-            t.name: class_probabilities(raw[t.name]) if t.type == CLASSIFICATION else raw[t.name].reshape(-1)
-            for t in self.targets
-        }
+        outputs = {}
+        for t in self.targets:
+            if t.type == CLASSIFICATION:
+                outputs[t.name] = class_probabilities(raw[t.name])
+            elif t.type == RATE:  # the sigmoid of the logit, in float64 so a large one does not overflow exp
+                outputs[t.name] = (0.5 * (1 + np.tanh(0.5 * raw[t.name].reshape(-1).astype(np.float64)))).astype(np.float32)
+            else:
+                outputs[t.name] = raw[t.name].reshape(-1)
+        return outputs
 
 
 _arena = threading.Lock()

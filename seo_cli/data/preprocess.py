@@ -26,7 +26,16 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 if TYPE_CHECKING:
     from torch import Tensor
 
-from seo_cli.data.spec import CLASSIFICATION, RANKING, REGRESSION, InputSpec, Target
+from seo_cli.data.spec import (
+    CLASSIFICATION,
+    RANKING,
+    RATE,
+    REGRESSION,
+    TRIALS_KEY,
+    WEIGHT_KEY,
+    InputSpec,
+    Target,
+)
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -41,7 +50,7 @@ class TargetEncoding:
     name: str
     type: str
     classes: list[str] = field(default_factory=list)  # classification: class names in code order
-    mean: float = 0.0  # regression: training mean and standard deviation
+    mean: float = 0.0  # regression: training mean and standard deviation (a rate keeps 0 and 1: it is not scaled)
     std: float = 1.0
 
 
@@ -65,6 +74,10 @@ class Preprocessor:
     # A pretrained encoder's config, tokenizer, padding id and separator (seo_cli.pretrained); {}: the
     # fitted BPE tokenizer above.
     encoder: dict = field(default_factory=dict)
+    # Label columns that are not targets: the row weights and the trials of rate targets; "" when not used.
+    # Stored so seo-eval weighs a new file's rows as training weighed its own.
+    weight_column: str = ""
+    trials_column: str = ""
     group_column: str = ""  # data.group_column of the ranking targets; "" without one
 
     @classmethod
@@ -81,6 +94,8 @@ class Preprocessor:
         numeric_scaling: str = "standard",
         encoder: dict | None = None,
         group_column: str | None = None,
+        weight_column: str | None = None,
+        trials_column: str | None = None,
     ) -> "Preprocessor":
         """Fit on the training rows only, so no statistic of validation or test rows leaks into training.
 
@@ -92,6 +107,8 @@ class Preprocessor:
                 replaces the fitted one.
             group_column: the column whose values group the rows a ranking target orders (kept only
                 when there is a ranking target).
+            weight_column, trials_column: the row weights and the trials of rate targets, kept for
+                ``transform_targets`` (nothing is fitted on them: the scaling above is unweighted).
         """
         mean, scale, power, fill = [], [], [], []
         if numeric_columns:
@@ -137,8 +154,8 @@ class Preprocessor:
             values = frame[target.name]
             if target.type == CLASSIFICATION:
                 encodings.append(TargetEncoding(target.name, target.type, classes=_class_names(values)))
-            elif target.type == RANKING:
-                encodings.append(TargetEncoding(target.name, target.type))  # relevance is used as it is
+            elif target.type in (RATE, RANKING):
+                encodings.append(TargetEncoding(target.name, target.type))  # a probability, a relevance: no scaling
             else:
                 y = values.to_numpy(dtype=np.float64)
                 std = float(y.std())
@@ -159,6 +176,8 @@ class Preprocessor:
             numeric_fill=fill,
             encoder=dict(encoder) if encoder and text_columns else {},
             group_column=(group_column or "") if any(t.type == RANKING for t in targets) else "",
+            weight_column=weight_column or "",
+            trials_column=trials_column or "",
         )
 
     @property
@@ -240,7 +259,10 @@ class Preprocessor:
         return inputs
 
     def transform_targets(self, frame: pd.DataFrame, split: str = "this split") -> "dict[str, Tensor]":
-        """Encode the target columns.
+        """Encode the target columns: class codes, standardised values, or a rate target's observed rate
+        (successes / trials, 0 where there were no trials); with ``weight_column`` the row weights under
+        ``WEIGHT_KEY``, with ``trials_column`` the trials under ``TRIALS_KEY`` (float32 each). The values
+        were checked when the rows were read (``seo_cli.data.pipeline``).
 
         Raises:
             UserError: a classification value that the training split never saw.
@@ -263,9 +285,17 @@ class Preprocessor:
                         f"add training rows of that class or give data.split_column so every class is trained on."
                     )
                 out[t.name] = torch.from_numpy(codes)
+            elif t.type == RATE:
+                successes = values.to_numpy(dtype=np.float64)
+                trials = frame[self.trials_column].to_numpy(dtype=np.float64)
+                rate = np.divide(successes, trials, out=np.zeros(len(frame)), where=trials > 0)
+                out[t.name] = torch.from_numpy(rate.astype(np.float32))
             else:
                 y = (values.to_numpy(dtype=np.float64) - t.mean) / t.std
                 out[t.name] = torch.from_numpy(y.astype(np.float32))
+        for key, column in ((WEIGHT_KEY, self.weight_column), (TRIALS_KEY, self.trials_column)):
+            if column:
+                out[key] = torch.from_numpy(frame[column].to_numpy(dtype=np.float32))
         return out
 
     def group_codes(self, frame: pd.DataFrame) -> np.ndarray:
@@ -317,7 +347,7 @@ def check_state(state: Any) -> None:
         "",
         f"a mapping of {', '.join(sorted(fields))} only (it has {unknown[0]!r})" if unknown else "",
     )
-    absent = sorted(fields - set(state) - {"numeric_fill", "encoder", "group_column"})  # not in older checkpoints
+    absent = sorted(fields - set(state) - {"numeric_fill", "encoder", "weight_column", "trials_column", "group_column"})  # not in older checkpoints
     need(not absent, f".{absent[0]}" if absent else "", "present")
     for key in ("text_columns", "numeric_columns", "categorical_columns"):
         need(names(state[key], MAX_COLUMNS), f".{key}", f"a list of at most {MAX_COLUMNS:,} column names")
@@ -379,6 +409,11 @@ def check_state(state: Any) -> None:
         ".group_column",
         f"a column name of at most {MAX_TEXT} characters exactly when there is a ranking target",
     )
+    for key in ("weight_column", "trials_column"):
+        value = state.get(key, "")
+        need(type(value) is str and len(value) <= MAX_TEXT, f".{key}", "a column name, or empty")
+    rates = any(t["type"] == RATE for t in state["targets"])
+    need(bool(state.get("trials_column", "")) == rates, ".trials_column", "a column name exactly when a target is a rate")
 
 
 def _need(ok: bool, field: str, must: str) -> None:
@@ -421,9 +456,9 @@ def _check_targets(targets: Any) -> None:
         )
         seen.add(name)
         need(
-            target["type"] in (CLASSIFICATION, REGRESSION, RANKING),
+            target["type"] in (CLASSIFICATION, REGRESSION, RATE, RANKING),
             f"{where}.type",
-            f"{CLASSIFICATION}, {REGRESSION} or {RANKING}",
+            f"{CLASSIFICATION}, {REGRESSION}, {RATE} or {RANKING}",
         )
         if target["type"] == CLASSIFICATION:
             classes = target.get("classes")
@@ -432,6 +467,8 @@ def _check_targets(targets: Any) -> None:
                 f"{where}.classes",
                 f"a list of 1 to {MAX_CLASSES:,} distinct class names",
             )
+        elif target["type"] == RATE:  # a probability, never rescaled
+            need(target.get("mean", 0.0) == 0.0 and target.get("std", 1.0) == 1.0, where, "a rate with mean 0 and std 1")
         else:
             need(numbers([target.get("mean", 0.0)], 1), f"{where}.mean", "a finite number")
             need(

@@ -5,11 +5,17 @@ from dataclasses import dataclass, field
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 RANKING = "ranking"  # graded relevance (integer >= 0) per row, ordered within the rows of one data.group_column value
+RATE = "rate"  # successes out of trials (clicks out of impressions): a probability, trained with a binomial likelihood
+
+# Keys of a batch's label dict that are not targets: the row weights (data.weight_column) and the trials
+# of rate targets (data.trials_column). No target may take these names (seo_cli.validation refuses them).
+WEIGHT_KEY = "__weight__"
+TRIALS_KEY = "__trials__"
 
 
 @dataclass(frozen=True)
 class Target:
-    """One prediction target: a column name and its task type (classification | regression | ranking)."""
+    """One prediction target: a column name and its task type (classification | regression | rate | ranking)."""
 
     name: str
     type: str
