@@ -212,6 +212,12 @@ def test_a_ranking_target_without_group_column_names_the_key_and_fix():
         check_train_config(compose_train(RANKED, "data.group_column=query_id", "data.ndcg_at=[0,3]"))
     with pytest.raises(UserError, match=r"trainer.monitor='val/relevance/ndcg@5' is not a metric"):
         check_train_config(compose_train(RANKED, "data.group_column=query_id", "trainer.monitor=val/relevance/ndcg@5"))
+    for override, message in (
+        ("data.sampler=balanced", r"data.sampler=balanced draws rows one by one, but ranking target 'relevance'"),
+        ("data.weight_column=backlinks", r"data.weight_column does not weigh ranking target 'relevance'"),
+    ):
+        with pytest.raises(UserError, match=message):
+            check_train_config(compose_train(RANKED, "data.group_column=query_id", override))
 
 
 @pytest.mark.parametrize(
@@ -253,11 +259,11 @@ def test_stored_group_column_is_checked():
 @pytest.fixture(scope="module")
 def ranked_run(tmp_path_factory):
     """One tiny in-process seo-train of quality + relevance on the numeric columns (relevance reads only
-    those), and the Bayes ranking's NDCG@10 on the same test rows."""
+    those), whole queries per split, and the Bayes ranking's NDCG@10 on the same test rows."""
     from seo_cli.train import train
 
     overrides = [
-        RANKED, "data.group_column=query_id", "data.num_rows=2400", "data.text_columns=[]", "model=mlp",
+        RANKED, "data.group_column=query_id", "data.split_by=group", "data.num_rows=2400", "data.text_columns=[]", "model=mlp",
         "epochs=6", "batch_size=64", "device=cpu", "trainer.progress=plain",
         "trainer.monitor=val/relevance/ndcg@10", "trainer.mode=max",
     ]  # fmt: skip
@@ -276,8 +282,8 @@ def test_a_tiny_run_ranks_close_to_the_best_ndcg(ranked_run):
     summary, _, best, chance = ranked_run
     reached = summary["metrics"]["test/relevance/ndcg@10"]
     # The full-size measurement (default model, 16,000 rows) is benchmarks/ranking_ndcg.py: within 0.02.
-    assert best - 0.03 < reached <= best + 0.01, (reached, best)
-    assert reached > chance + 0.1
+    assert best - 0.03 < reached <= best + 0.02, (reached, best)  # measured: 0.901 against 0.904
+    assert reached > chance + 0.3
     for key in ("ndcg@1", "ndcg@3", "mrr", "map"):
         assert 0 < summary["metrics"][f"test/relevance/{key}"] <= 1
 
