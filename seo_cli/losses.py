@@ -253,9 +253,8 @@ def _ranking_sums(scores: Tensor, relevance: Tensor, groups: Tensor, kind: str) 
     ordered = better.any(1) | better.any(0)  # rows of groups with two relevance levels
     groups_counted = (ordered.float() / size).sum()
     if kind == "listnet":
-        masked = lambda v: v[None, :].expand(len(v), -1).masked_fill(~same, float("-inf"))  # noqa: E731
-        target = relevance - torch.logsumexp(masked(relevance), dim=1)  # log softmax within the group
-        predicted = scores - torch.logsumexp(masked(scores), dim=1)
+        target = relevance - _group_logsumexp(relevance, same)  # log softmax within the group
+        predicted = scores - _group_logsumexp(scores, same)
         return -(ordered * target.exp() * predicted).sum(), groups_counted
     pair_loss = F.softplus(scores[None, :] - scores[:, None])  # [i, j]: log(1 + exp(s_j - s_i))
     if kind == "ranknet":
@@ -273,3 +272,8 @@ def _ranking_sums(scores: Tensor, relevance: Tensor, groups: Tensor, kind: str) 
         delta = (relevance[:, None] - relevance[None, :]).abs() * (discount[:, None] - discount[None, :]).abs()
         weight = better * delta / ideal_dcg.clamp(min=1e-12)[:, None]
     return (weight * pair_loss).sum(), groups_counted
+
+
+def _group_logsumexp(values: Tensor, same: Tensor) -> Tensor:
+    """Per row, log(sum(exp(values))) over the rows of its group (``same``: the [rows, rows] same-group mask)."""
+    return torch.logsumexp(values[None, :].expand(len(values), -1).masked_fill(~same, float("-inf")), dim=1)
