@@ -249,6 +249,8 @@ class EvalConfig:
     confidence: float = 0.95
     seed: int = 0  # of the bootstrap resamples
     report: bool = True  # PNG plots and report.md next to metrics.json
+    calibration_bins: int = 15  # equal-width bins of the expected calibration error (ece) and the reliability diagram
+    calibrate: bool = False  # fit a temperature per classification target on the val split; write calibrated.pt
 
 
 class Backend(Choice):

@@ -4,9 +4,11 @@
     seo-eval checkpoint=... split=val                                           # the numbers training reported
     seo-eval checkpoint=... data.path=new_pages.csv                              # a new labelled file
     seo-eval checkpoint=[a.pt,b.pt] | checkpoint=outputs/multirun/<date>/<time>  # compare on the same rows
+    seo-eval checkpoint=... calibrate=true           # temperature scaling fitted on val: calibrated.pt
 
 Writes ``metrics.json``, PNG plots and ``report.md`` (one folder per checkpoint when there are several,
-plus ``comparison.md``), with bootstrap confidence intervals of the headline metrics.
+plus ``comparison.md``), with bootstrap confidence intervals of the headline metrics; with
+``calibrate=true`` also ``calibrated.pt`` per checkpoint, the checkpoint with its temperatures.
 """
 
 import json
@@ -23,8 +25,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig
 from rich.table import Table
+from sklearn import metrics as skm
 
 from seo_cli.bootstrap import HEADLINE, Resamples, interval, metric_samples
+from seo_cli.calibration import apply_temperature, fit_temperature, negative_log_likelihood, uncalibrated
+from seo_cli.checkpoint import RESUME_KEYS, save_checkpoint
 from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches, pad_multiple
@@ -34,6 +39,7 @@ from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
 from seo_cli.files import write_text
 from seo_cli.loading import TrainedModel, load_trained
+from seo_cli.metrics import brier_score, expected_calibration_error, reliability_bins
 from seo_cli.report import write_report
 from seo_cli.runtime import pick_device
 from seo_cli.sweep import job_order
@@ -115,6 +121,13 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         raise UserError("bootstrap must be 0 (off) or a number of resamples, and confidence between 0 and 1.")
     if cfg.eval_batch_size < 1:
         raise UserError(f"eval_batch_size={cfg.eval_batch_size} must be at least 1.")
+    if cfg.calibration_bins < 1:
+        raise UserError(f"calibration_bins={cfg.calibration_bins} must be at least 1, e.g. 15.")
+    if cfg.calibrate and str(cfg.split) == "val" and not cfg.data.path:
+        raise UserError(
+            "calibrate=true fits the temperatures on the val split, so split=val would score them on the rows "
+            "they were fitted on; use split=test (the default) or data.path=<file>."
+        )
     device = pick_device(cfg.device.type, cfg.device.fallback)
     clock = Stopwatch()
     with clock("load"):
@@ -123,6 +136,13 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         ]
     with clock("read"):
         frame, split = evaluation_rows(models[0], cfg)
+    if cfg.calibrate:
+        for trained in models:
+            if not trained.preprocessor.class_names:
+                raise UserError(
+                    f"calibrate=true fits a temperature per classification target, and checkpoint {trained.path} "
+                    "has none; drop calibrate=true."
+                )
     for other in models[1:]:
         if other.data != models[0].data or other.seed != models[0].seed:
             log.warning(
@@ -139,6 +159,9 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     for i, (trained, (scored_model, predictions)) in enumerate(zip(models, scored, strict=True)):
         out_dir = run_dir if len(models) == 1 else run_dir / f"{i:02d}_{trained.path.parent.parent.name}"
         result = checkpoint_result(trained, scored_model, samples[i], split, len(frame), cfg)
+        if cfg.calibrate:
+            with clock("calibrate"):
+                result["calibration"] = calibrate(trained, frame, split, scored_model, cfg, device, out_dir)
         with clock("report"):
             write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
             if cfg.report:
@@ -185,19 +208,9 @@ def score_checkpoint(
     predictions in the target's own units (regression outputs are standardised), for plots and intervals."""
     pre = trained.preprocessor
     with clock("preprocess"):
-        tensors = tensorize(pre, frame, split)
-        batches = make_batches(
-            tensors.inputs,
-            tensors.targets,
-            batch_size=cfg.eval_batch_size,
-            device=device,
-            placement=trained.data.placement,
-            num_workers=trained.data.num_workers,
-            pin_memory=trained.data.pin_memory,
-            pad_to_multiple_of=pad_multiple(trained.data),
-        )
+        batches = eval_batches(trained, frame, split, cfg, device)
     # In the precision it was trained in, so split=val gives exactly the numbers training logged.
-    scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision)
+    scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision, cfg.calibration_bins)
     with clock("inference"):
         outputs, labels = scorer.predict(trained.model, batches, split)
     with clock("metrics"):
@@ -210,6 +223,89 @@ def score_checkpoint(
             y_true, y_pred = y_true * std + mean, y_pred * std + mean
         predictions[t.name] = {"y_true": y_true, "y_pred": y_pred}
     return scored, predictions
+
+
+def eval_batches(trained: TrainedModel, frame: pd.DataFrame, split: str, cfg: DictConfig, device: torch.device) -> Any:
+    """The rows of ``frame`` encoded with the checkpoint's preprocessing, in batches of ``eval_batch_size``."""
+    tensors = tensorize(trained.preprocessor, frame, split)
+    return make_batches(
+        tensors.inputs,
+        tensors.targets,
+        batch_size=cfg.eval_batch_size,
+        device=device,
+        placement=trained.data.placement,
+        num_workers=trained.data.num_workers,
+        pin_memory=trained.data.pin_memory,
+        pad_to_multiple_of=pad_multiple(trained.data),
+    )
+
+
+def calibrate(
+    trained: TrainedModel,
+    frame: pd.DataFrame,
+    split: str,
+    scored: Evaluation,
+    cfg: DictConfig,
+    device: torch.device,
+    out_dir: Path,
+) -> dict:
+    """Fit a temperature per classification target on the checkpoint's val split (on the logits without
+    any temperature it already holds), write ``out_dir/calibrated.pt``, and compare ECE, log loss and
+    Brier score on the evaluated rows before (the checkpoint as given) and after.
+
+    Returns:
+        ``{target: {"temperature", "val_rows", "before": {...}, "after": {..., "reliability"}}}``.
+    """
+    raw = uncalibrated(trained.model)
+    scorer = Scorer(trained.targets, precision=trained.precision)
+    val_frame = split_rows(trained, "val", "calibrate=true with data.path")
+    val_logits, val_labels = _outputs(scorer, raw, eval_batches(trained, val_frame, "val", cfg, device), "val", trained)
+    logits, _ = _outputs(scorer, raw, eval_batches(trained, frame, split, cfg, device), split, trained)
+    temperature, result = {}, {}
+    for name in trained.preprocessor.class_names:
+        t = fit_temperature(val_logits[name], val_labels[name])
+        temperature[name] = t
+        y_true = scored.labels[name]
+        proba = apply_temperature(logits[name], t)
+        reliability = reliability_bins(y_true, proba, cfg.calibration_bins)
+        before = scored.reports[name]
+        result[name] = {
+            "temperature": t,
+            "val_rows": len(val_frame),
+            "val_log_loss_before": negative_log_likelihood(val_logits[name], val_labels[name], trained.temperature.get(name, 1.0)),
+            "val_log_loss_after": negative_log_likelihood(val_logits[name], val_labels[name], t),
+            "before": {key: before[key] for key in ("ece", "log_loss", "brier")},
+            "after": {
+                "ece": expected_calibration_error(reliability),
+                "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=list(range(proba.shape[1])))),
+                "brier": brier_score(y_true, proba),
+                "reliability": reliability,
+            },
+        }
+        log.info(
+            "%s: temperature %.4g fitted on %d val rows; on %s ECE %.4f -> %.4f, log loss %.4f -> %.4f",
+            name, t, len(val_frame), split, before["ece"], result[name]["after"]["ece"],
+            before["log_loss"], result[name]["after"]["log_loss"],
+        )
+    # An inference checkpoint: what resuming training needs is left out, so resume= refuses it in one sentence.
+    state = {k: v for k, v in trained.state.items() if k not in (*RESUME_KEYS, "rng_ranks")}
+    path = save_checkpoint({**state, "temperature": temperature}, out_dir / "calibrated.pt")
+    log.info("Wrote %s (the checkpoint with its temperatures; seo-eval and seo-predict apply them)", path)
+    return result
+
+
+def _outputs(
+    scorer: Scorer, model: torch.nn.Module, batches: Any, split: str, trained: TrainedModel
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per classification target: the logits of every row on the host, and the class codes."""
+    outputs, labels = scorer.predict(model, batches, split)
+    if isinstance(outputs, torch.Tensor):
+        outputs, labels = {trained.targets[0].name: outputs}, {trained.targets[0].name: labels}
+    names = trained.preprocessor.class_names
+    return (
+        {n: outputs[n].float().cpu().numpy() for n in names},
+        {n: labels[n].reshape(-1).cpu().numpy() for n in names},
+    )
 
 
 def bootstrap_samples(
@@ -250,7 +346,7 @@ def checkpoint_result(
         "intervals": {key: list(interval(values, cfg.confidence)) for key, values in samples.items()},
         "bootstrap": {"resamples": cfg.bootstrap, "confidence": cfg.confidence, "seed": cfg.seed},
         "targets": scored.reports,
-    }
+    } | ({"temperature": trained.temperature} if trained.temperature else {})
 
 
 def compare(models: list[TrainedModel], results: list[dict], samples: list[dict], confidence: float) -> dict:

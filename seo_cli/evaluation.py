@@ -16,7 +16,7 @@ from torch.utils import _pytree as pytree
 from seo_cli import distributed
 from seo_cli.data.spec import CLASSIFICATION, Target
 from seo_cli.errors import UserError
-from seo_cli.metrics import Curves, as_numpy, flatten, ranking_curves, target_reports
+from seo_cli.metrics import CALIBRATION_BINS, Curves, as_numpy, flatten, ranking_curves, target_reports
 from seo_cli.runtime import autocast
 
 Batch = Any  # a tensor, or a dict / list / tuple of tensors
@@ -85,6 +85,7 @@ class Scorer:
     target_scale: dict[str, tuple[float, float]] | None = None  # per regression target: (mean, std)
     class_names: dict[str, list[str]] | None = None
     precision: str = "32"
+    calibration_bins: int = CALIBRATION_BINS  # of the expected calibration error
 
     def evaluate(
         self,
@@ -149,7 +150,7 @@ class Scorer:
             if t.type == CLASSIFICATION
         }
         reports = target_reports(
-            predictions, label_arrays, self.targets, self.target_scale, self.class_names, curves
+            predictions, label_arrays, self.targets, self.target_scale, self.class_names, curves, self.calibration_bins
         )
         return Evaluation(metrics | flatten(reports, split), reports, predictions, label_arrays, curves)
 

@@ -26,10 +26,14 @@ CLASSIFICATION_METRICS = (
     "roc_auc",
     "average_precision",
     "log_loss",
+    "ece",
+    "brier",
 )
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "spearman")
+LOWER_IS_BETTER = {"log_loss", "ece", "brier"}
 # Direction of each metric, for best-checkpoint selection and sweep ranking.
-HIGHER_IS_BETTER = {m for m in CLASSIFICATION_METRICS if m != "log_loss"} | {"r2", "spearman"}
+HIGHER_IS_BETTER = {m for m in CLASSIFICATION_METRICS if m not in LOWER_IS_BETTER} | {"r2", "spearman"}
+CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
 
 
 def metric_names(targets: list[Target], split: str) -> list[str]:
@@ -59,11 +63,14 @@ def classification_report(
     proba: np.ndarray,
     class_names: list[str] | None = None,
     curves: "Curves | None" = None,
+    bins: int = CALIBRATION_BINS,
 ) -> dict:
-    """All classification metrics of one target, the confusion matrix and the per-class report.
+    """All classification metrics of one target, the confusion matrix, the per-class report and the
+    reliability diagram's bins (``reliability``).
 
     Args:
         curves: this target's :func:`ranking_curves`, when the caller has them (computed here otherwise).
+        bins: equal-width bins of the expected calibration error.
     """
     num_classes = proba.shape[1]
     labels = list(range(num_classes))
@@ -98,7 +105,11 @@ def classification_report(
     result["average_precision"] = np.mean([area for *_, area in pr]) if len(present) >= 2 else float("nan")
     # Clip so a confidently wrong float32 probability of exactly 0 gives a large, finite loss.
     result["log_loss"] = skm.log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=labels)
+    reliability = reliability_bins(y_true, proba, bins)
+    result["ece"] = expected_calibration_error(reliability)
+    result["brier"] = brier_score(y_true, proba)
     result = {k: float(v) for k, v in result.items()}
+    result["reliability"] = reliability
     result["confusion_matrix"] = confusion.tolist()
     result["per_class"] = {
         name: {"precision": float(p), "recall": float(r), "f1-score": float(f), "support": float(n)}
@@ -140,6 +151,51 @@ def ranking_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]
     return roc, pr
 
 
+def reliability_bins(y_true: np.ndarray, proba: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """The reliability diagram of one target, over ``bins`` equal-width bins of [0, 1] (the non-empty ones):
+    binary, P(class 1) against the share of class 1; more classes, the top-label confidence (the largest
+    probability) against the share of rows whose top class is right. The bins of
+    ``sklearn.calibration.calibration_curve(strategy="uniform")``: (lower, upper], the first closed.
+
+    Returns:
+        ``{"bins", "confidence": [mean score per bin], "accuracy": [share per bin], "rows": [rows per bin]}``.
+    """
+    if proba.shape[1] == 2:
+        score, hit = proba[:, 1], y_true == 1
+    else:
+        score, hit = proba.max(axis=1), proba.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.searchsorted(edges[1:-1], score)
+    rows = np.bincount(which, minlength=bins)
+    kept = rows > 0
+    total = np.bincount(which, weights=score.astype(np.float64), minlength=bins)
+    hits = np.bincount(which, weights=hit.astype(np.float64), minlength=bins)
+    return {
+        "bins": bins,
+        "confidence": (total[kept] / rows[kept]).tolist(),
+        "accuracy": (hits[kept] / rows[kept]).tolist(),
+        "rows": rows[kept].tolist(),
+    }
+
+
+def brier_score(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """scikit-learn's ``brier_score_loss(y_true, proba, labels=range(K))``: binary, the mean squared error
+    of P(class 1); more classes, the mean over rows of the squared distance of the probability vector to
+    the one-hot label. Written out: scikit-learn's validation of the rows takes 0.5 s at 1,000,000 rows."""
+    if proba.shape[1] == 2:
+        return float(np.mean((proba[:, 1].astype(np.float64) - (y_true == 1)) ** 2))
+    p = proba.astype(np.float64)
+    true_p = np.take_along_axis(p, y_true[:, None], axis=1)[:, 0]
+    return float(np.mean((p**2).sum(axis=1) - 2 * true_p + 1))
+
+
+def expected_calibration_error(reliability: dict) -> float:
+    """ECE: the mean over rows of |accuracy - confidence| of each row's bin (Guo et al. 2017)."""
+    rows = np.asarray(reliability["rows"], dtype=np.float64)
+    gap = np.abs(np.asarray(reliability["accuracy"]) - np.asarray(reliability["confidence"]))
+    return float((rows * gap).sum() / rows.sum()) if rows.sum() else math.nan
+
+
 def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """MSE, RMSE, MAE, R^2 and Spearman's rank correlation (what matters for ranking positions)."""
     mse = skm.mean_squared_error(y_true, y_pred)
@@ -178,18 +234,20 @@ def target_reports(
     target_scale: dict[str, tuple[float, float]] | None = None,
     class_names: dict[str, list[str]] | None = None,
     curves: dict[str, Curves] | None = None,
+    bins: int = CALIBRATION_BINS,
 ) -> dict[str, dict]:
     """Full report per target; regression values are mapped back to original units first.
 
     Args:
         curves: the classification targets' :func:`ranking_curves`, when the caller keeps them.
+        bins: equal-width bins of the classification targets' expected calibration error.
     """
     reports = {}
     for t in targets:
         if t.type == CLASSIFICATION:
             names = (class_names or {}).get(t.name)
             reports[t.name] = classification_report(
-                labels[t.name], predictions[t.name], names, (curves or {}).get(t.name)
+                labels[t.name], predictions[t.name], names, (curves or {}).get(t.name), bins
             )
         else:
             mean, std = (target_scale or {}).get(t.name, (0.0, 1.0))

@@ -61,7 +61,12 @@ def write_report(
                 roc, pr = ranking_curves(pred["y_true"], pred["y_pred"], names)
             plot_curves(plots / f"{stem}_roc.png", roc, f"{t.name}: ROC", "AUC", roc=True)
             plot_curves(plots / f"{stem}_pr.png", pr, f"{t.name}: precision-recall", "AP", roc=False)
+            calibrated = (result.get("calibration") or {}).get(t.name)
+            if calibrated:
+                lines += _calibration_table(calibrated)
+            plot_reliability(plots / f"{stem}_reliability.png", report["reliability"], t.name, len(names), calibrated)
             images = [("confusion matrix", "confusion"), ("ROC curves", "roc"), ("precision-recall", "pr")]
+            images.append(("reliability diagram", "reliability"))
         else:
             plot_scatter(plots / f"{stem}_scatter.png", pred["y_true"], pred["y_pred"], t.name)
             plot_residuals(plots / f"{stem}_residuals.png", pred["y_true"], pred["y_pred"], t.name)
@@ -113,6 +118,28 @@ def plot_curves(path: Path, curves: list[Curve], title: str, area: str, roc: boo
     axes = ("false positive rate", "true positive rate") if roc else ("recall", "precision")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=axes[0], ylabel=axes[1], title=title)
     save_figure(ax.figure, path)
+
+
+def plot_reliability(path: Path, reliability: dict, target: str, classes: int, calibrated: dict | None = None) -> None:
+    """Observed frequency against predicted probability per bin (``seo_cli.metrics.reliability_bins``), the
+    diagonal being perfect calibration, and the rows per bin below; with ``calibrated`` (seo-eval
+    calibrate=true's result of the target) the curve after temperature scaling too."""
+    fig = _figure((PLOT_SIZE[0], PLOT_SIZE[1] * 1.25))
+    curve, counts = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    curve.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
+    shown = [("as trained" if calibrated else "model", reliability)]
+    if calibrated:
+        shown.append((f"temperature {calibrated['temperature']:.3g}", calibrated["after"]["reliability"]))
+    width = 1.0 / reliability["bins"]
+    for i, (label, bins) in enumerate(shown):
+        curve.plot(bins["confidence"], bins["accuracy"], "o-", ms=4, label=label)
+        counts.bar(np.asarray(bins["confidence"]) + (i - 0.5 * (len(shown) - 1)) * width / 3, bins["rows"], width=width / 3)
+    curve.legend(loc="upper left", fontsize="small")
+    x = "P(class 1)" if classes == 2 else "confidence (largest probability)"
+    y = "share of class 1" if classes == 2 else "share of rows whose top class is right"
+    curve.set(xlim=(0, 1), ylim=(0, 1.02), ylabel=y, title=f"{target}: reliability diagram ({reliability['bins']} bins)")
+    counts.set(xlabel=x, ylabel="rows")
+    save_figure(fig, path)
 
 
 def plot_scatter(path: Path, y_true: np.ndarray, y_pred: np.ndarray, target: str) -> None:
@@ -241,6 +268,15 @@ def _per_class_table(report: dict) -> list[str]:
         for c, m in report["per_class"].items()
     ]
     return ["Per class:", "", *_table(["class", "precision", "recall", "F1", "support"], rows)]
+
+
+def _calibration_table(calibrated: dict) -> list[str]:
+    rows = [[key, _num(calibrated["before"][key]), _num(calibrated["after"][key])] for key in ("ece", "log_loss", "brier")]
+    head = (
+        f"Temperature scaling: T = {calibrated['temperature']:.4g}, fitted on {calibrated['val_rows']} val rows "
+        "(written to calibrated.pt); on these rows:"
+    )
+    return [head, "", *_table(["metric", "before", "after"], rows)]
 
 
 def _confusion_table(report: dict) -> list[str]:
