@@ -73,6 +73,7 @@ class Placement(Choice):
 class TaskType(Choice):
     classification = "classification"
     regression = "regression"
+    multilabel = "multilabel"  # several labels per row, joined by data.label_separator ("news|local")
 
 
 class DeviceType(Choice):
@@ -119,6 +120,7 @@ class DataConfig:
     categorical_columns: list[str] = field(default_factory=list)
     targets: list[TargetConfig] = field(default_factory=list)
     split_column: Optional[str] = None  # values train / val / test; null splits by the fractions below
+    label_separator: str = "|"  # between the labels of a multilabel target's cell: "news|local"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     numeric_scaling: Scaling = Scaling.standard

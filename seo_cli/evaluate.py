@@ -34,7 +34,7 @@ from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.data.batches import make_batches, pad_multiple
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, REGRESSION, Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
 from seo_cli.files import write_text
@@ -134,8 +134,6 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         models = [
             load_trained(path, device, cfg.allowed_targets) for path in checkpoint_paths(cfg.checkpoint)
         ]
-    with clock("read"):
-        frame, split = evaluation_rows(models[0], cfg)
     if cfg.calibrate:
         for trained in models:
             if not trained.preprocessor.class_names:
@@ -143,6 +141,8 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
                     f"calibrate=true fits a temperature per classification target, and checkpoint {trained.path} "
                     "has none; drop calibrate=true."
                 )
+    with clock("read"):
+        frame, split = evaluation_rows(models[0], cfg)
     for other in models[1:]:
         if other.data != models[0].data or other.seed != models[0].seed:
             log.warning(
@@ -210,7 +210,8 @@ def score_checkpoint(
     with clock("preprocess"):
         batches = eval_batches(trained, frame, split, cfg, device)
     # In the precision it was trained in, so split=val gives exactly the numbers training logged.
-    scorer = Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision, cfg.calibration_bins)
+    names = pre.class_names | pre.label_names
+    scorer = Scorer(trained.targets, pre.target_scale, names, trained.precision, cfg.calibration_bins)
     with clock("inference"):
         outputs, labels = scorer.predict(trained.model, batches, split)
     with clock("metrics"):
@@ -218,7 +219,7 @@ def score_checkpoint(
     predictions = {}
     for t in trained.targets:
         y_true, y_pred = scored.labels[t.name], scored.predictions[t.name]
-        if t.type != CLASSIFICATION:
+        if t.type == REGRESSION:
             mean, std = pre.target_scale[t.name]
             y_true, y_pred = y_true * std + mean, y_pred * std + mean
         predictions[t.name] = {"y_true": y_true, "y_pred": y_pred}
@@ -318,7 +319,10 @@ def bootstrap_samples(
         (i, t.name): (t.type, predictions[t.name]["y_true"], predictions[t.name]["y_pred"])
         for i, (trained, (_, predictions)) in enumerate(zip(models, scored, strict=True))
         for t in trained.targets
+        if t.type != MULTILABEL  # no headline metrics resampled: its metrics have no intervals
     }
+    if not wanted:
+        return [{} for _ in models]
     resamples = Resamples(rows, cfg.bootstrap, cfg.seed)
     # Worker processes as torch has threads (the cores, or what OMP_NUM_THREADS says), at most two.
     values = metric_samples(wanted, resamples.counts(reuse=True), workers=torch.get_num_threads())

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from seo_cli import distributed
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import CALIBRATION_BINS, Curves, as_numpy, flatten, ranking_curves, target_reports
 from seo_cli.runtime import autocast
@@ -83,7 +83,7 @@ class Scorer:
 
     targets: list[Target]
     target_scale: dict[str, tuple[float, float]] | None = None  # per regression target: (mean, std)
-    class_names: dict[str, list[str]] | None = None
+    class_names: dict[str, list[str]] | None = None  # and a multilabel target's labels
     precision: str = "32"
     calibration_bins: int = CALIBRATION_BINS  # of the expected calibration error
 
@@ -134,7 +134,8 @@ class Scorer:
                 }
         if isinstance(labels, Tensor):
             labels = {self.targets[0].name: labels}
-        label_arrays = {name: y.reshape(-1).cpu().numpy() for name, y in labels.items()}
+        multilabel = {t.name for t in self.targets if t.type == MULTILABEL}  # 0/1 [rows, labels]: kept 2-D
+        label_arrays = {name: (y if name in multilabel else y.reshape(-1)).cpu().numpy() for name, y in labels.items()}
         predictions = as_numpy(outputs, self.targets)
         diverged = [name for name, values in predictions.items() if not np.isfinite(values).all()]
         if diverged:

@@ -1,7 +1,8 @@
 """Losses over the model's output dict: one term per target, summed with per-target weights.
 
 Classification targets use cross entropy (optionally class-weighted and label-smoothed) or focal
-loss; regression targets use MSE, L1 or Huber on standardised values (the preprocessing scales every
+loss; multilabel targets binary cross entropy, one sigmoid per label, averaged over rows and labels;
+regression targets use MSE, L1 or Huber on standardised values (the preprocessing scales every
 regression target to zero mean and unit variance on the training split, so terms are comparable).
 """
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, Target
 from seo_cli.errors import UserError, require
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
@@ -26,7 +27,7 @@ class MultiTargetLoss(nn.Module):
         class_counts: per classification target, the training count of each class (from the call site);
             used by ``class_weights="balanced"``.
         classification: loss of classification targets: cross_entropy | focal.
-        regression: loss of regression targets: mse | l1 | huber.
+        regression: loss of regression targets: mse | l1 | huber. (Multilabel targets: binary cross entropy.)
         label_smoothing: cross-entropy label smoothing, 0-0.2.
         class_weights: null, "balanced" (inverse class frequency), or one list of weights per
             classification target keyed by name, ``{intent: [1, 2, 1, 1]}``.
@@ -113,6 +114,8 @@ class MultiTargetLoss(nn.Module):
             if target.type == CLASSIFICATION:
                 weight = None if self.unweighted[target.name] else self.class_weight(target.name)
                 terms[target.name] = self._classification_term(out, y, weight)
+            elif target.type == MULTILABEL:
+                terms[target.name] = F.binary_cross_entropy_with_logits(out.float().reshape(y.shape), y)
             elif self.regression == "mse":
                 terms[target.name] = F.mse_loss(out.float(), y)
             elif self.regression == "l1":

@@ -12,7 +12,7 @@ from scipy import stats
 from sklearn import metrics as skm
 from torch import Tensor
 
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, MULTILABEL_THRESHOLD, Target
 
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -30,9 +30,22 @@ CLASSIFICATION_METRICS = (
     "brier",
 )
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "spearman")
-LOWER_IS_BETTER = {"log_loss", "ece", "brier"}
+MULTILABEL_METRICS = (
+    "subset_accuracy",  # rows whose predicted label set is exactly right
+    "hamming_loss",  # share of (row, label) cells predicted wrong
+    "precision_micro",
+    "recall_micro",
+    "f1_micro",
+    "f1_macro",  # over every label, one absent from the rows scoring 0 (scikit-learn's zero_division=0)
+    "mean_average_precision",  # average_precision_score macro over the labels with a positive row
+    "log_loss",  # mean binary cross entropy over rows and labels
+)
+LOWER_IS_BETTER = {"log_loss", "ece", "brier", "hamming_loss"}
 # Direction of each metric, for best-checkpoint selection and sweep ranking.
-HIGHER_IS_BETTER = {m for m in CLASSIFICATION_METRICS if m not in LOWER_IS_BETTER} | {"r2", "spearman"}
+HIGHER_IS_BETTER = {m for m in (*CLASSIFICATION_METRICS, *MULTILABEL_METRICS) if m not in LOWER_IS_BETTER} | {
+    "r2",
+    "spearman",
+}
 CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
 
 
@@ -40,21 +53,26 @@ def metric_names(targets: list[Target], split: str) -> list[str]:
     """Every scalar name a run logs for ``split``: its loss, each target's loss and each target's metrics."""
     names = [f"{split}/loss"]
     for t in targets:
-        per_target = CLASSIFICATION_METRICS if t.type == CLASSIFICATION else REGRESSION_METRICS
+        per_target = {CLASSIFICATION: CLASSIFICATION_METRICS, MULTILABEL: MULTILABEL_METRICS}.get(t.type, REGRESSION_METRICS)
         names += [f"{split}/{t.name}/loss"] + [f"{split}/{t.name}/{m}" for m in per_target]
     return names
 
 
 def as_numpy(outputs: dict[str, Tensor] | Tensor, targets: list[Target]) -> dict[str, np.ndarray]:
-    """Move model outputs to the host once: class probabilities for classification, values for regression."""
+    """Move model outputs to the host once: class probabilities for classification, one probability per
+    label ``[N, L]`` for multilabel, values for regression."""
     if isinstance(outputs, Tensor):
         outputs = {targets[0].name: outputs}
     arrays = {}
     for t in targets:
         out = outputs[t.name].detach().float()
-        arrays[t.name] = (
-            (torch.softmax(out, dim=-1) if t.type == CLASSIFICATION else out.reshape(-1)).cpu().numpy()
-        )
+        if t.type == CLASSIFICATION:
+            out = torch.softmax(out, dim=-1)
+        elif t.type == MULTILABEL:
+            out = torch.sigmoid(out).reshape(len(out), -1)  # a one-label head gives [N]
+        else:
+            out = out.reshape(-1)
+        arrays[t.name] = out.cpu().numpy()
     return arrays
 
 
@@ -196,6 +214,41 @@ def expected_calibration_error(reliability: dict) -> float:
     return float((rows * gap).sum() / rows.sum()) if rows.sum() else math.nan
 
 
+def multilabel_report(y_true: np.ndarray, proba: np.ndarray, label_names: list[str] | None = None) -> dict:
+    """The metrics of one multilabel target (``MULTILABEL_METRICS``) and its per-label report, labels
+    predicted where their probability is at least ``MULTILABEL_THRESHOLD``; scikit-learn computes them.
+
+    Args:
+        y_true: 0/1 ``[rows, labels]``; proba: the probability of each label, ``[rows, labels]``.
+    """
+    y_true = y_true.astype(np.int64)
+    names = label_names or [str(i) for i in range(proba.shape[1])]
+    y_pred = (proba >= MULTILABEL_THRESHOLD).astype(np.int64)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    present = np.flatnonzero(y_true.sum(axis=0) > 0)
+    mean_ap = (
+        skm.average_precision_score(y_true[:, present], proba[:, present], average="macro") if len(present) else math.nan
+    )
+    p = np.clip(proba.astype(np.float64), 1e-7, 1 - 1e-7)
+    result = {
+        "subset_accuracy": skm.accuracy_score(y_true, y_pred),
+        "hamming_loss": skm.hamming_loss(y_true, y_pred),
+        "precision_micro": skm.precision_score(y_true, y_pred, average="micro", zero_division=0),
+        "recall_micro": skm.recall_score(y_true, y_pred, average="micro", zero_division=0),
+        "f1_micro": skm.f1_score(y_true, y_pred, average="micro", zero_division=0),
+        "f1_macro": skm.f1_score(y_true, y_pred, average="macro", zero_division=0),
+        "mean_average_precision": mean_ap,
+        "log_loss": -np.mean(y_true * np.log(p) + (1 - y_true) * np.log1p(-p)),
+    }
+    result = {k: float(v) for k, v in result.items()}
+    result["per_label"] = {
+        name: {"precision": float(pr), "recall": float(r), "f1-score": float(f), "support": float(n)}
+        for name, pr, r, f, n in zip(names, precision, recall, f1, support, strict=True)
+    }
+    result["label_names"] = names
+    return result
+
+
 def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """MSE, RMSE, MAE, R^2 and Spearman's rank correlation (what matters for ranking positions)."""
     mse = skm.mean_squared_error(y_true, y_pred)
@@ -249,6 +302,8 @@ def target_reports(
             reports[t.name] = classification_report(
                 labels[t.name], predictions[t.name], names, (curves or {}).get(t.name), bins
             )
+        elif t.type == MULTILABEL:
+            reports[t.name] = multilabel_report(labels[t.name], predictions[t.name], (class_names or {}).get(t.name))
         else:
             mean, std = (target_scale or {}).get(t.name, (0.0, 1.0))
             reports[t.name] = regression_report(labels[t.name] * std + mean, predictions[t.name] * std + mean)

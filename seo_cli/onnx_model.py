@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from seo_cli.data.preprocess import Preprocessor
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, Target
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,11 @@ def class_probabilities(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def label_probabilities(logits: np.ndarray) -> np.ndarray:
+    """A multilabel target's sigmoid of each logit ``[rows, labels]`` (a one-label head gives ``[rows]``)."""
+    return (1.0 / (1.0 + np.exp(-logits))).reshape(len(logits), -1).astype(np.float32)
 
 
 @dataclass
@@ -293,7 +298,7 @@ class OnnxModel:
         for o, t in zip(outputs, pre.targets, strict=True):
             shape_ok = (
                 len(o.shape) == 2 and o.shape[1] == len(t.classes)
-                if t.type == CLASSIFICATION
+                if t.type == CLASSIFICATION or t.type == MULTILABEL and len(t.classes) > 1
                 else len(o.shape) == 1
             )
             if o.type != "tensor(float)" or not shape_ok:
@@ -344,10 +349,8 @@ class OnnxModel:
     def outputs(self, frame: pd.DataFrame, batch_size: int) -> dict[str, np.ndarray]:
         """Per target: class probabilities ``[rows, classes]``, or the standardised value ``[rows]``."""
         raw = self.raw_outputs(self.preprocessor.encode_inputs(frame, self.sidecar.inputs), batch_size)
-        return {
-            t.name: class_probabilities(raw[t.name]) if t.type == CLASSIFICATION else raw[t.name].reshape(-1)
-            for t in self.targets
-        }
+        convert = {CLASSIFICATION: class_probabilities, MULTILABEL: label_probabilities}
+        return {t.name: convert.get(t.type, lambda v: v.reshape(-1))(raw[t.name]) for t in self.targets}
 
 
 _arena = threading.Lock()

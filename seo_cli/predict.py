@@ -5,7 +5,9 @@
     seo-predict backend=onnx model=model.onnx input=new_pages.csv output=scores.csv   # no torch: seo-export's files
 
 The output has the id column (or the input row number), then per target the predicted class and one
-probability column per class, or the predicted value in the target's units. Rows that cannot be
+probability column per class (``<target>_proba_<class>``); for a multilabel target the predicted labels
+(probability at least 0.5) joined by its separator and one probability column per label
+(``<target>_<label>``); or the predicted value in the target's units. Rows that cannot be
 scored are written, with their row number and the reason, to ``<output stem>.rejects.csv`` instead of
 stopping the batch (``strict=true`` stops at the first one); a run without such rows removes an earlier
 run's rejects file. Both files are written atomically. An ``id_column`` that is also a predicted column
@@ -25,7 +27,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from seo_cli.data.preprocess import Preprocessor
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, MULTILABEL_THRESHOLD, Target
 from seo_cli.data.tables import FORMATS, Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
 from seo_cli.files import atomic_path, write_error
@@ -41,7 +43,7 @@ class Model(Protocol):
     targets: list[Target]
 
     def outputs(self, frame: pd.DataFrame, batch_size: int) -> dict[str, np.ndarray]:
-        """Per target: class probabilities ``[rows, classes]``, or the standardised value ``[rows]``."""
+        """Per target: class or label probabilities ``[rows, classes]``, or the standardised value ``[rows]``."""
         ...
 
 
@@ -227,10 +229,24 @@ def score(model: Model, frame: pd.DataFrame, batch_size: int) -> pd.DataFrame:
             proba = arrays[t.name]
             columns[t.name] = np.asarray(names, dtype=object)[proba.argmax(axis=1)]
             columns |= {f"{t.name}_proba_{name}": proba[:, k] for k, name in enumerate(names)}
+        elif t.type == MULTILABEL:
+            columns[t.name] = predicted_labels(arrays[t.name], pre.label_names[t.name], separator_of(pre, t.name))
+            columns |= {f"{t.name}_{label}": arrays[t.name][:, k] for k, label in enumerate(pre.label_names[t.name])}
         else:
             mean, std = pre.target_scale[t.name]
             columns[t.name] = arrays[t.name] * std + mean
     return pd.DataFrame(columns)
+
+
+def predicted_labels(proba: np.ndarray, labels: list[str], separator: str) -> np.ndarray:
+    """Per row, the labels whose probability is at least ``MULTILABEL_THRESHOLD``, joined by ``separator``
+    in label order ("" where none is)."""
+    chosen = proba >= MULTILABEL_THRESHOLD
+    return np.array([separator.join(label for label, on in zip(labels, row, strict=True) if on) for row in chosen], dtype=object)
+
+
+def separator_of(pre: Preprocessor, target: str) -> str:
+    return next(t.separator for t in pre.targets if t.name == target)
 
 
 def rejects_path(output: Path) -> Path:
@@ -260,6 +276,8 @@ def prediction_columns(model: Model) -> list[str]:
         columns.append(t.name)
         if t.type == CLASSIFICATION:
             columns += [f"{t.name}_proba_{name}" for name in model.preprocessor.class_names[t.name]]
+        elif t.type == MULTILABEL:
+            columns += [f"{t.name}_{label}" for label in model.preprocessor.label_names[t.name]]
     return columns
 
 

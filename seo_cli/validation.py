@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
-from seo_cli.data.spec import CLASSIFICATION, REGRESSION, InputSpec, Target
+from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH, MAX_SEPARATOR
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
 from seo_cli.pretrained import encoder_files
@@ -150,6 +150,11 @@ def _data_problems(data: DictConfig) -> list[str]:
     names = [t.name for t in data.targets]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"data.targets lists {name!r} twice; list each target once.")
+    separator = data.label_separator
+    if any(t.type == MULTILABEL for t in data.targets) and not (0 < len(separator.strip()) and len(separator) <= MAX_SEPARATOR):
+        problems.append(
+            f"data.label_separator={separator!r} must be 1 to {MAX_SEPARATOR} characters, not only spaces, e.g. '|'."
+        )
     return problems
 
 
@@ -193,7 +198,7 @@ def _metric_problems(cfg: DictConfig) -> list[str]:
     """Monitored metrics and objectives that the run does not log, or whose direction is wrong."""
     problems: list[str] = []
     data = cfg.data
-    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION)]
+    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION, MULTILABEL)]
     known = metric_names(targets, "val") + metric_names(targets, "train")[:1]
     for key, name in (("trainer.monitor", cfg.trainer.monitor), ("objective", cfg.objective)):
         if name not in known:
@@ -342,7 +347,7 @@ def dry_build(cfg: DictConfig, group: str, node: DictConfig, allowed: dict[str, 
                 # A pretrained encoder's config, read from the user's own path (the command line is trusted).
                 encoder_config=encoder_files(data.tokenizer)["config"] if data.tokenizer and data.text_columns else None,
             ),
-            "heads": {t.name: 2 if t.type == CLASSIFICATION else 1 for t in targets},
+            "heads": {t.name: 1 if t.type == REGRESSION else 2 for t in targets},
         },
         "loss": lambda: {"targets": targets, "class_counts": {t.name: [1, 1] for t in targets if t.type == CLASSIFICATION}},
         "optimizer": lambda: {"params": [param]},

@@ -4,11 +4,13 @@ from dataclasses import dataclass, field
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+MULTILABEL = "multilabel"  # a set of labels per row, written "a|b" (data.label_separator); one sigmoid per label
+MULTILABEL_THRESHOLD = 0.5  # a multilabel target's label is predicted when its probability is at least this
 
 
 @dataclass(frozen=True)
 class Target:
-    """One prediction target: a column name and its task type (classification | regression)."""
+    """One prediction target: a column name and its task type (classification | regression | multilabel)."""
 
     name: str
     type: str
