@@ -259,7 +259,7 @@ def calibrate(
     """
     raw = uncalibrated(trained.model)
     scorer = Scorer(trained.targets, precision=trained.precision)
-    val_frame = split_rows(trained, "val", "calibrate=true with data.path")
+    val_frame = split_rows(trained, "val")
     val_logits, val_labels = _outputs(scorer, raw, eval_batches(trained, val_frame, "val", cfg, device), "val", trained)
     logits, _ = _outputs(scorer, raw, eval_batches(trained, frame, split, cfg, device), split, trained)
     temperature, result = {}, {}

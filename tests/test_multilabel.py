@@ -209,3 +209,10 @@ def test_an_empty_label_separator_is_refused_before_data_loads(tmp_path):
     cfg = compose_command("train", *data_overrides(tmp_path / "absent.csv"), "data.label_separator=' '")
     with pytest.raises(UserError, match="data.label_separator=' ' must be 1 to 16 characters, not only spaces"):
         check_train_config(cfg)
+
+
+def test_calibrate_refuses_a_checkpoint_without_classification_targets(run, tmp_path):
+    _, best, _ = run
+    cfg = compose_command("eval", "device=cpu", f"checkpoint='{best}'", "calibrate=true")
+    with pytest.raises(UserError, match="calibrate=true fits a temperature per classification target, and checkpoint .* has none"):
+        run_eval(cfg, tmp_path)
