@@ -22,6 +22,7 @@ register_configs()  # once, for the four commands
 def train(cfg: DictConfig) -> float | None:
     from seo_cli import distributed, launch, scheduler
     from seo_cli.errors import exit_on_user_error
+    from seo_cli.train import cross_validate
     from seo_cli.train import train as train_model
 
     job = launch.Job.from_hydra()
@@ -32,7 +33,9 @@ def train(cfg: DictConfig) -> float | None:
         launch.start_workers(cfg, job)
         return job.finish()
     with job.outcome(cfg):
-        job.summary = train_model(cfg, job.run_dir)
+        # cv.folds: one train() per fold (a fourth seo_cli frame, cross_validate, above it); cv.fold: that one.
+        folds = cfg.cv.folds and cfg.cv.fold is None
+        job.summary = (cross_validate if folds else train_model)(cfg, job.run_dir)
     return job.finish()
 
 

@@ -46,7 +46,8 @@ class ClipAlgorithm(Choice):
 
 class Source(Choice):
     seo_pages = "seo_pages"  # the built-in generator
-    file = "file"  # a CSV, TSV, JSON Lines or Parquet file at data.path
+    file = "file"  # a CSV, TSV, JSON Lines or Parquet file at data.path (a directory: as parquet_dir)
+    parquet_dir = "parquet_dir"  # a directory of Parquet shards at data.path, streamed (larger than memory)
 
 
 class Missing(Choice):
@@ -68,6 +69,12 @@ class Placement(Choice):
     auto = "auto"  # on the device when it fits
     device = "device"
     stream = "stream"  # a DataLoader from host memory
+
+
+class SplitBy(Choice):
+    random = "random"  # seeded random rows, stratified on the first classification target
+    group = "group"  # whole groups of data.group_column: no group in two splits (stratified where possible)
+    time = "time"  # by data.time_column: train on the earliest rows, validate on the next, test on the latest
 
 
 class TaskType(Choice):
@@ -110,6 +117,7 @@ class DataConfig:
     source: Source = Source.seo_pages
     path: Optional[str] = None
     test_path: Optional[str] = None  # a second file whose rows are the test split; data.path then gives train + val
+    val_path: Optional[str] = None  # parquet_dir: a directory of validation shards (with data.test_path, a directory)
     format: Optional[str] = None  # csv | tsv | jsonl | parquet; null picks by file extension
     column_names: list[str] = field(default_factory=list)  # a CSV/TSV without a header row: its columns, in order
     encoding: str = "utf-8"  # text encoding of CSV, TSV and JSON Lines files, e.g. latin-1, cp1252
@@ -120,6 +128,9 @@ class DataConfig:
     categorical_columns: list[str] = field(default_factory=list)
     targets: list[TargetConfig] = field(default_factory=list)
     split_column: Optional[str] = None  # values train / val / test; null splits by the fractions below
+    split_by: SplitBy = SplitBy.random  # how the fractions below split the rows (without data.split_column)
+    group_column: Optional[str] = None  # the group of a row, e.g. the query or the site (split_by=group)
+    time_column: Optional[str] = None  # a date or a number ordering the rows in time (split_by=time)
     label_separator: str = "|"  # between the labels of a multilabel target's cell: "news|local"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -134,6 +145,8 @@ class DataConfig:
     placement: Placement = Placement.auto
     num_workers: int = 2  # DataLoader workers when streaming
     pin_memory: bool = True  # page-locked host batches when streaming to a GPU (faster, asynchronous copies)
+    fit_sample_rows: int = 200_000  # parquet_dir: training rows (a seeded sample) the preprocessing is fitted on
+    shuffle_buffer: int = 65_536  # parquet_dir: rows shuffled together within each worker's stream
 
 
 @dataclass
@@ -204,11 +217,21 @@ class TuningConfig:
 
 
 @dataclass
+class CvConfig:
+    """k-fold cross-validation: ``cv.folds=5`` trains five models in ``fold_<k>/`` of the run directory,
+    each validated on another fifth of the train and val rows; the test split stays held out."""
+
+    folds: Optional[int] = None  # null or 0: off; 2 or more: the number of folds
+    fold: Optional[int] = None  # the fold a model of a cross-validation run trains on (0-based), set by the run
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
     model: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = field(default_factory=dict)

@@ -5,12 +5,14 @@
     seo-eval checkpoint=... data.path=new_pages.csv                              # a new labelled file
     seo-eval checkpoint=[a.pt,b.pt] | checkpoint=outputs/multirun/<date>/<time>  # compare on the same rows
     seo-eval checkpoint=... calibrate=true           # temperature scaling fitted on val: calibrated.pt
+    seo-eval checkpoint=outputs/train/<date>/<time>   # of seo-train cv.folds=K: the folds' ensemble on test
 
 Writes ``metrics.json``, PNG plots and ``report.md`` (one folder per checkpoint when there are several,
 plus ``comparison.md``), with bootstrap confidence intervals of the headline metrics; with
 ``calibrate=true`` also ``calibrated.pt`` per checkpoint, the checkpoint with its temperatures.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,14 +34,23 @@ from seo_cli.calibration import apply_temperature, fit_temperature, negative_log
 from seo_cli.checkpoint import RESUME_KEYS, save_checkpoint
 from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
+from seo_cli.crossval import CV_SUMMARY
 from seo_cli.data.batches import make_batches, pad_multiple
+from seo_cli.data.parquet import ParquetBatches, ShardStream
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
+from seo_cli.data.shards import Layout, head_frame, is_parquet_dir, layout_of, layouts_of, scan_shards
 from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, REGRESSION, Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
 from seo_cli.files import write_text
 from seo_cli.loading import TrainedModel, load_trained
-from seo_cli.metrics import brier_score, expected_calibration_error, reliability_bins
+from seo_cli.metrics import (
+    CALIBRATION_BINS,
+    as_numpy,
+    brier_score,
+    expected_calibration_error,
+    reliability_bins,
+)
 from seo_cli.report import write_report
 from seo_cli.runtime import pick_device
 from seo_cli.sweep import job_order
@@ -81,18 +92,48 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
     A new file (``data.path``) is read with the first checkpoint's column mapping and checked like
     training data; otherwise the checkpoint's own ``split`` is rebuilt from its config and seed.
     """
+    if cfg.data.path and Path(cfg.data.path).is_dir():  # a new directory of Parquet shards: streamed
+        return shard_rows(first, cfg.data.path), "eval"
     if cfg.data.path:
         data = first.data
         overrides = {
             k: cfg.data[k] for k in ("format", "column_names", "encoding") if cfg.data[k] is not None
         }
-        # The whole file is scored: the training run's split column or test file do not apply to it.
-        data = DataConfig(
-            **{**data.__dict__, "source": "file", "split_column": None, "test_path": None, **overrides}
-        )
+        # The whole file is scored: the training run's split column, test file, and the group or time column
+        # its split was made by do not apply to it (a target that needs groups would keep group_column).
+        unsplit = {
+            "split_column": None,
+            "test_path": None,
+            "split_by": "random",
+            "group_column": None,
+            "time_column": None,
+        }
+        data = DataConfig(**{**data.__dict__, "source": "file", **unsplit, **overrides})
         frame, source = load_frame(data, first.seed, cfg.data.path, mapped_only=True)
         return drop_rows_without_target(frame, data, source), "eval"
+    if is_parquet_dir(first.data):  # the checkpoint's own split of its shards: streamed, never read whole
+        return layouts_of(first.data, (str(cfg.split),))[str(cfg.split)], str(cfg.split)
     return split_rows(first, str(cfg.split)), str(cfg.split)
+
+
+def shard_rows(trained: TrainedModel, directory: str) -> Layout:
+    """Every row with its targets of a directory of Parquet shards, checked with the checkpoint's mapping.
+
+    Raises:
+        UserError: a bad shard or value (``scan_shards``), or a class the checkpoint was not trained on.
+    """
+    data = dataclasses.replace(trained.data, split_column=None)
+    layout = layout_of(scan_shards(directory, "data.path", data, "test"), "test", data)
+    classes = trained.preprocessor.class_names
+    for target, counts in layout.shards.classes["test"].items():
+        unseen = sorted(set(counts) - set(classes.get(target, counts)))
+        if unseen:
+            path, row = layout.shards.seen_at["test"][target][unseen[0]]
+            raise UserError(
+                f"class {unseen[0]!r} of target {target!r} (row {row + 1} of {path}) is not one of the classes "
+                f"{trained.path} was trained on; remove those rows, or score them with seo-predict."
+            )
+    return layout
 
 
 def split_rows(trained: TrainedModel, split: str, file_key: str = "data.path") -> pd.DataFrame:
@@ -102,13 +143,15 @@ def split_rows(trained: TrainedModel, split: str, file_key: str = "data.path") -
     Raises:
         UserError: built-in data of a size outside what is regenerated, or a data file that is gone.
     """
+    if is_parquet_dir(trained.data):  # seo-export's parity rows: the split's first rows, not all of them
+        return head_frame(layouts_of(trained.data, (split,))[split], MAX_REGENERATED_ROWS)
     if trained.data.source == "seo_pages" and not 50 <= trained.data.num_rows <= MAX_REGENERATED_ROWS:
         # The checkpoint's own number: regenerating 3e8 rows would take hours and tens of GB.
         raise UserError(
             f"checkpoint {trained.path}: data.num_rows={trained.data.num_rows} of its config is outside the 50 to "
             f"{MAX_REGENERATED_ROWS:,} seo_pages rows that are regenerated; give a file of rows with {file_key}=<file>."
         )
-    return load_splits(trained.data, trained.seed)[split][0]
+    return load_splits(trained.data, trained.seed, trained.fold)[split][0]
 
 
 def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
@@ -130,9 +173,11 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         )
     device = pick_device(cfg.device.type, cfg.device.fallback)
     clock = Stopwatch()
+    folds = fold_checkpoints(cfg.checkpoint)
     with clock("load"):
         models = [
-            load_trained(path, device, cfg.allowed_targets) for path in checkpoint_paths(cfg.checkpoint)
+            load_trained(path, device, cfg.allowed_targets)
+            for path in folds or checkpoint_paths(cfg.checkpoint)
         ]
     if cfg.calibrate:
         for trained in models:
@@ -141,16 +186,28 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
                     f"calibrate=true fits a temperature per classification target, and checkpoint {trained.path} "
                     "has none; drop calibrate=true."
                 )
+    if folds:
+        check_ensemble(models, cfg)
+        if cfg.calibrate:
+            raise UserError(
+                f"checkpoint {cfg.checkpoint} is a cross-validation run, scored as the folds' ensemble, and "
+                "calibrate=true calibrates one model; give one fold's checkpoint, e.g. "
+                f"checkpoint={cfg.checkpoint}/fold_0/checkpoints/best.pt."
+            )
     with clock("read"):
         frame, split = evaluation_rows(models[0], cfg)
-    for other in models[1:]:
-        if other.data != models[0].data or other.seed != models[0].seed:
-            log.warning(
-                "%s was trained on other data or another seed than %s; all are scored on the rows of the first.",
-                other.path,
-                models[0].path,
-            )
-    scored = [score_checkpoint(trained, frame, split, cfg, device, clock) for trained in models]
+    if folds:  # one model: the folds' mean, reported as the run directory's
+        scored = [score_ensemble(models, frame, split, cfg, device, clock)]
+        models = models[:1]
+    else:
+        for other in models[1:]:
+            if other.data != models[0].data or other.seed != models[0].seed:
+                log.warning(
+                    "%s was trained on other data or another seed than %s; all are scored on the rows of the first.",
+                    other.path,
+                    models[0].path,
+                )
+        scored = [score_checkpoint(trained, frame, split, cfg, device, clock) for trained in models]
     samples: list[dict[str, np.ndarray]] = [{} for _ in models]
     if cfg.bootstrap:
         with clock("bootstrap"):
@@ -162,10 +219,12 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         if cfg.calibrate:
             with clock("calibrate"):
                 result["calibration"] = calibrate(trained, frame, split, scored_model, cfg, device, out_dir)
+        if folds:
+            result |= {"checkpoint": str(cfg.checkpoint), "epoch": None, "ensemble": [str(p) for p in folds]}
         with clock("report"):
             write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
             if cfg.report:
-                history = trained.state.get("history")
+                history = trained.state.get("history") if not folds else None  # one per fold
                 write_report(out_dir, result, predictions, trained.targets, history, scored_model.curves)
         print_target_tables(result, trained.targets, split)
         log.info("Wrote %s", out_dir / ("report.md" if cfg.report else "metrics.json"))
@@ -206,33 +265,176 @@ def score_checkpoint(
 ) -> tuple[Evaluation, dict[str, dict[str, np.ndarray]]]:
     """Predictions and metrics of one checkpoint on ``frame``, and per target its labels and
     predictions in the target's own units (regression outputs are standardised), for plots and intervals."""
-    pre = trained.preprocessor
-    with clock("preprocess"):
-        batches = eval_batches(trained, frame, split, cfg, device)
-    # In the precision it was trained in, so split=val gives exactly the numbers training logged.
-    names = pre.class_names | pre.label_names
-    scorer = Scorer(trained.targets, pre.target_scale, names, trained.precision, cfg.calibration_bins)
-    with clock("inference"):
-        outputs, labels = scorer.predict(trained.model, batches, split)
+    outputs, labels = predict_rows(trained, frame, split, cfg, device, clock)
     with clock("metrics"):
-        scored = scorer.score(outputs, labels, split, trained.loss_fn)
+        scored = scorer_of(trained, cfg.calibration_bins).score(outputs, labels, split, trained.loss_fn)
+    return scored, target_predictions(scored, trained)
+
+
+def scorer_of(trained: TrainedModel, calibration_bins: int = CALIBRATION_BINS) -> Scorer:
+    # In the precision it was trained in, so split=val gives exactly the numbers training logged.
+    pre = trained.preprocessor
+    names = pre.class_names | pre.label_names
+    return Scorer(trained.targets, pre.target_scale, names, trained.precision, calibration_bins)
+
+
+def predict_rows(
+    trained: TrainedModel,
+    frame: "pd.DataFrame | Layout",
+    split: str,
+    cfg: DictConfig,
+    device: torch.device,
+    clock: Stopwatch,
+) -> tuple[Any, Any]:
+    """The model's outputs and the labels of ``frame``'s rows (or Parquet shards' ``Layout``), encoded with the
+    checkpoint's preprocessing."""
+    with clock("preprocess"):
+        if isinstance(frame, Layout):  # Parquet shards: read and preprocessed by the loader's workers
+            batches = shard_batches(trained, frame, cfg.eval_batch_size)
+        else:
+            batches = in_memory_batches(trained, frame, split, cfg.eval_batch_size, device)
+    with clock("inference"):
+        return scorer_of(trained).predict(trained.model, batches, split)
+
+
+def target_predictions(scored: Evaluation, trained: TrainedModel) -> dict[str, dict[str, np.ndarray]]:
+    """Per target its labels and predictions, regression values in the target's units."""
     predictions = {}
     for t in trained.targets:
         y_true, y_pred = scored.labels[t.name], scored.predictions[t.name]
         if t.type == REGRESSION:
-            mean, std = pre.target_scale[t.name]
+            mean, std = trained.preprocessor.target_scale[t.name]
             y_true, y_pred = y_true * std + mean, y_pred * std + mean
         predictions[t.name] = {"y_true": y_true, "y_pred": y_pred}
-    return scored, predictions
+    return predictions
 
 
-def eval_batches(trained: TrainedModel, frame: pd.DataFrame, split: str, cfg: DictConfig, device: torch.device) -> Any:
-    """The rows of ``frame`` encoded with the checkpoint's preprocessing, in batches of ``eval_batch_size``."""
+def fold_checkpoints(checkpoint: Any) -> list[Path] | None:
+    """The best.pt of each fold, in fold order, when ``checkpoint=`` names the directory of a
+    cross-validation run (``seo-train cv.folds=K``); None for anything else.
+
+    Raises:
+        UserError: a cross-validation run that has not finished every fold.
+    """
+    if isinstance(checkpoint, ListConfig | list | tuple) or not Path(checkpoint).is_dir():
+        return None
+    run_dir = Path(checkpoint)
+    found = {p.name for p in run_dir.glob("fold_*") if p.name.removeprefix("fold_").isdigit()}
+    if not found:
+        return None
+    paths = [run_dir / f"fold_{k}" / "checkpoints" / "best.pt" for k in range(len(found))]
+    if not (run_dir / f"{CV_SUMMARY}.json").is_file() or not all(p.is_file() for p in paths):
+        raise UserError(
+            f"checkpoint {run_dir} is a cross-validation run whose folds have not all finished (no "
+            f"{CV_SUMMARY}.json); finish it with seo-train ... hydra.run.dir={run_dir} resume=auto, or score one "
+            f"fold with checkpoint={run_dir / 'fold_0' / 'checkpoints' / 'best.pt'}."
+        )
+    return paths
+
+
+def check_ensemble(models: list[TrainedModel], cfg: DictConfig) -> None:
+    """The folds' models make one ensemble: the folds of one run, with the same targets and classes.
+
+    Raises:
+        UserError: ``split`` other than test (each fold trained on the others' val rows), or folds that differ.
+    """
+    run_dir = cfg.checkpoint
+    if not cfg.data.path and str(cfg.split) != "test":
+        raise UserError(
+            f"split={cfg.split}: each fold of the cross-validation run {run_dir} trained on the others' "
+            "validation rows, so only the test split is new to all of them; use split=test, data.path=<file>, "
+            f"or one fold's checkpoint, e.g. checkpoint={run_dir}/fold_0/checkpoints/best.pt."
+        )
+    first = models[0]
+    for k, trained in enumerate(models):
+        same = (
+            trained.targets == first.targets
+            and trained.preprocessor.class_names == first.preprocessor.class_names
+        )
+        if (
+            trained.fold != (k, len(models))
+            or not same
+            or trained.data != first.data
+            or trained.seed != first.seed
+        ):
+            raise UserError(
+                f"checkpoint {trained.path} is not fold {k} of the same {len(models)}-fold cross-validation as "
+                f"{first.path}; score the folds of one seo-train cv.folds run."
+            )
+
+
+def score_ensemble(
+    models: list[TrainedModel],
+    frame: pd.DataFrame,
+    split: str,
+    cfg: DictConfig,
+    device: torch.device,
+    clock: Stopwatch,
+) -> tuple[Evaluation, dict[str, dict[str, np.ndarray]]]:
+    """The folds' models as one: the mean of their class probabilities, and of their regression values in
+    the target's units, scored as the first fold's model (its loss, scales and class names). Each fold
+    encodes the rows with its own preprocessing, fitted on its own training rows."""
+    first = models[0]
+    totals: dict[str, np.ndarray] = {}
+    for trained in models:
+        outputs, labels = predict_rows(trained, frame, split, cfg, device, clock)
+        if trained is first:
+            template, first_labels = outputs, labels
+        values = as_numpy(outputs, trained.targets)
+        for t in trained.targets:
+            value = values[t.name].astype(np.float64)
+            if t.type == REGRESSION:  # back to the target's units: each fold has its own scale
+                mean, std = trained.preprocessor.target_scale[t.name]
+                value = value * std + mean
+            totals[t.name] = totals.get(t.name, 0.0) + value
+    # Back into the first model's outputs: log-probabilities (their softmax is the mean probability) and
+    # standardised values, so its loss and metrics score the ensemble as they score one model.
+    single = isinstance(template, torch.Tensor)
+    ensemble = {}
+    for t in first.targets:
+        shape = (template if single else template[t.name]).shape
+        average = totals[t.name] / len(models)
+        if t.type == CLASSIFICATION:
+            average = np.log(np.maximum(average, np.finfo(np.float32).tiny))
+        elif t.type == MULTILABEL:  # the logit of each label's mean probability
+            average = np.clip(average, 1e-7, 1 - 1e-7)
+            average = np.log(average) - np.log1p(-average)
+        else:
+            mean, std = first.preprocessor.target_scale[t.name]
+            average = (average - mean) / std
+        ensemble[t.name] = torch.as_tensor(average, dtype=torch.float32, device=device).reshape(shape)
+    outputs = ensemble[first.targets[0].name] if single else ensemble
+    with clock("metrics"):
+        scored = scorer_of(first, cfg.calibration_bins).score(outputs, first_labels, split, first.loss_fn)
+    return scored, target_predictions(scored, first)
+
+
+def shard_batches(trained: TrainedModel, layout: Layout, batch_size: int) -> ParquetBatches:
+    """The rows of ``layout`` in file order, streamed by the training run's number of workers."""
+    pre = trained.preprocessor
+    stream = ShardStream(
+        layout,
+        pre,
+        batch_size=batch_size,
+        shuffle=False,
+        seed=0,
+        shuffle_buffer=1,
+        shard=None,
+        pad_to_multiple_of=pad_multiple(trained.data),
+        pad_id=pre.input_spec.pad_id,
+    )
+    return ParquetBatches(stream, trained.data.num_workers, trained.data.pin_memory, seed=0)
+
+
+def in_memory_batches(
+    trained: TrainedModel, frame: pd.DataFrame, split: str, batch_size: int, device: torch.device
+) -> Any:
+    """The rows of ``frame`` as tensors, on the device or streamed as the training run placed them."""
     tensors = tensorize(trained.preprocessor, frame, split)
     return make_batches(
         tensors.inputs,
         tensors.targets,
-        batch_size=cfg.eval_batch_size,
+        batch_size=batch_size,
         device=device,
         placement=trained.data.placement,
         num_workers=trained.data.num_workers,
@@ -257,11 +459,10 @@ def calibrate(
     Returns:
         ``{target: {"temperature", "val_rows", "before": {...}, "after": {..., "reliability"}}}``.
     """
-    raw = uncalibrated(trained.model)
-    scorer = Scorer(trained.targets, precision=trained.precision)
+    raw = dataclasses.replace(trained, model=uncalibrated(trained.model), temperature={})
     val_frame = split_rows(trained, "val")
-    val_logits, val_labels = _outputs(scorer, raw, eval_batches(trained, val_frame, "val", cfg, device), "val", trained)
-    logits, _ = _outputs(scorer, raw, eval_batches(trained, frame, split, cfg, device), split, trained)
+    val_logits, val_labels = _class_logits(raw, *predict_rows(raw, val_frame, "val", cfg, device, Stopwatch()))
+    logits, _ = _class_logits(raw, *predict_rows(raw, frame, split, cfg, device, Stopwatch()))
     temperature, result = {}, {}
     for name in trained.preprocessor.class_names:
         t = fit_temperature(val_logits[name], val_labels[name])
@@ -295,11 +496,10 @@ def calibrate(
     return result
 
 
-def _outputs(
-    scorer: Scorer, model: torch.nn.Module, batches: Any, split: str, trained: TrainedModel
+def _class_logits(
+    trained: TrainedModel, outputs: Any, labels: Any
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per classification target: the logits of every row on the host, and the class codes."""
-    outputs, labels = scorer.predict(model, batches, split)
     if isinstance(outputs, torch.Tensor):
         outputs, labels = {trained.targets[0].name: outputs}, {trained.targets[0].name: labels}
     names = trained.preprocessor.class_names

@@ -42,6 +42,7 @@ class TrainedModel:
     targets: list[Target]
     model: torch.nn.Module  # wrapped in TemperatureScaled when the checkpoint holds temperatures
     loss_fn: torch.nn.Module
+    fold: tuple[int, int] | None = None  # (k, folds): a model of a cross-validation run, validated on fold k
     temperature: dict[str, float] = field(default_factory=dict)  # per classification target; {}: none
 
     @property
@@ -95,7 +96,10 @@ def load_trained(path: Path, device: torch.device, allowed_targets: list[str]) -
     loss_fn = build_from_file(
         config["loss"], f"{where}: loss", "loss", allowed, targets=targets, class_counts=_class_counts(state, pre, where)
     )
-    return TrainedModel(path, state, config, data, pre, targets, model.to(device), loss_fn.to(device), temperature)
+    fold = _fold_of(path, config)
+    return TrainedModel(
+        path, state, config, data, pre, targets, model.to(device), loss_fn.to(device), fold=fold, temperature=temperature
+    )
 
 
 def _temperature(state: dict[str, Any], pre: Preprocessor, where: str) -> dict[str, float]:
@@ -106,6 +110,21 @@ def _temperature(state: dict[str, Any], pre: Preprocessor, where: str) -> dict[s
     if problem is not None:
         raise UserError(f"{where}: temperature must be {problem}; calibrate the checkpoint again with seo-eval calibrate=true.")
     return dict(state["temperature"])
+
+
+def _fold_of(path: Path, config: dict[str, Any]) -> tuple[int, int] | None:
+    """``(cv.fold, cv.folds)`` of a cross-validation run's model (whose val split is its fold's), else None."""
+    cv = config.get("cv") or {}
+    fold, folds = (cv.get("fold"), cv.get("folds")) if isinstance(cv, dict) else (None, None)
+    if fold is None:
+        return None
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (fold, folds))
+    if not whole or not 0 <= fold < folds:
+        raise UserError(
+            f"checkpoint {path}: cv.fold and cv.folds of its config must be whole numbers with 0 <= cv.fold < "
+            "cv.folds; use a checkpoint written by seo-train."
+        )
+    return fold, folds
 
 
 def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
@@ -128,10 +147,12 @@ def _data_config(path: Path, config: dict[str, Any]) -> DataConfig:
         raise UserError(
             f"checkpoint {path}: data.pad_to_multiple_of of its config must be from 1 to {MAX_LENGTH}; use a checkpoint written by seo-train."
         )
-    # seo-eval reads the training file again: a FIFO or a device (/dev/zero) would block or never end.
-    for key in ("path", "test_path"):
+    # seo-eval reads the training file again: a FIFO or a device (/dev/zero) would block or never end. A
+    # directory is Parquet shards, whose regular .parquet files alone are read (seo_cli.data.shards).
+    for key in ("path", "test_path", "val_path"):
         named = getattr(data, key)
-        if named is not None and ("\0" in named or os.path.exists(named) and not os.path.isfile(named)):
+        plain = os.path.isfile(named) or os.path.isdir(named) if named is not None else True
+        if named is not None and ("\0" in named or os.path.exists(named) and not plain):
             raise UserError(
                 f"checkpoint {path}: data.{key} of its config names {named}, which is not a regular file; "
                 "give the rows with data.path=<file>."

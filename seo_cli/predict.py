@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from omegaconf import DictConfig
 
 from seo_cli.data.preprocess import Preprocessor
@@ -125,6 +126,8 @@ def run_predict(cfg: DictConfig) -> dict:
         raise UserError(f"output={output} has no known extension; end it in .csv, .tsv, .jsonl or .parquet.")
     model = load_model(cfg)
     check_id_column(cfg.id_column, model)
+    if Path(cfg.input).is_dir():  # Parquet shards: scored a record batch at a time, never read whole
+        return predict_shards(cfg, model, output)
     frame, original, reasons, source = read_rows(
         model, cfg.input, cfg.format, list(cfg.column_names), cfg.encoding, cfg.id_column
     )
@@ -160,6 +163,127 @@ def run_predict(cfg: DictConfig) -> dict:
         "output": str(output),
         "rejects": str(rejects) if rejects else None,
     }
+
+
+def predict_shards(cfg: DictConfig, model: Model, output: Path) -> dict:
+    """Score every ``.parquet`` file under the directory ``cfg.input`` in sorted order, ``READ_ROWS`` rows at a
+    time, appending the predictions to ``output`` and the rows that cannot be scored to the rejects file;
+    ``row`` numbers the rows of all the files in that order, from 1.
+
+    Raises:
+        UserError: a shard that cannot be read, lacks a column the model reads or holds one of the wrong
+            type (naming the file), or (under ``strict``) the first invalid row.
+    """
+    from seo_cli.config import DataConfig
+    from seo_cli.data.shards import READ_ROWS, _fragment, as_frame, check_schema, shard_files
+
+    pre = model.preprocessor
+    mapping = DataConfig(
+        source="parquet_dir",
+        text_columns=pre.text_columns,
+        numeric_columns=pre.numeric_columns,
+        categorical_columns=pre.categorical_columns,
+    )
+    columns = list(dict.fromkeys([*([cfg.id_column] if cfg.id_column else []), *mapping.text_columns]))
+    columns = list(dict.fromkeys([*columns, *pre.numeric_columns, *pre.categorical_columns]))
+    kinds = {"numeric": pre.numeric_columns, "regression": []}
+    rejects, first, rows, rejected = rejects_path(output), None, 0, 0
+    with atomic_path(output) as out_tmp, atomic_path(rejects) as rejects_tmp:
+        scores, bad = TableWriter(out_tmp, FORMATS[output.suffix.lower()]), TableWriter(rejects_tmp, "csv")
+        for path in shard_files(cfg.input, "input"):
+            try:
+                fragment = _fragment(str(path))
+                schema = fragment.physical_schema
+            except (pa.ArrowException, OSError) as err:
+                raise UserError(
+                    f"cannot read {path} as Parquet: {str(err).strip()[:200]}; check the file."
+                ) from None
+            if cfg.id_column and cfg.id_column not in schema.names:
+                raise UserError(
+                    f"id_column={cfg.id_column} is not a column of {path}; its columns are: {', '.join(schema.names)}."
+                )
+            check_schema(path, schema, mapping, "input", first)
+            first = first or (path, schema)
+            source = Source(str(path))
+            for batch in fragment.to_batches(columns=columns, batch_size=READ_ROWS, use_threads=False):
+                frame = as_frame(pa.Table.from_batches([batch]), kinds)
+                frame.index = pd.RangeIndex(rows, rows + len(frame))
+                reasons = row_problems(frame, model, source)
+                invalid = reasons.notna()
+                if cfg.strict and invalid.any():
+                    at = int(np.flatnonzero(invalid.to_numpy())[0])
+                    raise UserError(
+                        f"row {rows + at + 1} of the input ({path}): {reasons.iloc[at]}; fix it, or drop strict=true."
+                    )
+                valid = frame[~invalid]
+                if len(valid):
+                    ids = (
+                        valid[cfg.id_column]
+                        if cfg.id_column
+                        else pd.Series(valid.index + 1, index=valid.index, name="row")
+                    )
+                    scored = score(model, valid, cfg.batch_size)
+                    scores.write(pd.concat([ids.reset_index(drop=True), scored], axis=1))
+                if invalid.any():
+                    numbers = pd.DataFrame({"row": frame.index[invalid] + 1, "reason": reasons[invalid]})
+                    bad.write(pd.concat([numbers, frame[invalid]], axis=1))
+                rows, rejected = rows + len(frame), rejected + int(invalid.sum())
+        scores.close([cfg.id_column or "row", *prediction_columns(model)])
+        bad.close(["row", "reason", *columns])
+    if rejected:
+        log.warning(
+            "%d of %d rows could not be scored; they are in %s with the reason.", rejected, rows, rejects
+        )
+    else:
+        rejects.unlink(missing_ok=True)  # an earlier run's rejects would read as this run's
+    log.info("Wrote %d predictions to %s", rows - rejected, output)
+    return {
+        "rows": rows,
+        "scored": rows - rejected,
+        "rejected": rejected,
+        "output": str(output),
+        "rejects": str(rejects) if rejected else None,
+    }
+
+
+class TableWriter:
+    """Frames appended to one file in ``fmt`` (csv | tsv | jsonl | parquet): a streamed input's output."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.fmt, self.rows, self.parquet = path, fmt, 0, None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self.parquet is None:
+                self.parquet = pq.ParquetWriter(self.path, table.schema)
+            self.parquet.write_table(table.cast(self.parquet.schema))
+        elif self.fmt == "jsonl":
+            with open(self.path, "a") as f:
+                text = frame.to_json(orient="records", lines=True)
+                f.write(text if text.endswith("\n") else text + "\n")
+        else:
+            frame.to_csv(
+                self.path,
+                mode="a",
+                header=self.rows == 0,
+                sep="," if self.fmt == "csv" else "\t",
+                index=False,
+            )
+        self.rows += len(frame)
+
+    def close(self, columns: list[str]) -> None:
+        """Finish the file; with no rows written, a file of just these ``columns``."""
+        if self.parquet is not None:
+            self.parquet.close()
+        elif self.rows == 0:
+            empty = pd.DataFrame(columns=columns)
+            if self.fmt == "parquet":
+                empty.to_parquet(self.path, index=False)
+            elif self.fmt != "jsonl":
+                empty.to_csv(self.path, sep="," if self.fmt == "csv" else "\t", index=False)
 
 
 def read_rows(

@@ -9,6 +9,7 @@ component (announced on its own log line), ``fit``, score the best checkpoint on
 write the summary. Only this module, ``evaluate.py`` and ``predict.py`` read ``cfg``.
 """
 
+import copy
 import dataclasses
 import json
 import logging
@@ -21,11 +22,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from seo_cli import distributed
+from seo_cli import crossval, distributed
 from seo_cli.checkpoint import Checkpoint, CheckpointManager, load_checkpoint, unwrap_model
 from seo_cli.config import Placement
 from seo_cli.console import metrics_table, print_table, run_panel
 from seo_cli.data.batches import fits_on_device, make_batches, pad_multiple
+from seo_cli.data.parquet import StreamedData
 from seo_cli.data.pipeline import PreparedData, SplitTensors, prepare_data, targets_of
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Scorer
@@ -60,7 +62,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     make_run_dir(run_dir)
     resume_path, resume_state = resume_point(cfg, run_dir)
     device = set_up_device(cfg)
-    data = prepare_data(OmegaConf.to_object(cfg.data), cfg.seed)
+    fold = (cfg.cv.fold, cfg.cv.folds) if cfg.cv.fold is not None else None  # a model of a cross-validation
+    data = prepare_data(OmegaConf.to_object(cfg.data), cfg.seed, fold)
     model, loss_fn, optimizer = build_model(cfg, data, device, allowed)
     data = frozen_features(cfg, data, model, device)
     train_batches, val_batches, test_batches = build_batches(cfg, data, device)
@@ -100,6 +103,60 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if distributed.is_main():
         write_summary(run_dir, summary)
         report(cfg, result, summary)
+    return summary
+
+
+def cross_validate(cfg: DictConfig, run_dir: Path) -> dict:
+    """``cv.folds=K``: train one model per fold, each in ``run_dir/fold_<k>/`` with its own checkpoints
+    (``train`` with ``cv.fold=k``), then write ``cv_summary.csv`` and ``.json`` and the run's summary,
+    whose objective value is the mean over the folds. ``resume=auto`` keeps the folds that finished and
+    resumes the one that was interrupted.
+
+    Under ``hparams_search=optuna`` the trial hears only that mean, at the end: the folds do not report
+    their epochs to the pruner (fold 1's third epoch is no step further than fold 0's), so a
+    cross-validated trial is never pruned.
+
+    Returns:
+        The run's summary (as ``train``'s, with ``metrics_std`` and the fold directories).
+    """
+    started = time.perf_counter()
+    check_train_config(cfg)
+    make_run_dir(run_dir)
+    build_trial(cfg, run_dir)  # the study learns where the trial's files are
+    summaries = []
+    for k in range(cfg.cv.folds):
+        fold_dir = crossval.fold_dir(run_dir, k)
+        fold_cfg = copy.deepcopy(cfg)
+        fold_cfg.cv.fold = k
+        fold_cfg.tuning.trial_id = None  # see above: no per-epoch reports
+        finished = finished_fold(fold_cfg, fold_dir) if cfg.resume == "auto" else None
+        if finished is not None:
+            log.info("Cross-validation fold %d finished before (resume=auto): its summary is kept.", k)
+            summaries.append(finished)
+            continue
+        if not (fold_dir / "checkpoints").is_dir():
+            fold_cfg.resume = None  # a fold not started yet starts afresh, without resume=auto's warning
+        log.info("Cross-validation: training fold %d of folds 0-%d in %s", k, cfg.cv.folds - 1, fold_dir)
+        summaries.append(train(fold_cfg, fold_dir))
+    table, summary = crossval.summarize_folds(cfg.objective, summaries, run_dir)
+    summary["wall_time_s"] = time.perf_counter() - started
+    crossval.write_cv_summary(run_dir, table, summary)
+    write_summary(run_dir, summary)
+    log.info("Evaluate the ensemble of the folds on the test split with: seo-eval checkpoint=%s", run_dir)
+    return summary
+
+
+def finished_fold(cfg: DictConfig, fold_dir: Path) -> dict | None:
+    """The summary of a fold that finished in an earlier attempt of this cross-validation, or None.
+
+    Raises:
+        UserError: it was trained with other settings (``check_resume_config``, as any resume).
+    """
+    path, best = fold_dir / "summary.json", fold_dir / "checkpoints" / "best.pt"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    if summary.get("status") != "ok" or not best.is_file():
+        return None
+    check_resume_config(load_checkpoint(best)["config"], cfg, cfg.resume_strict, best)
     return summary
 
 
@@ -176,6 +233,11 @@ def frozen_features(cfg: DictConfig, data: PreparedData, model: torch.nn.Module,
     inner = unwrap_model(model)
     if not getattr(inner, "freeze_all", False):
         return data
+    if isinstance(data, StreamedData):
+        raise UserError(
+            "model.freeze=all computes each split's features once, in memory, which data.source=parquet_dir does "
+            "not hold; use model.freeze=embeddings or a number of layers."
+        )
     started = time.perf_counter()
     splits = {
         name: SplitTensors(
@@ -195,6 +257,8 @@ def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> 
 
     ``trainer.overfit_batches=N``: all three are the first N training batches, in a fixed order.
     """
+    if isinstance(data, StreamedData):
+        return stream_batches(cfg, data)
     splits = data.splits
     placement = cfg.data.placement
     if placement == Placement.auto:
@@ -224,6 +288,28 @@ def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> 
         make_batches(splits[name].inputs, splits[name].targets, batch_size=cfg.eval_batch_size, **loading)
         for name in ("val", "test")
     )
+    return train, val, test
+
+
+def stream_batches(cfg: DictConfig, data: StreamedData) -> tuple[Any, Any, Any]:
+    """Train (shuffled: row groups and a shuffle buffer; a contiguous share per rank), validation and test
+    batches of Parquet shards, read and preprocessed by ``data.num_workers`` DataLoader workers."""
+    log.info(
+        "Data placement: streamed from Parquet shards by %d DataLoader worker(s), shuffle buffer %s rows",
+        cfg.data.num_workers,
+        f"{cfg.data.shuffle_buffer:,}",
+    )
+    loading = {
+        "seed": cfg.seed,
+        "shuffle_buffer": cfg.data.shuffle_buffer,
+        "shard": (distributed.rank(), distributed.world_size()) if distributed.enabled() else None,
+        "pad_to_multiple_of": pad_multiple(cfg.data, compiled=cfg.compile or cfg.trainer.cuda_graphs),
+        "pad_id": data.preprocessor.input_spec.pad_id,
+        "num_workers": cfg.data.num_workers,
+        "pin_memory": cfg.data.pin_memory,
+    }
+    train = data.batches("train", batch_size=cfg.batch_size, shuffle=True, **loading)
+    val, test = (data.batches(name, batch_size=cfg.eval_batch_size, shuffle=False, **loading) for name in ("val", "test"))
     return train, val, test
 
 

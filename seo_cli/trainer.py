@@ -189,7 +189,7 @@ def fit(
             epoch_loss, memory = torch.tensor(loop.epoch_loss, device=device), MemoryWindow(device)
             speed = clock.start_epoch(getattr(unwrap_model(model), "flops_per_token", None), peak_flops)
             # A resumed run skips the batches its checkpoint had already trained on in this epoch.
-            batches = itertools.islice(train_batches, loop.batches_done, None)
+            batches = remaining_batches(train_batches, loop.batches_done)
             for batch_window in speed.timed(windows(batches, accumulate)):
                 replayed = graph.replay(batch_window)  # cuda_graphs: forward to optimizer.step() in one launch
                 if replayed is None:
@@ -795,6 +795,14 @@ def count_batches(batches: Iterable) -> int:
             "pass a DataLoader, a Dataset or a list of batches."
         )
     return len(batches) if hasattr(batches, "__len__") else 0
+
+
+def remaining_batches(batches: Iterable[tuple[Batch, Batch]], done: int) -> Iterator[tuple[Batch, Batch]]:
+    """The epoch's batches after its first ``done``: a stream that can seek (``iter_from``, Parquet shards)
+    starts there; others are iterated past them."""
+    if hasattr(batches, "iter_from"):
+        return batches.iter_from(done)
+    return itertools.islice(batches, done, None)
 
 
 def windows(batches: Iterable[tuple[Batch, Batch]], size: int) -> Iterator[list[tuple[Batch, Batch]]]:

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH, MAX_SEPARATOR
+from seo_cli.data.shards import is_parquet_dir
 from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, REGRESSION, InputSpec, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
@@ -75,7 +76,7 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
     for name, node in (cfg.logger or {}).items():
         problems += check_component(node, f"logger.{name}", "logger", allowed)
 
-    problems += _data_problems(cfg.data) + _run_problems(cfg) + _metric_problems(cfg)
+    problems += _data_problems(cfg.data) + _run_problems(cfg) + _metric_problems(cfg) + _cv_problems(cfg)
     if not problems:  # the constructors see only values that passed every other check
         for group in ("model", "optimizer", "loss", "scheduler"):
             if cfg[group]:
@@ -88,16 +89,49 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
 def _data_problems(data: DictConfig) -> list[str]:
     """What is wrong with the ``data`` section: sources, columns and their roles, splits, sizes."""
     problems: list[str] = []
+    shards = is_parquet_dir(data)  # split by a column or by directories: the fractions do not apply
     if data.source == "file" and not data.path:
         problems.append("data.path is required for a data file; set data.path=pages.csv.")
-    if data.source != "file":
+    if shards:
+        problems += _parquet_problems(data)
+        multilabel = [t.name for t in data.targets if t.type == MULTILABEL]
+        if multilabel:
+            # The shards' scan counts classes and checks regression values, not label sets.
+            problems.append(
+                f"multilabel target {multilabel[0]!r} cannot be streamed from Parquet shards; give a table file "
+                "(data=csv data.path=<file>) or make it a classification target."
+            )
+    elif data.source != "file":
         for key in ("test_path", "column_names"):
             if data[key]:
                 problems.append(f"data.{key} applies to data files only; set data=csv or remove it.")
+    if data.val_path and not shards:
+        problems.append(
+            "data.val_path names a directory of validation shards, for data.source=parquet_dir only; "
+            "remove it, or set data=parquet_dir."
+        )
     if data.num_workers < 0:
         problems.append(f"data.num_workers={data.num_workers} must be 0 or more.")
-    if data.test_path and data.split_column:
+    if data.test_path and data.split_column and not shards:
         problems.append("data.test_path and data.split_column both choose the test rows; keep one of them.")
+    if data.split_column and data.split_by != "random":
+        problems.append(
+            f"data.split_column and data.split_by={data.split_by} both choose the splits; keep one of them."
+        )
+    if data.split_by == "group" and not data.group_column:
+        problems.append(
+            "data.split_by=group needs data.group_column, the column naming each row's group (e.g. site or "
+            "query); set it, or use data.split_by=random."
+        )
+    if data.split_by == "time" and not data.time_column:
+        problems.append(
+            "data.split_by=time needs data.time_column, a column of dates or numbers ordering the rows; set it, "
+            "or use data.split_by=random."
+        )
+    if data.time_column and data.split_by != "time":
+        problems.append(
+            f"data.time_column={data.time_column} orders only a time split; set data.split_by=time or remove it."
+        )
     if not data.targets:
         problems.append(
             "data.targets is empty; name at least one, e.g. data.targets=[{name:intent,type:classification}]."
@@ -120,7 +154,7 @@ def _data_problems(data: DictConfig) -> list[str]:
         problems.append(
             "the data has no input columns; set data.text_columns, data.numeric_columns or data.categorical_columns."
         )
-    if not data.split_column:
+    if not data.split_column and not shards:
         for key in ("val_fraction",) if data.test_path else ("val_fraction", "test_fraction"):
             if not 0.0 < data[key] < 1.0:
                 problems.append(f"data.{key}={data[key]} must be between 0 and 1 (exclusive), e.g. 0.15.")
@@ -158,6 +192,37 @@ def _data_problems(data: DictConfig) -> list[str]:
     return problems
 
 
+def _parquet_problems(data: DictConfig) -> list[str]:
+    """The rules of a directory of Parquet shards (``seo_cli.data.shards``): its splits come from a column
+    or from directories, never from random rows, and the in-memory options do not apply."""
+    problems: list[str] = []
+    if not data.path:
+        problems.append("data.path is required for data.source=parquet_dir; set data.path=<directory of .parquet shards>.")
+    if data.split_column and (data.val_path or data.test_path):
+        problems.append(
+            "data.split_column and data.val_path / data.test_path both choose the validation and test rows; keep one."
+        )
+    elif not data.split_column and not (data.val_path and data.test_path):
+        problems.append(
+            "data.source=parquet_dir takes its splits from a column or from directories, never from random rows: "
+            "set data.split_column=<a column holding train, val or test>, or both data.val_path and data.test_path "
+            "to directories of shards."
+        )
+    if data.column_names:
+        problems.append("data.column_names names the columns of a header-less CSV; Parquet shards name their own, remove it.")
+    for key, low in (("fit_sample_rows", 100), ("shuffle_buffer", 1)):
+        if data[key] < low:
+            problems.append(f"data.{key}={data[key]} must be at least {low}.")
+    if data.placement == "device":
+        problems.append("data.placement=device keeps a split in memory, but Parquet shards are streamed; remove it.")
+    if data.bucket_by_length:
+        problems.append(
+            "data.bucket_by_length sorts a split held in memory, but Parquet shards are streamed; remove it "
+            "(padding=longest still cuts each batch to its longest row)."
+        )
+    return problems
+
+
 def _run_problems(cfg: DictConfig) -> list[str]:
     """What is wrong with the run's sizes, rates, trainer and device knobs (and a warm-up longer than the run)."""
     problems: list[str] = []
@@ -182,6 +247,11 @@ def _run_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"device.timeout_s={cfg.device.timeout_s} must be a positive number of seconds.")
     if cfg.device.strategy == "ddp" and cfg.device.type == "mps":
         problems.append("device.type=mps cannot run DDP; use device.type=cuda or cpu with device=ddp.")
+    if cfg.trainer.overfit_batches and is_parquet_dir(cfg.data):
+        problems.append(
+            "trainer.overfit_batches trains on the first batches held in memory, but Parquet shards are streamed; "
+            "remove it (or debug=overfit), or copy a few rows into a table file."
+        )
     if cfg.trainer.cuda_graphs:
         problems += _cuda_graph_conflicts(cfg)
     if cfg.device.precision not in PRECISIONS:
@@ -191,6 +261,35 @@ def _run_problems(cfg: DictConfig) -> list[str]:
     warmup = cfg.scheduler.get("warmup_steps") if cfg.scheduler and cfg.scheduler.get("warmup_ratio") is None else None
     if steps is not None and isinstance(warmup, int) and warmup >= steps:
         problems.append(_warmup_problem(warmup, steps))
+    return problems
+
+
+def _cv_problems(cfg: DictConfig) -> list[str]:
+    """What stops ``cv.folds`` from cross-validating this run."""
+    folds, fold = cfg.cv.folds, cfg.cv.fold
+    if not folds:
+        if fold is not None:
+            return ["cv.fold picks one fold of a cross-validation; set cv.folds too (e.g. cv.folds=5), or remove cv.fold."]
+        return []
+    problems = []
+    if folds < 2:
+        problems.append(f"cv.folds={folds} must be 2 or more, or 0 or null for no cross-validation.")
+    elif fold is not None and not 0 <= fold < folds:
+        problems.append(f"cv.fold={fold} must be from 0 to {folds - 1} (the folds of cv.folds={folds}), or null for all.")
+    if cfg.data.split_by == "time":
+        problems.append(
+            "cv.folds rotates validation over all train and val rows, which under data.split_by=time would train on "
+            "the future; use data.split_by=random or group, or remove cv.folds."
+        )
+    if cfg.device.strategy == "ddp":
+        problems.append("cv.folds does not combine with device=ddp yet; train the folds on one device, or remove cv.folds.")
+    if cfg.resume not in (None, "auto") and fold is None:
+        problems.append(
+            f"resume={cfg.resume} names one checkpoint, and a cross-validation run has one per fold; use resume=auto "
+            "with hydra.run.dir=<the run directory>, or set cv.fold to resume that fold."
+        )
+    if cfg.trainer.overfit_batches:
+        problems.append("trainer.overfit_batches trains and validates on the same rows, which no fold does; remove one of them.")
     return problems
 
 
@@ -312,6 +411,8 @@ def known_run_length(cfg: DictConfig) -> int | None:
     fractions, with train_test_split's rounding); None when the rows are in a file not yet read."""
     data = cfg.data
     if data.source != "seo_pages" or data.split_column or not 0 < data.val_fraction + data.test_fraction < 1:
+        return None
+    if data.split_by != "random" or cfg.cv.folds:  # whole groups, tied times, folds: sizes known once split
         return None
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.trainer.accumulate_grad_batches < 1 or cfg.device.num_devices < 1:
         return None

@@ -29,6 +29,7 @@ LONGEST_FIRST = (
     "reliability/test_fuzzed_configs.py",  # 35
     "e2e/test_cli.py",  # 30
     "test_tuning_parallel.py",  # 30
+    "data/test_parquet_dir.py",  # 23
     "test_resume.py",  # 25
     "reliability/test_load.py",  # 25
     "reliability/test_hostile_files.py",  # 23

@@ -227,6 +227,8 @@ def test_debug_smoke_composes_with_every_option_and_passes_the_start_up_checks(
             "data.numeric_columns=[a]",
             "data.targets=[{name:y,type:regression}]",
         ]
+    if (group, option) == ("data", "parquet_dir"):  # any directory: its shards are read with the data
+        extra = ["data.path=.", "data.split_column=split", "data.numeric_columns=[a]", "data.targets=[{name:y,type:regression}]"]
     if (group, option) == ("experiment", "intent_minilm"):  # a recipe for the user's own file
         extra = [f"data.path={tmp_path / 'queries.csv'}", "data.targets=[{name:intent,type:classification}]"]
     cfg = compose_train("debug=smoke", f"{group}={option}", *extra)

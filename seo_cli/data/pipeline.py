@@ -2,17 +2,20 @@
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold, train_test_split
 from torch import Tensor
 
-from seo_cli.config import DataConfig
+from seo_cli.config import DataConfig, SplitBy
 from seo_cli.data import seo_pages
+from seo_cli.data.parquet import StreamedData, prepare_stream
 from seo_cli.data.preprocess import Preprocessor, as_text_values, split_labels
+from seo_cli.data.shards import is_parquet_dir
 from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, REGRESSION, Target
 from seo_cli.data.tables import Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
@@ -21,6 +24,10 @@ from seo_cli.pretrained import encoder_files
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# split_by=group cuts the rows into this many group folds of about equal size and class mix and gives each
+# split whole folds, so its sizes follow the fractions to the nearest 5% of the rows. The cost grows with
+# groups x folds (scikit-learn's StratifiedGroupKFold: about 1 s per 1,000 groups).
+GROUP_SPLIT_FOLDS = 20
 
 
 @dataclass
@@ -57,7 +64,8 @@ def load_frame(
             "the seo_pages dataset"
         )
     mapped = [*data.text_columns, *data.numeric_columns, *data.categorical_columns]
-    mapped += [t.name for t in data.targets] + ([data.split_column] if data.split_column else [])
+    mapped += [t.name for t in data.targets]
+    mapped += [c for c in (data.split_column, data.group_column, data.time_column) if c and c not in mapped]
     frame, source = read_table(
         path or data.path,
         data.format,
@@ -94,6 +102,8 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
         ("data.categorical_columns", data.categorical_columns),
         ("data.targets", [t.name for t in data.targets]),
         ("data.split_column", [data.split_column] if data.split_column else []),
+        ("data.group_column", [data.group_column] if data.group_column else []),
+        ("data.time_column", [data.time_column] if data.time_column else []),
     ]
     for key, columns in mapped:
         missing = [c for c in columns if c not in frame.columns]
@@ -181,8 +191,10 @@ def split_rows(
 ) -> dict[str, np.ndarray]:
     """Row positions of the train, val and (``with_test``) test splits.
 
-    A ``data.split_column`` decides when given; otherwise a seeded random split by the fractions,
-    stratified on the first classification target so rare classes appear in every split.
+    A ``data.split_column`` decides when given; otherwise the fractions, by ``data.split_by``: seeded
+    random rows stratified on the first classification target so rare classes appear in every split
+    (``random``), whole groups of ``data.group_column`` (``group``), or the order of ``data.time_column``
+    (``time``: train the earliest rows, test the latest).
     """
     positions = np.arange(len(frame))
     names = SPLITS if with_test else SPLITS[:2]
@@ -191,14 +203,16 @@ def split_rows(
         unknown = sorted(set(column) - set(names))
         if unknown:
             row = _first(column.to_numpy() == unknown[0])
-            at = where.row(int(frame.index[row])) if isinstance(where, Source) else f"row {row + 1}"
             raise UserError(
-                f"data.split_column {data.split_column!r} of {where} holds {unknown[0]!r} at {at}; "
+                f"data.split_column {data.split_column!r} of {where} holds {unknown[0]!r} at {_at(frame, where, row)}; "
                 f"its values must be {', '.join(names[:-1])} or {names[-1]}."
             )
         return {name: positions[(column == name).to_numpy()] for name in names}
-    stratify_on = next((t.name for t in data.targets if t.type == CLASSIFICATION), None)
-    labels = as_text_values(frame[stratify_on]).to_numpy() if stratify_on else None
+    if data.split_by == SplitBy.group:
+        return _split_by_group(frame, data, seed, where, names)
+    if data.split_by == SplitBy.time:
+        return _split_by_time(frame, data, where, names)
+    stratify_on, labels = _stratify_labels(frame, data)
     held_out = data.val_fraction + data.test_fraction if with_test else data.val_fraction
     try:
         train, rest = train_test_split(positions, test_size=held_out, random_state=seed, stratify=labels)
@@ -217,6 +231,234 @@ def split_rows(
         counts = pd.Series(labels).value_counts()
         raise UserError(_stratify_message(len(frame), data, where, stratify_on, counts, with_test)) from err
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _at(frame: pd.DataFrame, where: Source | str, position: int) -> str:
+    """The row at ``position`` of ``frame`` as a message names it: its file row where the source is known."""
+    return where.row(int(frame.index[position])) if isinstance(where, Source) else f"row {position + 1}"
+
+
+def _stratify_labels(frame: pd.DataFrame, data: DataConfig) -> tuple[str | None, np.ndarray | None]:
+    """The first classification target and its values as text, which splits are stratified on; (None, None)
+    for regression only."""
+    target = next((t.name for t in data.targets if t.type == CLASSIFICATION), None)
+    return target, as_text_values(frame[target]).to_numpy() if target else None
+
+
+def group_values(frame: pd.DataFrame, data: DataConfig, where: Source | str) -> np.ndarray:
+    """The group of each row (``data.group_column``) as text.
+
+    Raises:
+        UserError: a row without a group.
+    """
+    column = frame[data.group_column]
+    empty = missing_cells(column).to_numpy()
+    if empty.any():
+        raise UserError(
+            f"data.group_column {data.group_column!r} of {where} is empty at {_at(frame, where, _first(empty))}; "
+            "give every row a group, or drop the rows without one."
+        )
+    return as_text_values(column).to_numpy()
+
+
+def group_folds(groups: np.ndarray, labels: np.ndarray | None, folds: int, seed: int) -> np.ndarray:
+    """The fold (0 to ``folds`` - 1) of each row: whole groups in folds of about the same size and, with
+    ``labels``, about the same class mix (StratifiedGroupKFold; GroupKFold without labels)."""
+    fold_of = np.empty(len(groups), dtype=np.int64)
+    placeholder = np.zeros(len(groups))
+    if labels is not None:
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        splits = splitter.split(placeholder, labels, groups)
+    else:
+        splits = GroupKFold(folds, shuffle=True, random_state=seed).split(placeholder, groups=groups)
+    with warnings.catch_warnings():
+        # "The least populated class has fewer members than n_splits": such a class cannot be in every fold,
+        # and is still spread as evenly as its groups allow; a class that misses training is refused later.
+        warnings.simplefilter("ignore", UserWarning)
+        for k, (_, rows) in enumerate(splits):
+            fold_of[rows] = k
+    return fold_of
+
+
+def _split_by_group(
+    frame: pd.DataFrame, data: DataConfig, seed: int, where: Source | str, names: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Whole groups per split: the groups are dealt into ``GROUP_SPLIT_FOLDS`` folds of about equal size and
+    class mix, and each held-out split takes the whole folds its fraction asks for (at least one)."""
+    groups = group_values(frame, data, where)
+    distinct = len(np.unique(groups))
+    folds = min(GROUP_SPLIT_FOLDS, distinct)
+    counts = {name: max(1, round(getattr(data, f"{name}_fraction") * folds)) for name in names[1:]}
+    if distinct < len(names) or folds - sum(counts.values()) < 1:
+        fractions = " and ".join(
+            f"data.{name}_fraction={getattr(data, f'{name}_fraction'):g}" for name in names[1:]
+        )
+        raise UserError(
+            f"data.group_column {data.group_column!r} of {where} has {distinct} groups, too few to give the "
+            f"{'/'.join(names)} splits groups of their own at {fractions}; add groups, lower the fractions, "
+            "or set data.split_by=random."
+        )
+    fold_of = group_folds(groups, _stratify_labels(frame, data)[1], folds, seed)
+    rows, start = {}, 0
+    for name in names[1:]:
+        rows[name] = np.flatnonzero((fold_of >= start) & (fold_of < start + counts[name]))
+        start += counts[name]
+    rows["train"] = np.flatnonzero(fold_of >= start)
+    return {name: rows[name] for name in names}
+
+
+def time_values(frame: pd.DataFrame, data: DataConfig, where: Source | str) -> pd.Series:
+    """The time of each row (``data.time_column``): its numbers, or its dates and times as pandas parses them.
+
+    Raises:
+        UserError: a row without a time, or a value that is neither a number nor a date.
+    """
+    name, column = data.time_column, frame[data.time_column]
+    empty = missing_cells(column).to_numpy()
+    if empty.any():
+        raise UserError(
+            f"data.time_column {name!r} of {where} is empty at {_at(frame, where, _first(empty))}; "
+            "give every row a time, or drop the rows without one."
+        )
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
+        return column
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().all():
+        return numbers
+    try:
+        times = pd.to_datetime(column, errors="coerce", format="mixed")
+    except (ValueError, TypeError):  # offsets that differ between rows: compared in UTC
+        times = pd.to_datetime(column, errors="coerce", format="mixed", utc=True)
+    bad = times.isna().to_numpy()
+    if bad.any():
+        row = _first(bad)
+        raise UserError(
+            f"data.time_column {name!r} of {where} holds {column.iloc[row]!r} at {_at(frame, where, row)}, which is "
+            "neither a date nor a number; fix the value (e.g. 2024-05-31 or a Unix time) or choose another column."
+        )
+    return times
+
+
+def _split_by_time(
+    frame: pd.DataFrame, data: DataConfig, where: Source | str, names: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """The earliest rows train, the next validate, the latest test, in the sizes of the random split; rows
+    of the time where a split starts all go to that (the later) split, so no time is in two splits."""
+    times = time_values(frame, data, where)
+    order = times.rank(method="dense").to_numpy()  # one number per distinct time, in time order
+    rows = len(frame)
+    held_out = data.val_fraction + (data.test_fraction if len(names) == 3 else 0.0)
+    # train_test_split's sizes: the held-out rows rounded up, then the test rows of those rounded up.
+    starts = {"val": rows - math.ceil(held_out * rows)}
+    if len(names) == 3:
+        starts["test"] = rows - math.ceil(data.test_fraction / held_out * (rows - starts["val"]))
+    ordered = np.sort(order)
+    split_of = np.zeros(rows, dtype=np.int64)
+    for i, name in enumerate(names[1:], start=1):
+        split_of[order >= ordered[min(starts[name], rows - 1)]] = i
+    result = {name: np.flatnonzero(split_of == i) for i, name in enumerate(names)}
+    empty = next((name for name in names if len(result[name]) == 0), None)
+    if empty:
+        raise UserError(
+            f"data.time_column {data.time_column!r} of {where} has {int(ordered[-1])} distinct times in its {rows} "
+            f"rows, too few to give the {empty} split times of its own at these fractions; add rows, change "
+            "data.val_fraction or data.test_fraction, or set data.split_by=random."
+        )
+    return result
+
+
+def fold_rows(
+    frame: pd.DataFrame, data: DataConfig, seed: int, folds: int, where: Source | str
+) -> np.ndarray:
+    """The cross-validation fold (0 to ``folds`` - 1) of each row of ``frame``, seeded: stratified on the
+    first classification target (StratifiedKFold, KFold for regression only), and with
+    ``data.split_by=group`` whole groups per fold (StratifiedGroupKFold, GroupKFold).
+
+    Raises:
+        UserError: fewer rows or groups than folds, or a class with a single row (its fold would
+            validate on a class it never trained on).
+    """
+    target, labels = _stratify_labels(frame, data)
+    if labels is not None:
+        counts = pd.Series(labels).value_counts()
+        if counts.iloc[-1] < 2:
+            raise UserError(
+                f"class {counts.index[-1]!r} of target {target!r} has a single row among the {len(frame)} train "
+                f"and val rows of {where}, so the fold validating on it never trains on it; add rows of it, or "
+                "remove that row."
+            )
+    if data.split_by == SplitBy.group:
+        groups = group_values(frame, data, where)
+        distinct = len(np.unique(groups))
+        if distinct < folds:
+            raise UserError(
+                f"cv.folds={folds} needs at least {folds} groups of data.group_column {data.group_column!r} "
+                f"among the train and val rows of {where}, which have {distinct}; lower cv.folds or add groups."
+            )
+        return group_folds(groups, labels, folds, seed)
+    if len(frame) < folds:
+        raise UserError(
+            f"cv.folds={folds} is more than the {len(frame)} train and val rows of {where}; lower cv.folds or add rows."
+        )
+    fold_of = np.empty(len(frame), dtype=np.int64)
+    splitter = StratifiedKFold if labels is not None else KFold
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a class with fewer rows than folds: not in every fold
+        for k, (_, rows) in enumerate(
+            splitter(folds, shuffle=True, random_state=seed).split(np.zeros(len(frame)), labels)
+        ):
+            fold_of[rows] = k
+    return fold_of
+
+
+def describe_split(
+    splits: dict[str, tuple[pd.DataFrame, Source]], data: DataConfig, made: tuple[str, ...]
+) -> str:
+    """The start-up log's account of a group or time split: groups per split, or each split's time range.
+
+    Raises:
+        AssertionError: a group or a time of the splits in ``made`` is in two of them (a bug of the splitter).
+    """
+    if data.split_by == SplitBy.group:
+        groups = {name: set(group_values(frame, data, source)) for name, (frame, source) in splits.items()}
+        for i, first in enumerate(made):
+            for second in made[i + 1 :]:
+                shared = groups[first] & groups[second]
+                if shared:
+                    raise AssertionError(
+                        f"group {sorted(shared)[0]!r} is in the {first} and the {second} split"
+                    )
+        made_text = "two splits" if len(made) == 3 else "both train and val"
+        text = (
+            f"Split by group (data.group_column={data.group_column!r}): "
+            + ", ".join(f"{name} {len(groups[name])} groups" for name in splits)
+            + f"; no group is in {made_text}"
+        )
+        if "test" not in made:  # the user's own test file
+            shared = groups["test"] & (groups["train"] | groups["val"])
+            text += f"; the test file shares {len(shared)} of its {len(groups['test'])} groups with them"
+        return text
+    ranges = {}
+    for name, (frame, source) in splits.items():
+        times = time_values(frame, data, source)
+        ranges[name] = (times.min(), times.max())
+    for first, second in zip(made, made[1:], strict=False):
+        if not ranges[first][1] < ranges[second][0]:
+            raise AssertionError(
+                f"the {first} split ends at {ranges[first][1]}, not before the {second} split starts"
+            )
+    return (
+        f"Split by time (data.time_column={data.time_column!r}): "
+        + ", ".join(f"{name} {_time_text(low)} to {_time_text(high)}" for name, (low, high) in ranges.items())
+        + "; each split is later than the one before"
+    )
+
+
+def _time_text(value: object) -> str:
+    """A time as the log shows it: a date without its midnight, a number as it is."""
+    if isinstance(value, pd.Timestamp) and value == value.normalize():
+        return str(value.date())
+    return str(value)
 
 
 def _stratify_message(
@@ -280,10 +522,14 @@ class PreparedData:
         }
 
 
-def load_splits(data: DataConfig, seed: int) -> dict[str, tuple[pd.DataFrame, Source]]:
+def load_splits(
+    data: DataConfig, seed: int, fold: tuple[int, int] | None = None
+) -> dict[str, tuple[pd.DataFrame, Source]]:
     """The rows of each split, with their source; the frames keep the file's row numbers as their index.
 
     With ``data.test_path`` its rows are the test split and ``data.path`` is split into train and val.
+    ``fold=(k, folds)``: the train and val rows are dealt into ``folds`` cross-validation folds
+    (``fold_rows``); fold ``k`` validates and the others train. The test split stays as it is.
     """
     frame, source = load_frame(data, seed)
     read = len(frame)
@@ -294,6 +540,19 @@ def load_splits(data: DataConfig, seed: int) -> dict[str, tuple[pd.DataFrame, So
         read += len(test_frame)
         test = (drop_rows_without_target(test_frame, data, test_source), test_source)
     rows = split_rows(frame, data, seed, source, with_test=test is None)
+    if fold is not None:
+        k, folds = fold
+        pool = np.sort(np.concatenate([rows["train"], rows["val"]]))
+        fold_of = fold_rows(frame.iloc[pool], data, seed, folds, source)
+        rows |= {"train": pool[fold_of != k], "val": pool[fold_of == k]}
+        log.info(
+            "Cross-validation fold %d of folds 0-%d: it validates on %d of the %d train and val rows and trains "
+            "on the others; the test split stays held out.",
+            k,
+            folds - 1,
+            len(rows["val"]),
+            len(pool),
+        )
     splits = {name: (frame.iloc[rows[name]], source) for name in rows}
     if test is not None:
         splits["test"] = test
@@ -311,12 +570,27 @@ def load_splits(data: DataConfig, seed: int) -> dict[str, tuple[pd.DataFrame, So
         if len(splits[name][0]) == 0:
             fix = f"raise data.{name}_fraction or add rows" if not data.split_column else f"add {name} rows"
             raise UserError(f"the {name} split of {source} is empty; {fix}.")
+    if data.split_by != SplitBy.random and not data.split_column:
+        log.info("%s", describe_split(splits, data, tuple(rows)))
     return splits
 
 
-def prepare_data(data: DataConfig, seed: int) -> PreparedData:
-    """Read, check and split the rows, fit preprocessing on the training split, and tensorize every split."""
-    splits = load_splits(data, seed)
+def prepare_data(
+    data: DataConfig, seed: int, fold: tuple[int, int] | None = None
+) -> "PreparedData | StreamedData":
+    """Read, check and split the rows (as ``load_splits``), fit preprocessing on the training split, and
+    tensorize every split; ``fold`` (k, K): cross-validation's fold k of K.
+
+    A directory of Parquet shards is not read whole: it is scanned and streamed (``seo_cli.data.parquet``).
+    """
+    if is_parquet_dir(data):
+        if fold is not None:
+            raise UserError(
+                "cv.folds deals rows into folds in memory, and a directory of Parquet shards is streamed; "
+                "give its splits by data.split_column or data.val_path instead, or cross-validate a table file."
+            )
+        return prepare_stream(data, seed)
+    splits = load_splits(data, seed, fold)
     train_frame, train_source = splits["train"]
     for target in targets_of(data):
         if target.type == MULTILABEL:
