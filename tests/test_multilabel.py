@@ -216,3 +216,12 @@ def test_calibrate_refuses_a_checkpoint_without_classification_targets(run, tmp_
     cfg = compose_command("eval", "device=cpu", f"checkpoint='{best}'", "calibrate=true")
     with pytest.raises(UserError, match="calibrate=true fits a temperature per classification target, and checkpoint .* has none"):
         run_eval(cfg, tmp_path)
+
+
+def test_a_multilabel_target_on_parquet_shards_is_refused_at_start_up(tmp_path):
+    cfg = compose_command(
+        "train", "data=parquet_dir", f"data.path='{tmp_path}'", "data.split_column=split", "data.numeric_columns=[x1]",
+        "data.targets=[{name:topics,type:multilabel}]",
+    )
+    with pytest.raises(UserError, match="multilabel target 'topics' cannot be streamed from Parquet shards"):
+        check_train_config(cfg)
