@@ -267,7 +267,7 @@ def score_checkpoint(
     predictions in the target's own units (regression outputs are standardised), for plots and intervals."""
     outputs, labels = predict_rows(trained, frame, split, cfg, device, clock)
     with clock("metrics"):
-        scored = scorer_of(trained, cfg.calibration_bins).score(outputs, labels, split, trained.loss_fn)
+        scored = scorer_of(trained, cfg.get("calibration_bins", CALIBRATION_BINS)).score(outputs, labels, split, trained.loss_fn)
     return scored, target_predictions(scored, trained)
 
 
@@ -405,7 +405,7 @@ def score_ensemble(
         ensemble[t.name] = torch.as_tensor(average, dtype=torch.float32, device=device).reshape(shape)
     outputs = ensemble[first.targets[0].name] if single else ensemble
     with clock("metrics"):
-        scored = scorer_of(first, cfg.calibration_bins).score(outputs, first_labels, split, first.loss_fn)
+        scored = scorer_of(first, cfg.get("calibration_bins", CALIBRATION_BINS)).score(outputs, first_labels, split, first.loss_fn)
     return scored, target_predictions(scored, first)
 
 

@@ -225,3 +225,18 @@ def test_a_multilabel_target_on_parquet_shards_is_refused_at_start_up(tmp_path):
     )
     with pytest.raises(UserError, match="multilabel target 'topics' cannot be streamed from Parquet shards"):
         check_train_config(cfg)
+
+
+def test_a_fold_ensemble_averages_the_label_probabilities(run):
+    from omegaconf import OmegaConf
+
+    from seo_cli.evaluate import Stopwatch, score_checkpoint, score_ensemble, split_rows
+
+    _, best, _ = run
+    models = [load_trained(best, CPU, []) for _ in range(2)]
+    frame = split_rows(models[0], "test")
+    cfg = OmegaConf.create({"eval_batch_size": 64})
+    alone, _ = score_checkpoint(models[0], frame, "test", cfg, CPU, Stopwatch())
+    both, _ = score_ensemble(models, frame, "test", cfg, CPU, Stopwatch())
+    np.testing.assert_allclose(both.predictions["topics"], alone.predictions["topics"], atol=1e-5)
+    assert both.metrics["test/topics/f1_micro"] == alone.metrics["test/topics/f1_micro"]
