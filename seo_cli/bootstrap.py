@@ -15,6 +15,10 @@ continues the stream across calls, so the blocks equal the single draw) and turn
   AUC is the weight of (positive, negative) pairs with the positive ranked higher, ties counting half,
   over the product of the two weights (the Mann-Whitney form of what scikit-learn computes).
 
+Row weights (``data.weight_column``; a rate target's trials) multiply the counts: a resample's metric is
+the metric with ``sample_weight = count x weight``, so each target's columns are weighted by its rows'
+weights once, and its own weight column gives the resample's total weight in place of its size.
+
 Blocks are scored in forked worker processes while this one draws the next. 1,000 resamples of
 1,000,000 rows take about 13 s on 2 cores instead of hours, and equal the per-resample scikit-learn
 computation up to float rounding (tests/test_bootstrap.py keeps that computation).
@@ -32,10 +36,15 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
-from seo_cli.data.spec import CLASSIFICATION
+from seo_cli.data.spec import CLASSIFICATION, RATE
 from seo_cli.errors import UserError
+from seo_cli.metrics import RATE_CLIP
 
-HEADLINE = {CLASSIFICATION: ("accuracy", "f1_macro", "roc_auc"), "regression": ("r2", "mae", "rmse")}
+HEADLINE = {
+    CLASSIFICATION: ("accuracy", "f1_macro", "roc_auc"),
+    "regression": ("r2", "mae", "rmse"),
+    RATE: ("log_loss", "brier", "mae"),
+}
 CHUNK = 128  # resamples per block: their counts of 1,000,000 rows take 128 MB as uint8
 # The AUC's rank sums run over tiles of BLOCK x TILE_BLOCKS sorted rows (8,192 at most), whose counts
 # in a block of resamples (2 x 2 MB as uint16) stay in the CPU's cache.
@@ -95,23 +104,26 @@ def counts_of(indices: np.ndarray, num_rows: int) -> np.ndarray:
 
 
 def metric_samples(
-    predictions: dict[str, tuple[str, np.ndarray, np.ndarray]],
+    predictions: dict[str, tuple],
     counts: Iterable[np.ndarray],
     workers: int = 1,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Each headline metric of each target on each resample: ``{target: {metric: [resamples]}}``.
 
     Args:
-        predictions: ``{target: (task, y_true, y_pred)}``, all of the same rows; y_pred holds class
-            probabilities ``[N, K]`` for classification, values ``[N]`` for regression. Several models'
-            targets under distinct keys share each block of resamples (the paired comparison).
+        predictions: ``{target: (task, y_true, y_pred)}`` or ``(task, y_true, y_pred, weight)``, all of the
+            same rows; y_pred holds class probabilities ``[N, K]`` for classification, values ``[N]`` for
+            regression, predicted rates ``[N]`` (y_true the observed ones) for a rate; ``weight``: the rows'
+            weights (a rate's: its trials times the row weights), None for 1. Several models' targets
+            under distinct keys share each block of resamples (the paired comparison).
         counts: blocks ``[resamples, N]`` of per-row counts, e.g. ``Resamples(...).counts()``.
         workers: processes scoring blocks while this one draws the next, at most ``MAX_WORKERS``
             (1: all in this process).
     """
+    kinds = {CLASSIFICATION: _ClassificationSums, RATE: _RateSums}
     scorers = {
-        name: (_ClassificationSums if task == CLASSIFICATION else _RegressionSums)(y_true, y_pred)
-        for name, (task, y_true, y_pred) in predictions.items()
+        name: kinds.get(task, _RegressionSums)(y_true, y_pred, weight)
+        for name, (task, y_true, y_pred, weight) in ((n, (*p, None)[:4]) for n, p in predictions.items())
     }
     sums = _WeightedSums(list(scorers.values()))
     # One BLAS thread per product: the blocks run in processes already, and OpenBLAS's own threads
@@ -202,10 +214,12 @@ def _score_block(scorers: dict, sums: "_WeightedSums", block: np.ndarray) -> dic
         counts[start : start + part.shape[1]] = part.T
     del block
     total, weighted = sums.of(counts)
-    return {
-        name: scorer.metrics(part, counts, total)
-        for (name, scorer), part in zip(scorers.items(), weighted, strict=True)
-    }
+    # A weighted resample may draw only rows of weight 0: its metrics are NaN, which ``interval`` leaves out.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            name: scorer.metrics(part, counts, total)
+            for (name, scorer), part in zip(scorers.items(), weighted, strict=True)
+        }
 
 
 class _WeightedSums:
@@ -248,28 +262,61 @@ class _WeightedSums:
         return dense[0], [extra[s] if isinstance(s, int) else dense[s] for s in self.slices]
 
 
+def _row_weights(weight: np.ndarray | None, num_rows: int) -> np.ndarray:
+    return np.ones(num_rows) if weight is None else np.asarray(weight, dtype=np.float64)
+
+
 class _RegressionSums:
-    """R^2, MAE and RMSE of weighted sums: sum w e^2, sum w |e|, sum w y and sum w y^2."""
+    """R^2, MAE and RMSE of weighted sums: sum w, sum w e^2, sum w |e|, sum w y and sum w y^2 (w: the
+    count times the row's weight)."""
 
     sparse = False
-    width = 4
+    width = 5
 
-    def __init__(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+    def __init__(self, y_true: np.ndarray, y_pred: np.ndarray, weight: np.ndarray | None = None) -> None:
         self.y_true, self.y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
         self.num_rows = len(self.y_true)
+        self.weight = _row_weights(weight, self.num_rows)
+        self.weighted = weight is not None
 
     def fill(self, columns: np.ndarray) -> None:
         error = self.y_pred - self.y_true
-        centred = self.y_true - self.y_true.mean()  # keeps the sums of squares well conditioned
-        for i, column in enumerate((error**2, np.abs(error), centred, centred**2)):
-            columns[:, i] = column
+        # Centred: keeps the sums of squares well conditioned.
+        centred = self.y_true - (np.average(self.y_true, weights=self.weight) if self.weighted else self.y_true.mean())
+        for i, column in enumerate((np.ones(self.num_rows), error**2, np.abs(error), centred, centred**2)):
+            columns[:, i] = column * self.weight
 
     def metrics(self, sums: np.ndarray, counts: np.ndarray, total: np.ndarray) -> dict[str, np.ndarray]:
-        squared, absolute, y, y2 = sums
+        total, squared, absolute, y, y2 = sums
         ss_tot = y2 - y**2 / total
         # All drawn targets equal: ss_tot is 0, up to the rounding of the two sums.
         ss_tot[ss_tot <= 1e-12 * y2] = np.nan
         return {"r2": 1 - squared / ss_tot, "mae": absolute / total, "rmse": np.sqrt(squared / total)}
+
+
+class _RateSums:
+    """A rate target's log loss, Brier score and MAE (as ``seo_cli.metrics.rate_report``) of weighted sums:
+    sum w, sum w x log loss, sum w (p - r)^2 and sum w |p - r| (w: the count times the row's trials and weight)."""
+
+    sparse = False
+    width = 4
+
+    def __init__(self, rate: np.ndarray, predicted: np.ndarray, weight: np.ndarray | None = None) -> None:
+        self.rate = np.asarray(rate, dtype=np.float64)
+        self.predicted = np.clip(np.asarray(predicted, dtype=np.float64), RATE_CLIP, 1 - RATE_CLIP)
+        self.num_rows = len(self.rate)
+        self.weight = _row_weights(weight, self.num_rows)
+
+    def fill(self, columns: np.ndarray) -> None:
+        r, p = self.rate, self.predicted
+        log_loss = -(r * np.log(p) + (1 - r) * np.log1p(-p))
+        for i, column in enumerate((np.ones(self.num_rows), log_loss, (p - r) ** 2, np.abs(p - r))):
+            columns[:, i] = column * self.weight
+
+    def metrics(self, sums: np.ndarray, counts: np.ndarray, total: np.ndarray) -> dict[str, np.ndarray]:
+        weight, log_loss, squared, absolute = sums
+        with np.errstate(invalid="ignore", divide="ignore"):  # a resample that drew only rows of weight 0: NaN
+            return {"log_loss": log_loss / weight, "brier": squared / weight, "mae": absolute / weight}
 
 
 @dataclass
@@ -330,7 +377,9 @@ def _score_order(score: np.ndarray, is_positive: np.ndarray) -> np.ndarray:
     return np.argsort(key << 1 | ~is_positive)
 
 
-def _pairs_below(counts: np.ndarray, plan: _RankPlan, small_counts: bool) -> np.ndarray:
+def _pairs_below(
+    counts: np.ndarray, plan: _RankPlan, small_counts: bool, row_weight: np.ndarray | None = None
+) -> np.ndarray:
     """Per resample (column of ``counts``): the weight of (positive, negative) row pairs with the
     positive scored higher, ties counting half: sum over positives of w x (negative weight below).
 
@@ -340,19 +389,24 @@ def _pairs_below(counts: np.ndarray, plan: _RankPlan, small_counts: bool) -> np.
     uint16 when no count exceeds 15 (``small_counts``: at most (32 x 15 / 2)^2 = 57,600), else in
     float32 (at most (32 x 255 / 2)^2 < 2^24); uint16 steps take two thirds of float32's time.
     The buffers are made once: allocating them per tile cost as much as the arithmetic.
+    ``row_weight`` (``[N + 1]``, 0 last): each count times its row's weight, summed in float64.
     """
     c, blocks = counts.shape[1], plan.blocks
     tile = BLOCK * blocks
-    dtype = np.uint16 if small_counts else np.float32
-    taken = np.empty((2, tile, c), dtype=np.uint8)
+    dtype = np.float64 if row_weight is not None else np.uint16 if small_counts else np.float32
+    taken = np.empty((2, tile, c), dtype=np.uint8 if row_weight is None else np.float64)
     pos, neg = np.empty((2, BLOCK, blocks, c), dtype=dtype)
     running, within, positive_total, scratch = np.empty((4, blocks, c), dtype=dtype)
     below = np.zeros(c)  # pairs within blocks
     across = np.zeros(c)  # pairs across blocks and tiles
     carried = np.zeros(c)  # negative weight of the tiles before
     for positive_rows, negative_rows in zip(plan.positive, plan.negative, strict=True):
-        np.take(counts, positive_rows, axis=0, out=taken[0])
-        np.take(counts, negative_rows, axis=0, out=taken[1])
+        if row_weight is None:
+            np.take(counts, positive_rows, axis=0, out=taken[0])
+            np.take(counts, negative_rows, axis=0, out=taken[1])
+        else:
+            np.multiply(counts[positive_rows], row_weight[positive_rows, None], out=taken[0])
+            np.multiply(counts[negative_rows], row_weight[negative_rows, None], out=taken[1])
         pos.reshape(tile, c)[...] = taken[0]
         neg.reshape(tile, c)[...] = taken[1]
         np.copyto(running, neg[0])
@@ -370,8 +424,13 @@ def _pairs_below(counts: np.ndarray, plan: _RankPlan, small_counts: bool) -> np.
         carried += block_negative.sum(axis=1)
     ties = np.zeros(c)
     if len(plan.tie_positive_starts):
-        p = np.add.reduceat(counts[plan.tie_positive], plan.tie_positive_starts, axis=0, dtype=np.int32)
-        n = np.add.reduceat(counts[plan.tie_negative], plan.tie_negative_starts, axis=0, dtype=np.int32)
+        tie_p, tie_n = counts[plan.tie_positive], counts[plan.tie_negative]
+        if row_weight is not None:
+            tie_p = tie_p * row_weight[plan.tie_positive, None]
+            tie_n = tie_n * row_weight[plan.tie_negative, None]
+        kind = np.int32 if row_weight is None else np.float64
+        p = np.add.reduceat(tie_p, plan.tie_positive_starts, axis=0, dtype=kind)
+        n = np.add.reduceat(tie_n, plan.tie_negative_starts, axis=0, dtype=kind)
         ties = np.einsum("gc,gc->c", p.astype(np.float64), n)
     return below + across + 0.5 * ties
 
@@ -381,9 +440,11 @@ class _ClassificationSums:
     class, one-vs-rest macro over the classes a resample drew, as ``seo_cli.metrics`` computes it
     (with the probabilities renormalised over those classes when some are missing)."""
 
-    def __init__(self, y_true: np.ndarray, proba: np.ndarray) -> None:
+    def __init__(self, y_true: np.ndarray, proba: np.ndarray, weight: np.ndarray | None = None) -> None:
         self.y_true, self.proba = np.asarray(y_true), proba
         self.num_rows, k = proba.shape
+        # The rows' weights with a 0 for the zero row N that padded positions point at; None: all 1.
+        self.row_weight = None if weight is None else np.append(np.asarray(weight, dtype=np.float64), 0.0)
         self.width = 3 * k  # per class: true, predicted, right
         self.sparse = k > DENSE_CLASSES
         self.plans: dict[tuple[int, ...], list[tuple[int, _RankPlan]]] = {}
@@ -408,18 +469,22 @@ class _ClassificationSums:
         for c in range(k):
             true, chosen = self.y_true == c, predicted == c
             columns[:, c], columns[:, k + c], columns[:, 2 * k + c] = true, chosen, true & chosen
+        if self.row_weight is not None:
+            columns *= self.row_weight[:-1, None]
 
     def sparse_columns(self) -> sparse.csr_matrix:
         rows, cols = self._cells()
-        return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(self.num_rows, self.width))
+        values = np.ones(len(rows)) if self.row_weight is None else self.row_weight[rows]
+        return sparse.csr_matrix((values, (rows, cols)), shape=(self.num_rows, self.width))
 
     def metrics(self, sums: np.ndarray, counts: np.ndarray, total: np.ndarray) -> dict[str, np.ndarray]:
         k = self.proba.shape[1]
         true, predicted, correct = sums[:k], sums[k : 2 * k], sums[2 * k :]
         denominator = true + predicted
         f1 = np.divide(2 * correct, denominator, out=np.zeros_like(correct), where=denominator > 0)
+        # The resample's total weight: each row is true of one class (its size when unweighted).
         return {
-            "accuracy": correct.sum(axis=0) / total,
+            "accuracy": correct.sum(axis=0) / true.sum(axis=0),
             "f1_macro": f1.mean(axis=0),
             "roc_auc": self._roc_auc(counts, true),
         }
@@ -427,6 +492,7 @@ class _ClassificationSums:
     def _roc_auc(self, counts: np.ndarray, true: np.ndarray) -> np.ndarray:
         auc = np.full(counts.shape[1], np.nan)
         small_counts = counts.max() <= 15  # nearly always: P(a count > 15) is about 2e-14 per row
+        small_counts = small_counts and self.row_weight is None
         patterns, which = np.unique((true > 0).T, axis=0, return_inverse=True)
         for p, pattern in enumerate(patterns):
             present = tuple(np.flatnonzero(pattern).tolist())
@@ -437,10 +503,11 @@ class _ClassificationSums:
             weight = true[:, columns]
             drawn = weight[list(present)].sum(axis=0)
             values = [
-                _pairs_below(block, plan, small_counts) / (weight[positive] * (drawn - weight[positive]))
+                _pairs_below(block, plan, small_counts, self.row_weight)
+                / (weight[positive] * (drawn - weight[positive]))
                 for positive, plan in self._plans(present)
             ]
-            auc[columns] = np.mean(values, axis=0)
+            auc[columns] = np.clip(np.mean(values, axis=0), 0.0, 1.0)  # weighted float sums may round past 1
         return auc
 
     def _plans(self, present: tuple[int, ...]) -> list[tuple[int, _RankPlan]]:

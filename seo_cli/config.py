@@ -81,6 +81,12 @@ class TaskType(Choice):
     classification = "classification"
     regression = "regression"
     multilabel = "multilabel"  # several labels per row, joined by data.label_separator ("news|local")
+    rate = "rate"  # the column holds successes (clicks) out of data.trials_column (impressions)
+
+
+class Sampler(Choice):
+    random = "random"  # every training row once per epoch, in a seeded random order
+    balanced = "balanced"  # rows drawn with replacement so each class of the first classification target is equally likely
 
 
 class DeviceType(Choice):
@@ -132,6 +138,9 @@ class DataConfig:
     group_column: Optional[str] = None  # the group of a row, e.g. the query or the site (split_by=group)
     time_column: Optional[str] = None  # a date or a number ordering the rows in time (split_by=time)
     label_separator: str = "|"  # between the labels of a multilabel target's cell: "news|local"
+    weight_column: Optional[str] = None  # non-negative row weights of the losses and the metrics; null: every row 1
+    trials_column: Optional[str] = None  # type: rate targets: the trials (impressions) their successes (clicks) are out of
+    sampler: Sampler = Sampler.random  # balanced: class-balanced draws of training rows (first classification target)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     numeric_scaling: Scaling = Scaling.standard

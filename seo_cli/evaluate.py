@@ -39,13 +39,14 @@ from seo_cli.data.batches import make_batches, pad_multiple
 from seo_cli.data.parquet import ParquetBatches, ShardStream
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
 from seo_cli.data.shards import Layout, head_frame, is_parquet_dir, layout_of, layouts_of, scan_shards
-from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, REGRESSION, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RATE, REGRESSION, Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
 from seo_cli.files import write_text
 from seo_cli.loading import TrainedModel, load_trained
 from seo_cli.metrics import (
     CALIBRATION_BINS,
+    RATE_CLIP,
     as_numpy,
     brier_score,
     expected_calibration_error,
@@ -93,6 +94,11 @@ def evaluation_rows(first: TrainedModel, cfg: DictConfig) -> tuple[pd.DataFrame,
     training data; otherwise the checkpoint's own ``split`` is rebuilt from its config and seed.
     """
     if cfg.data.path and Path(cfg.data.path).is_dir():  # a new directory of Parquet shards: streamed
+        if first.preprocessor.weight_column or first.preprocessor.trials_column:
+            raise UserError(
+                f"{first.path} weighs its rows by data.weight_column or data.trials_column, which are not read from "
+                f"Parquet shards yet; give data.path a table file (CSV, TSV, JSON Lines or a .parquet file)."
+            )
         return shard_rows(first, cfg.data.path), "eval"
     if cfg.data.path:
         data = first.data
@@ -305,7 +311,7 @@ def target_predictions(scored: Evaluation, trained: TrainedModel) -> dict[str, d
         if t.type == REGRESSION:
             mean, std = trained.preprocessor.target_scale[t.name]
             y_true, y_pred = y_true * std + mean, y_pred * std + mean
-        predictions[t.name] = {"y_true": y_true, "y_pred": y_pred}
+        predictions[t.name] = {"y_true": y_true, "y_pred": y_pred, "weight": row_weights(scored, t)}
     return predictions
 
 
@@ -396,6 +402,9 @@ def score_ensemble(
         average = totals[t.name] / len(models)
         if t.type == CLASSIFICATION:
             average = np.log(np.maximum(average, np.finfo(np.float32).tiny))
+        elif t.type == RATE:  # the mean predicted rate, as the logit whose sigmoid the scorer takes
+            rate = np.clip(average, RATE_CLIP, 1 - RATE_CLIP)
+            average = np.log(rate) - np.log1p(-rate)
         elif t.type == MULTILABEL:  # the logit of each label's mean probability
             average = np.clip(average, 1e-7, 1 - 1e-7)
             average = np.log(average) - np.log1p(-average)
@@ -467,9 +476,9 @@ def calibrate(
     for name in trained.preprocessor.class_names:
         t = fit_temperature(val_logits[name], val_labels[name])
         temperature[name] = t
-        y_true = scored.labels[name]
+        y_true, weight = scored.labels[name], scored.sample_weight
         proba = apply_temperature(logits[name], t)
-        reliability = reliability_bins(y_true, proba, cfg.calibration_bins)
+        reliability = reliability_bins(y_true, proba, cfg.calibration_bins, weight)
         before = scored.reports[name]
         result[name] = {
             "temperature": t,
@@ -479,8 +488,10 @@ def calibrate(
             "before": {key: before[key] for key in ("ece", "log_loss", "brier")},
             "after": {
                 "ece": expected_calibration_error(reliability),
-                "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=list(range(proba.shape[1])))),
-                "brier": brier_score(y_true, proba),
+                "log_loss": float(
+                    skm.log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=list(range(proba.shape[1])), sample_weight=weight)
+                ),
+                "brier": brier_score(y_true, proba, weight),
                 "reliability": reliability,
             },
         }
@@ -509,6 +520,15 @@ def _class_logits(
     )
 
 
+def row_weights(scored: Evaluation, target: Target) -> np.ndarray | None:
+    """How much each evaluated row counts in ``target``'s metrics: its weight (``data.weight_column``),
+    times its trials for a rate target; None when every row counts 1."""
+    weight, trials = scored.sample_weight, scored.trials
+    if target.type == RATE:
+        return trials if weight is None else weight * trials
+    return weight
+
+
 def bootstrap_samples(
     models: list[TrainedModel], scored: list[tuple[Evaluation, dict]], split: str, rows: int, cfg: DictConfig
 ) -> list[dict[str, np.ndarray]]:
@@ -516,7 +536,7 @@ def bootstrap_samples(
     ``{"<split>/<target>/<metric>": [resamples]}``: every checkpoint's targets in one pass over the
     resamples, so each resample scores every checkpoint on the same rows."""
     wanted = {
-        (i, t.name): (t.type, predictions[t.name]["y_true"], predictions[t.name]["y_pred"])
+        (i, t.name): (t.type, *(predictions[t.name][key] for key in ("y_true", "y_pred", "weight")))
         for i, (trained, (_, predictions)) in enumerate(zip(models, scored, strict=True))
         for t in trained.targets
         if t.type != MULTILABEL  # no headline metrics resampled: its metrics have no intervals
@@ -561,8 +581,9 @@ def compare(models: list[TrainedModel], results: list[dict], samples: list[dict]
     rows = []
     for trained, result, model_samples in zip(models, results, samples, strict=True):
         row = {"checkpoint": str(trained.path), "label": trained.label, "metrics": {}}
+        headline = {(t.name, m) for t in trained.targets for m in HEADLINE.get(t.type, HEADLINE["regression"])}
         for key, value in result["metrics"].items():
-            if key.rsplit("/", 1)[-1] not in {m for ms in HEADLINE.values() for m in ms}:
+            if tuple(key.split("/", 1)[-1].rsplit("/", 1)) not in headline:  # <split>/<target>/<metric>
                 continue
             entry = {"value": value, "interval": result["intervals"].get(key)}
             if key in model_samples and key in samples[0] and trained is not models[0]:

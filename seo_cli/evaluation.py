@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from seo_cli import distributed
-from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RATE, TRIALS_KEY, WEIGHT_KEY, Target
 from seo_cli.errors import UserError
 from seo_cli.metrics import CALIBRATION_BINS, Curves, as_numpy, flatten, ranking_curves, target_reports
 from seo_cli.runtime import autocast
@@ -75,6 +75,16 @@ class Evaluation:
     predictions: dict[str, Any]  # class probabilities [N, K], or values [N]
     labels: dict[str, Any]
     curves: dict[str, Curves]  # per classification target: its ROC and precision-recall curves
+
+    @property
+    def sample_weight(self) -> Any:
+        """The evaluated rows' weights (``data.weight_column``), or None."""
+        return self.labels.get(WEIGHT_KEY)
+
+    @property
+    def trials(self) -> Any:
+        """The evaluated rows' trials (``data.trials_column``) of rate targets, or None."""
+        return self.labels.get(TRIALS_KEY)
 
 
 @dataclass(frozen=True)
@@ -143,15 +153,28 @@ class Scorer:
                 f"the model's {split} predictions for {', '.join(diverged)} are NaN or infinite (its weights have "
                 "diverged); lower learning_rate or set trainer.gradient_clip_val=1.0."
             )
+        weight, trials = label_arrays.get(WEIGHT_KEY), label_arrays.get(TRIALS_KEY)
+        if weight is not None and not weight.any():
+            raise UserError(
+                f"every {split} row weighs 0 in the weight column, so there is nothing to score; "
+                "score rows of which some have a positive weight."
+            )
+        rates = [t.name for t in self.targets if t.type == RATE]
+        if rates and not (trials * (1 if weight is None else weight)).any():
+            raise UserError(
+                f"rate target {rates[0]!r} has no trials in the {split} rows (every row has 0 trials, or weighs 0), "
+                "so there is no rate to score; score rows with trials."
+            )
         curves = {
             t.name: ranking_curves(
-                label_arrays[t.name], predictions[t.name], self._names(t.name, predictions)
+                label_arrays[t.name], predictions[t.name], self._names(t.name, predictions), weight
             )
             for t in self.targets
             if t.type == CLASSIFICATION
         }
         reports = target_reports(
-            predictions, label_arrays, self.targets, self.target_scale, self.class_names, curves, self.calibration_bins
+            predictions, label_arrays, self.targets, self.target_scale, self.class_names, curves, weight, trials,
+            self.calibration_bins,
         )
         return Evaluation(metrics | flatten(reports, split), reports, predictions, label_arrays, curves)
 

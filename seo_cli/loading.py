@@ -77,6 +77,12 @@ def load_trained(path: Path, device: torch.device, allowed_targets: list[str]) -
     pre = Preprocessor.from_state(state["preprocessing"], where)
     targets = [Target(t.name, t.type) for t in pre.targets]
     data = _data_config(path, config)
+    if (data.weight_column or "", data.trials_column or "") != (pre.weight_column, pre.trials_column):
+        # seo-eval reads the config's columns and encodes the preprocessing's: they must be the same ones.
+        raise UserError(
+            f"{where}: data.weight_column and data.trials_column of its config are not the columns its preprocessing "
+            "weighs by; use a checkpoint written by seo-train."
+        )
     device_section = config.get("device", {})
     if not isinstance(device_section, dict) or str(device_section.get("precision", "32")) not in PRECISIONS:
         raise UserError(f"{where}: device.precision of its config must be one of {', '.join(PRECISIONS)}; use a checkpoint written by seo-train.")

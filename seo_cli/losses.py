@@ -4,6 +4,14 @@ Classification targets use cross entropy (optionally class-weighted and label-sm
 loss; multilabel targets binary cross entropy, one sigmoid per label, averaged over rows and labels;
 regression targets use MSE, L1 or Huber on standardised values (the preprocessing scales every
 regression target to zero mean and unit variance on the training split, so terms are comparable).
+A rate target (clicks out of impressions) uses the binomial likelihood: the binary cross entropy of the
+predicted rate (the sigmoid of its output) against the observed rate, weighted by the trials, which is
+the binomial negative log-likelihood of the clicks divided by the batch's impressions (up to a constant).
+
+Row weights (``data.weight_column``, the labels' ``WEIGHT_KEY``) make each term the weighted mean of its
+rows in the batch, ``sum(w * l) / sum(w)`` (with class weights, ``sum(w * l) / sum(w * class_weight[y])``,
+as cross entropy's own mean); a rate target's rows weigh ``w * trials``. A batch whose rows all weigh 0
+contributes a loss of 0. Without weights the terms are the plain means of before.
 """
 
 from collections.abc import Sequence
@@ -12,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RATE, TRIALS_KEY, WEIGHT_KEY, Target
 from seo_cli.errors import UserError, require
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
@@ -107,15 +115,22 @@ class MultiTargetLoss(nn.Module):
         return total
 
     def terms(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Unweighted loss of each target, as device tensors."""
+        """Loss of each target (before the per-target weights), as device tensors."""
         terms = {}
+        row_weight, trials = targets.get(WEIGHT_KEY), targets.get(TRIALS_KEY)
         for target in self.targets:
             out, y = outputs[target.name], targets[target.name]
             if target.type == CLASSIFICATION:
                 weight = None if self.unweighted[target.name] else self.class_weight(target.name)
-                terms[target.name] = self._classification_term(out, y, weight)
-            elif target.type == MULTILABEL:
-                terms[target.name] = F.binary_cross_entropy_with_logits(out.float().reshape(y.shape), y)
+                terms[target.name] = self._classification_term(out, y, weight, row_weight)
+            elif target.type == MULTILABEL:  # the mean over labels, then over rows (weighted by row)
+                per_row = F.binary_cross_entropy_with_logits(out.float().reshape(y.shape), y, reduction="none").mean(dim=1)
+                terms[target.name] = per_row.mean() if row_weight is None else weighted_mean(per_row, row_weight)
+            elif target.type == RATE:
+                per_row = F.binary_cross_entropy_with_logits(out.float(), y, reduction="none")
+                terms[target.name] = weighted_mean(per_row, trials if row_weight is None else row_weight * trials)
+            elif row_weight is not None:
+                terms[target.name] = weighted_mean(self._regression_rows(out.float(), y), row_weight)
             elif self.regression == "mse":
                 terms[target.name] = F.mse_loss(out.float(), y)
             elif self.regression == "l1":
@@ -124,15 +139,40 @@ class MultiTargetLoss(nn.Module):
                 terms[target.name] = F.huber_loss(out.float(), y, delta=self.huber_delta)
         return terms
 
-    def _classification_term(self, logits: Tensor, y: Tensor, class_weight: Tensor | None) -> Tensor:
+    def _regression_rows(self, out: Tensor, y: Tensor) -> Tensor:
+        if self.regression == "mse":
+            return F.mse_loss(out, y, reduction="none")
+        if self.regression == "l1":
+            return F.l1_loss(out, y, reduction="none")
+        return F.huber_loss(out, y, delta=self.huber_delta, reduction="none")
+
+    def _classification_term(
+        self, logits: Tensor, y: Tensor, class_weight: Tensor | None, row_weight: Tensor | None = None
+    ) -> Tensor:
         logits = logits.float()
         if self.classification == "cross_entropy":
-            return F.cross_entropy(logits, y, weight=class_weight, label_smoothing=self.label_smoothing)
+            if row_weight is None:
+                return F.cross_entropy(logits, y, weight=class_weight, label_smoothing=self.label_smoothing)
+            per_row = F.cross_entropy(
+                logits, y, weight=class_weight, label_smoothing=self.label_smoothing, reduction="none"
+            )  # already times class_weight[y]: the mean divides by the weights' sum
+            mass = row_weight if class_weight is None else row_weight * class_weight[y]
+            return weighted_mean(per_row, row_weight, mass)
         # Focal loss: cross entropy scaled by (1 - p_true)^gamma, class-weighted like cross entropy.
         log_p = F.log_softmax(logits, dim=-1).gather(1, y.unsqueeze(1)).squeeze(1)
         w = class_weight[y] if class_weight is not None else torch.ones_like(log_p)
+        if row_weight is not None:
+            w = w * row_weight
+            return weighted_mean(-((1 - log_p.exp()) ** self.focal_gamma) * log_p, w)
         focal = -((1 - log_p.exp()) ** self.focal_gamma) * log_p * w
         return focal.sum() / w.sum()
+
+
+def weighted_mean(values: Tensor, weights: Tensor, mass: Tensor | None = None) -> Tensor:
+    """``sum(weights * values) / sum(mass)`` (``mass``: the weights themselves unless given); 0 when that sum
+    is 0, without a host sync and without a NaN gradient (the denominator becomes 1 there, the numerator is 0)."""
+    total = (weights if mass is None else mass).sum()
+    return (weights * values).sum() / (total + (total == 0))
 
 
 def _class_weights(spec: str | dict[str, list[float]] | None, target: Target, counts: list[int]) -> Tensor:

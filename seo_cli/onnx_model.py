@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from seo_cli.data.preprocess import Preprocessor
-from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RATE, Target
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def class_probabilities(logits: np.ndarray) -> np.ndarray:
 
 def label_probabilities(logits: np.ndarray) -> np.ndarray:
     """A multilabel target's sigmoid of each logit ``[rows, labels]`` (a one-label head gives ``[rows]``)."""
-    return (1.0 / (1.0 + np.exp(-logits))).reshape(len(logits), -1).astype(np.float32)
+    return (0.5 * (1 + np.tanh(0.5 * logits.astype(np.float64)))).reshape(len(logits), -1).astype(np.float32)
 
 
 @dataclass
@@ -347,10 +347,19 @@ class OnnxModel:
         )
 
     def outputs(self, frame: pd.DataFrame, batch_size: int) -> dict[str, np.ndarray]:
-        """Per target: class probabilities ``[rows, classes]``, or the standardised value ``[rows]``."""
+        """Per target: class probabilities ``[rows, classes]``, a rate ``[rows]``, or the standardised value ``[rows]``."""
         raw = self.raw_outputs(self.preprocessor.encode_inputs(frame, self.sidecar.inputs), batch_size)
-        convert = {CLASSIFICATION: class_probabilities, MULTILABEL: label_probabilities}
-        return {t.name: convert.get(t.type, lambda v: v.reshape(-1))(raw[t.name]) for t in self.targets}
+        outputs = {}
+        for t in self.targets:
+            if t.type == CLASSIFICATION:
+                outputs[t.name] = class_probabilities(raw[t.name])
+            elif t.type == MULTILABEL:
+                outputs[t.name] = label_probabilities(raw[t.name])
+            elif t.type == RATE:  # the sigmoid of the logit, in float64 so a large one does not overflow exp
+                outputs[t.name] = (0.5 * (1 + np.tanh(0.5 * raw[t.name].reshape(-1).astype(np.float64)))).astype(np.float32)
+            else:
+                outputs[t.name] = raw[t.name].reshape(-1)
+        return outputs
 
 
 _arena = threading.Lock()

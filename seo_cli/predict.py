@@ -28,7 +28,7 @@ import pyarrow as pa
 from omegaconf import DictConfig
 
 from seo_cli.data.preprocess import Preprocessor
-from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, MULTILABEL_THRESHOLD, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, MULTILABEL_THRESHOLD, RATE, Target
 from seo_cli.data.tables import FORMATS, Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
 from seo_cli.files import atomic_path, write_error
@@ -343,7 +343,8 @@ def row_problems(frame: pd.DataFrame, model: Model, source: Source) -> pd.Series
 
 
 def score(model: Model, frame: pd.DataFrame, batch_size: int) -> pd.DataFrame:
-    """Per target: the predicted class and its probabilities, or the value in the target's units."""
+    """Per target: the predicted class and its probabilities, a rate target's predicted rate as
+    ``<name>_rate`` (clicks per impression), or the value in the target's units."""
     pre = model.preprocessor
     arrays = model.outputs(frame, batch_size)
     columns: dict[str, np.ndarray] = {}
@@ -356,6 +357,8 @@ def score(model: Model, frame: pd.DataFrame, batch_size: int) -> pd.DataFrame:
         elif t.type == MULTILABEL:
             columns[t.name] = predicted_labels(arrays[t.name], pre.label_names[t.name], separator_of(pre, t.name))
             columns |= {f"{t.name}_{label}": arrays[t.name][:, k] for k, label in enumerate(pre.label_names[t.name])}
+        elif t.type == RATE:
+            columns[f"{t.name}_rate"] = arrays[t.name]
         else:
             mean, std = pre.target_scale[t.name]
             columns[t.name] = arrays[t.name] * std + mean
@@ -397,7 +400,7 @@ def prediction_columns(model: Model) -> list[str]:
     """The columns ``score`` writes, in order: per target its name, then a classifier's probabilities."""
     columns = []
     for t in model.targets:
-        columns.append(t.name)
+        columns.append(f"{t.name}_rate" if t.type == RATE else t.name)
         if t.type == CLASSIFICATION:
             columns += [f"{t.name}_proba_{name}" for name in model.preprocessor.class_names[t.name]]
         elif t.type == MULTILABEL:

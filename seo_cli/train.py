@@ -24,11 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from seo_cli import crossval, distributed
 from seo_cli.checkpoint import Checkpoint, CheckpointManager, load_checkpoint, unwrap_model
-from seo_cli.config import Placement
+from seo_cli.config import Placement, Sampler
 from seo_cli.console import metrics_table, print_table, run_panel
 from seo_cli.data.batches import fits_on_device, make_batches, pad_multiple
 from seo_cli.data.parquet import StreamedData
 from seo_cli.data.pipeline import PreparedData, SplitTensors, prepare_data, targets_of
+from seo_cli.data.spec import CLASSIFICATION
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Scorer
 from seo_cli.loggers import MetricsSink
@@ -282,13 +283,34 @@ def build_batches(cfg: DictConfig, data: PreparedData, device: torch.device) -> 
         fixed = make_batches(first.inputs, first.targets, batch_size=cfg.batch_size, **loading)
         return fixed, fixed, fixed
     train = make_batches(
-        splits["train"].inputs, splits["train"].targets, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, **loading
+        splits["train"].inputs,
+        splits["train"].targets,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        balance_labels=balance_labels(cfg, data),
+        **loading,
     )
     val, test = (
         make_batches(splits[name].inputs, splits[name].targets, batch_size=cfg.eval_batch_size, **loading)
         for name in ("val", "test")
     )
     return train, val, test
+
+
+def balance_labels(cfg: DictConfig, data: PreparedData) -> torch.Tensor | None:
+    """``data.sampler=balanced``: the training rows' codes of the first classification target, whose classes
+    each epoch draws equally often (``seo_cli.data.batches.ClassBalance``); None for ``random``."""
+    if cfg.data.sampler != Sampler.balanced:
+        return None
+    target = next(t for t in targets_of(data.config) if t.type == CLASSIFICATION)  # validation made sure of one
+    counts = data.class_counts[target.name]
+    log.info(
+        "data.sampler=balanced: each epoch draws %d training rows with replacement, each of the %d classes of %r "
+        "equally often (the split has %s rows of them).",
+        len(data.splits["train"]), sum(c > 0 for c in counts), target.name, "/".join(map(str, counts)),
+    )
+    return data.splits["train"].targets[target.name]
 
 
 def stream_batches(cfg: DictConfig, data: StreamedData) -> tuple[Any, Any, Any]:

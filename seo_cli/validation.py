@@ -17,7 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH, MAX_SEPARATOR
 from seo_cli.data.shards import is_parquet_dir
-from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, REGRESSION, InputSpec, Target
+from seo_cli.data.spec import (
+    CLASSIFICATION,
+    MULTILABEL,
+    RATE,
+    REGRESSION,
+    TRIALS_KEY,
+    WEIGHT_KEY,
+    InputSpec,
+    Target,
+)
 from seo_cli.errors import UserError
 from seo_cli.metrics import HIGHER_IS_BETTER, metric_names
 from seo_cli.pretrained import encoder_files
@@ -77,6 +86,11 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
         problems += check_component(node, f"logger.{name}", "logger", allowed)
 
     problems += _data_problems(cfg.data) + _run_problems(cfg) + _metric_problems(cfg) + _cv_problems(cfg)
+    if cfg.data.sampler == "balanced" and cfg.trainer.overfit_batches:
+        problems.append(
+            "data.sampler=balanced draws new rows each epoch, but trainer.overfit_batches trains on the same first "
+            "batches every epoch; use data.sampler=random with trainer.overfit_batches."
+        )
     if not problems:  # the constructors see only values that passed every other check
         for group in ("model", "optimizer", "loss", "scheduler"):
             if cfg[group]:
@@ -184,10 +198,37 @@ def _data_problems(data: DictConfig) -> list[str]:
     names = [t.name for t in data.targets]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"data.targets lists {name!r} twice; list each target once.")
+    return problems + _label_problems(data)
+
+
+def _label_problems(data: DictConfig) -> list[str]:
+    """Row weights, rate targets and their trials, and the balanced sampler's classification target."""
+    problems: list[str] = []
+    for name in [t.name for t in data.targets if t.name in (WEIGHT_KEY, TRIALS_KEY)]:
+        problems.append(f"data.targets names {name!r}, a name seo-cli keeps for itself; rename the column.")
+    for key in ("weight_column", "trials_column"):  # an input may also weigh rows (impressions), a target may not
+        if data[key] and data[key] in [t.name for t in data.targets]:
+            problems.append(f"data.{key}={data[key]} is also a target; weigh the rows by another column.")
+    rates = [t.name for t in data.targets if t.type == RATE]
+    if rates and not data.trials_column:
+        problems.append(
+            f"target {rates[0]!r} is type: rate, which needs the trials its successes are out of; set "
+            "data.trials_column to that column, e.g. data.trials_column=impressions."
+        )
+    if data.trials_column and not rates:
+        problems.append(
+            f"data.trials_column={data.trials_column} applies to type: rate targets only; declare one "
+            "(e.g. {name:clicks,type:rate}) or remove data.trials_column."
+        )
     separator = data.label_separator
     if any(t.type == MULTILABEL for t in data.targets) and not (0 < len(separator.strip()) and len(separator) <= MAX_SEPARATOR):
         problems.append(
             f"data.label_separator={separator!r} must be 1 to {MAX_SEPARATOR} characters, not only spaces, e.g. '|'."
+        )
+    if data.sampler == "balanced" and not any(t.type == CLASSIFICATION for t in data.targets):
+        problems.append(
+            "data.sampler=balanced balances the classes of the first classification target, and there is none; "
+            "use data.sampler=random."
         )
     return problems
 
@@ -219,6 +260,14 @@ def _parquet_problems(data: DictConfig) -> list[str]:
         problems.append(
             "data.bucket_by_length sorts a split held in memory, but Parquet shards are streamed; remove it "
             "(padding=longest still cuts each batch to its longest row)."
+        )
+    for key in ("weight_column", "trials_column"):
+        if data[key]:
+            problems.append(f"data.{key} is not read from Parquet shards yet; give the rows as a table file (data=csv), or remove it.")
+    if data.sampler == "balanced":
+        problems.append(
+            "data.sampler=balanced draws from a split held in memory, but Parquet shards are streamed; use "
+            "data.sampler=random (loss.class_weights=balanced weighs the classes instead)."
         )
     return problems
 
@@ -297,7 +346,7 @@ def _metric_problems(cfg: DictConfig) -> list[str]:
     """Monitored metrics and objectives that the run does not log, or whose direction is wrong."""
     problems: list[str] = []
     data = cfg.data
-    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION, MULTILABEL)]
+    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION, RATE, MULTILABEL)]
     known = metric_names(targets, "val") + metric_names(targets, "train")[:1]
     for key, name in (("trainer.monitor", cfg.trainer.monitor), ("objective", cfg.objective)):
         if name not in known:

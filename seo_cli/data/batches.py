@@ -8,6 +8,12 @@ Both draw the order of epoch ``e`` from a generator seeded with ``seed + e``, so
 the batches the uninterrupted run would have. Under DDP (``shard=(rank, world_size)``) the rows of each
 rank come from ``DistributedSampler``, epoch by epoch through its ``set_epoch``.
 
+Class-balanced sampling (``data.sampler=balanced``, ``ClassBalance``): an epoch is as many draws with
+replacement as the split has rows, each draw a class chosen uniformly, then a row of that class, from
+the same ``seed + e`` generator: the classes are drawn equally often in expectation, and a resumed epoch
+continues the same draws. Under DDP every rank makes the same draws and takes every world-size-th one
+from its rank on (the draws padded up to a multiple of the world size), so the shares are disjoint.
+
 Dynamic padding (``pad_to_multiple_of``): token ids are stored padded to ``max_length``, and each batch
 is cut to its longest row, rounded up to the multiple, so a batch of headlines is not mostly padding.
 The lengths are read on the host once, so cutting a batch costs no device synchronisation; the text
@@ -91,6 +97,26 @@ def bucketed(order: Tensor, lengths: Tensor, batch_size: int, generator: torch.G
     return torch.cat(picked + last) if picked or last else grouped
 
 
+class ClassBalance:
+    """The class-balanced order of an epoch (``data.sampler=balanced``) over rows labelled ``labels``
+    (int64 class codes, on any device), as described in the module docstring."""
+
+    def __init__(self, labels: Tensor, shard: tuple[int, int] | None = None) -> None:
+        labels = labels.cpu()
+        counts = torch.bincount(labels)
+        self.rows = torch.argsort(labels, stable=True)  # the rows of class c at starts[c] .. + counts[c]
+        self.classes = counts.nonzero().flatten()  # the classes the split has rows of
+        self.counts, self.starts = counts, torch.cumsum(counts, 0) - counts
+        self.rank, self.world = shard or (0, 1)
+        self.draws = -(-len(labels) // self.world) * self.world
+
+    def order(self, generator: torch.Generator) -> Tensor:
+        """This rank's rows of the epoch whose generator is ``generator``, in order."""
+        picked = self.classes[torch.randint(len(self.classes), (self.draws,), generator=generator)]
+        within = (torch.rand(self.draws, generator=generator, dtype=torch.float64) * self.counts[picked]).long()
+        return self.rows[self.starts[picked] + within][self.rank :: self.world]
+
+
 COMPILED_MULTIPLE = 32  # under compile=true: few shapes, so few recompilations
 
 
@@ -129,9 +155,11 @@ class DeviceBatches:
         drop_last: bool = False,
         pad_to_multiple_of: int | None = None,
         bucket_by_length: bool = False,
+        balance_labels: Tensor | None = None,
     ) -> None:
         self.padding = TokenPadding(inputs["tokens"], pad_to_multiple_of) if "tokens" in inputs else None
         self.bucket_by_length = bucket_by_length and shuffle and self.padding is not None
+        self.balance = ClassBalance(balance_labels, shard) if balance_labels is not None and shuffle else None
         self.inputs = {k: v.to(device) for k, v in inputs.items()}
         self.targets = {k: v.to(device) for k, v in targets.items()}
         self.batch_size = batch_size
@@ -169,7 +197,9 @@ class DeviceBatches:
                 )
             return
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.sampler is not None:
+        if self.balance is not None:
+            order = self.balance.order(generator)
+        elif self.sampler is not None:
             self.sampler.set_epoch(self.epoch)
             order = torch.tensor(list(self.sampler))
         else:
@@ -219,8 +249,10 @@ class _IndexBatches(Sampler):
         shard: tuple[int, int] | None = None,
         padding: TokenPadding | None = None,
         bucket_by_length: bool = False,
+        balance_labels: Tensor | None = None,
     ) -> None:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.balance = ClassBalance(balance_labels, shard) if balance_labels is not None and shuffle else None
         self.padding = padding  # counted here, in this process, as the batches are dealt
         self.bucket_by_length = bucket_by_length and shuffle and padding is not None
         self.shard_sampler = _shard_sampler(num_rows, shard, shuffle, seed)
@@ -231,7 +263,9 @@ class _IndexBatches(Sampler):
 
     def __iter__(self) -> Iterator[Tensor]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.shard_sampler is not None:
+        if self.balance is not None:
+            order = self.balance.order(generator)
+        elif self.shard_sampler is not None:
             self.shard_sampler.set_epoch(self.epoch)
             order = torch.tensor(list(self.shard_sampler))
         elif self.shuffle:
@@ -265,11 +299,12 @@ class StreamedBatches:
         shard: tuple[int, int] | None = None,
         pad_to_multiple_of: int | None = None,
         bucket_by_length: bool = False,
+        balance_labels: Tensor | None = None,
     ) -> None:
         self.total_rows = len(next(iter(targets.values())))  # of the split, before sharding
         self.padding = TokenPadding(inputs["tokens"], pad_to_multiple_of) if "tokens" in inputs else None
         self.sampler = _IndexBatches(
-            self.total_rows, batch_size, shuffle, seed, shard, self.padding, bucket_by_length
+            self.total_rows, batch_size, shuffle, seed, shard, self.padding, bucket_by_length, balance_labels
         )
         self.loader = DataLoader(
             _RowBatches(inputs, targets, self.padding),
@@ -310,13 +345,15 @@ def make_batches(
     shard: tuple[int, int] | None = None,
     pad_to_multiple_of: int | None = None,
     bucket_by_length: bool = False,
+    balance_labels: Tensor | None = None,
 ) -> "DeviceBatches | StreamedBatches":
     """Batches of one split, placed by ``placement``: device | stream | auto (the device when it fits).
 
     ``shard``: (rank, world size) under DDP: this rank's share of the rows.
     ``pad_to_multiple_of``: cut each batch's tokens to its longest row rounded up to this; None: keep
     every batch at the stored ``max_length``. ``bucket_by_length``: shuffled batches group rows of
-    similar length (``bucketed``).
+    similar length (``bucketed``). ``balance_labels``: shuffled batches are class-balanced draws over
+    these class codes of the rows (``ClassBalance``).
     """
     if placement == "auto":
         placement = "device" if fits_on_device([inputs, targets], device) else "stream"
@@ -331,6 +368,7 @@ def make_batches(
             shard=shard,
             pad_to_multiple_of=pad_to_multiple_of,
             bucket_by_length=bucket_by_length,
+            balance_labels=balance_labels,
         )
     return StreamedBatches(
         inputs,
@@ -343,6 +381,7 @@ def make_batches(
         shard=shard,
         pad_to_multiple_of=pad_to_multiple_of,
         bucket_by_length=bucket_by_length,
+        balance_labels=balance_labels,
     )
 
 

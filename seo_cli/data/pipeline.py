@@ -60,12 +60,13 @@ def load_frame(
     a file's other columns are not read where its format allows (``read_table``'s ``columns``).
     """
     if data.source == "seo_pages":
-        return seo_pages.generate_seo_pages(num_rows=data.num_rows, seed=seed), Source(
-            "the seo_pages dataset"
-        )
+        frame, source = seo_pages.generate_seo_pages(num_rows=data.num_rows, seed=seed), Source("the seo_pages dataset")
+        _check_label_columns(frame, data, source)
+        return frame, source
     mapped = [*data.text_columns, *data.numeric_columns, *data.categorical_columns]
     mapped += [t.name for t in data.targets]
     mapped += [c for c in (data.split_column, data.group_column, data.time_column) if c and c not in mapped]
+    mapped += [c for c in (data.weight_column, data.trials_column) if c and c not in mapped]
     frame, source = read_table(
         path or data.path,
         data.format,
@@ -166,11 +167,55 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
             if bad.any():
                 row = _first(bad)
                 raise UserError(
-                    f"regression target {target.name!r} of {source} holds the non-numeric or infinite value "
+                    f"{target.type} target {target.name!r} of {source} holds the non-numeric or infinite value "
                     f"{frame[target.name].iloc[row]!r} at {source.row(row)}; fix the value or make it a "
                     "classification target."
                 )
             frame[target.name] = values
+    _check_label_columns(frame, data, source)
+
+
+def _check_label_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> None:
+    """The row weights and the trials must be finite numbers of 0 or more in every row (a weight of 0 leaves
+    a row out of the losses and the metrics), and a rate target's successes between 0 and its trials.
+    Converts both columns to float.
+
+    Raises:
+        UserError: a missing column, or the first bad value, naming the key, the column and the row.
+    """
+    for key, column, what in (
+        ("data.weight_column", data.weight_column, "row weight"),
+        ("data.trials_column", data.trials_column, "number of trials"),
+    ):
+        if not column:
+            continue
+        if column not in frame.columns:
+            raise UserError(
+                f"{key} names column {column!r}, which {source} does not have; "
+                f"its columns are: {', '.join(map(str, frame.columns))}."
+            )
+        raw, empty = frame[column], missing_cells(frame[column]).to_numpy()
+        values = pd.to_numeric(raw.mask(empty), errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~(values >= 0) | np.isinf(values)  # NaN (empty or not a number), negative or infinite
+        if bad.any():
+            row = _first(bad)
+            shown = "an empty cell" if empty[row] else repr(str(raw.iloc[row]))
+            raise UserError(
+                f"{key} {column!r} of {source} holds {shown} at {source.row(row)}, but a {what} must "
+                "be a finite number of 0 or more; fix the value or remove the row."
+            )
+        frame[column] = values
+    for target in (t for t in data.targets if t.type == "rate"):
+        successes = frame[target.name].to_numpy(dtype=np.float64)
+        trials = frame[data.trials_column].to_numpy(dtype=np.float64)
+        bad = (successes < 0) | (successes > trials)  # NaN (a skipped empty target) compares False
+        if bad.any():
+            row = _first(bad)
+            raise UserError(
+                f"rate target {target.name!r} of {source} has {successes[row]:g} successes out of {trials[row]:g} "
+                f"trials (data.trials_column {data.trials_column!r}) at {source.row(row)}; a rate target holds "
+                "counts between 0 and the trials (clicks out of impressions), not the rate itself."
+            )
 
 
 def drop_rows_without_target(frame: pd.DataFrame, data: DataConfig, source: Source) -> pd.DataFrame:
@@ -624,8 +669,23 @@ def prepare_data(
         vocab_size=data.vocab_size,
         numeric_scaling=data.numeric_scaling,
         encoder=encoder_files(data.tokenizer) if data.tokenizer and data.text_columns else None,
+        weight_column=data.weight_column,
+        trials_column=data.trials_column,
         label_separator=data.label_separator,
     )
+    if data.weight_column:
+        for name, (frame, source) in splits.items():
+            if not frame[data.weight_column].to_numpy().any():
+                raise UserError(
+                    f"every row of the {name} split of {source} weighs 0 in data.weight_column "
+                    f"{data.weight_column!r}, so there is nothing to {'train on' if name == 'train' else 'score'}; "
+                    "give some of its rows a positive weight."
+                )
+        weights = train_frame[data.weight_column].to_numpy()
+        log.info(
+            "Row weights from column %r: training rows weigh %.4g in all (mean %.4g); %d of them weigh 0.",
+            data.weight_column, weights.sum(), weights.mean(), int((weights == 0).sum()),
+        )
     tensors = {name: tensorize(preprocessor, frame, name) for name, (frame, _) in splits.items()}
     return PreparedData(config=data, preprocessor=preprocessor, splits=tensors)
 

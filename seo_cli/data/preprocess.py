@@ -27,7 +27,16 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 if TYPE_CHECKING:
     from torch import Tensor
 
-from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, REGRESSION, InputSpec, Target
+from seo_cli.data.spec import (
+    CLASSIFICATION,
+    MULTILABEL,
+    RATE,
+    REGRESSION,
+    TRIALS_KEY,
+    WEIGHT_KEY,
+    InputSpec,
+    Target,
+)
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +51,7 @@ class TargetEncoding:
     name: str
     type: str
     classes: list[str] = field(default_factory=list)  # classification: class names in code order; multilabel: labels
-    mean: float = 0.0  # regression: training mean and standard deviation
+    mean: float = 0.0  # regression: training mean and standard deviation (a rate keeps 0 and 1: it is not scaled)
     std: float = 1.0
     separator: str = ""  # multilabel: what joins the labels of a cell (data.label_separator)
 
@@ -67,6 +76,10 @@ class Preprocessor:
     # A pretrained encoder's config, tokenizer, padding id and separator (seo_cli.pretrained); {}: the
     # fitted BPE tokenizer above.
     encoder: dict = field(default_factory=dict)
+    # Label columns that are not targets: the row weights and the trials of rate targets; "" when not used.
+    # Stored so seo-eval weighs a new file's rows as training weighed its own.
+    weight_column: str = ""
+    trials_column: str = ""
 
     @classmethod
     def fit(
@@ -81,6 +94,8 @@ class Preprocessor:
         vocab_size: int,
         numeric_scaling: str = "standard",
         encoder: dict | None = None,
+        weight_column: str | None = None,
+        trials_column: str | None = None,
         label_separator: str = "|",
     ) -> "Preprocessor":
         """Fit on the training rows only, so no statistic of validation or test rows leaks into training.
@@ -91,6 +106,8 @@ class Preprocessor:
             numeric_scaling: standard (z-score) | power (Yeo-Johnson, then z-score).
             encoder: a pretrained encoder's files (``seo_cli.pretrained.encoder_files``): its tokenizer
                 replaces the fitted one.
+            weight_column, trials_column: the row weights and the trials of rate targets, kept for
+                ``transform_targets`` (nothing is fitted on them: the scaling above is unweighted).
             label_separator: what joins the labels of a multilabel target's cell.
 
         Raises:
@@ -148,6 +165,8 @@ class Preprocessor:
                         f"and data.label_separator={label_separator!r}."
                     )
                 encodings.append(TargetEncoding(target.name, target.type, classes=labels, separator=label_separator))
+            elif target.type == RATE:
+                encodings.append(TargetEncoding(target.name, target.type))  # a probability: no scaling
             else:
                 y = values.to_numpy(dtype=np.float64)
                 std = float(y.std())
@@ -167,6 +186,8 @@ class Preprocessor:
             targets=encodings,
             numeric_fill=fill,
             encoder=dict(encoder) if encoder and text_columns else {},
+            weight_column=weight_column or "",
+            trials_column=trials_column or "",
         )
 
     @property
@@ -252,7 +273,10 @@ class Preprocessor:
         return inputs
 
     def transform_targets(self, frame: pd.DataFrame, split: str = "this split") -> "dict[str, Tensor]":
-        """Encode the target columns.
+        """Encode the target columns: class codes, standardised values, or a rate target's observed rate
+        (successes / trials, 0 where there were no trials); with ``weight_column`` the row weights under
+        ``WEIGHT_KEY``, with ``trials_column`` the trials under ``TRIALS_KEY`` (float32 each). The values
+        were checked when the rows were read (``seo_cli.data.pipeline``).
 
         Raises:
             UserError: a classification value that the training split never saw.
@@ -275,9 +299,17 @@ class Preprocessor:
                 out[t.name] = torch.from_numpy(codes)
             elif t.type == MULTILABEL:
                 out[t.name] = torch.from_numpy(self.multi_hot(t, values, split))
+            elif t.type == RATE:
+                successes = values.to_numpy(dtype=np.float64)
+                trials = frame[self.trials_column].to_numpy(dtype=np.float64)
+                rate = np.divide(successes, trials, out=np.zeros(len(frame)), where=trials > 0)
+                out[t.name] = torch.from_numpy(rate.astype(np.float32))
             else:
                 y = (values.to_numpy(dtype=np.float64) - t.mean) / t.std
                 out[t.name] = torch.from_numpy(y.astype(np.float32))
+        for key, column in ((WEIGHT_KEY, self.weight_column), (TRIALS_KEY, self.trials_column)):
+            if column:
+                out[key] = torch.from_numpy(frame[column].to_numpy(dtype=np.float32))
         return out
 
     @staticmethod
@@ -346,7 +378,7 @@ def check_state(state: Any) -> None:
         "",
         f"a mapping of {', '.join(sorted(fields))} only (it has {unknown[0]!r})" if unknown else "",
     )
-    absent = sorted(fields - set(state) - {"numeric_fill", "encoder"})  # not in older checkpoints
+    absent = sorted(fields - set(state) - {"numeric_fill", "encoder", "weight_column", "trials_column"})  # not in older checkpoints
     need(not absent, f".{absent[0]}" if absent else "", "present")
     for key in ("text_columns", "numeric_columns", "categorical_columns"):
         need(names(state[key], MAX_COLUMNS), f".{key}", f"a list of at most {MAX_COLUMNS:,} column names")
@@ -401,6 +433,11 @@ def check_state(state: Any) -> None:
     problem = _tokenizer_problem(tokenizer) if tokenizer else None
     need(problem is None, ".tokenizer_json", f"the kind of tokenizer seo-train fits ({problem})")
     _check_targets(state["targets"])
+    for key in ("weight_column", "trials_column"):
+        value = state.get(key, "")
+        need(type(value) is str and len(value) <= MAX_TEXT, f".{key}", "a column name, or empty")
+    rates = any(t["type"] == RATE for t in state["targets"])
+    need(bool(state.get("trials_column", "")) == rates, ".trials_column", "a column name exactly when a target is a rate")
 
 
 def _need(ok: bool, field: str, must: str) -> None:
@@ -443,9 +480,9 @@ def _check_targets(targets: Any) -> None:
         )
         seen.add(name)
         need(
-            target["type"] in (CLASSIFICATION, REGRESSION, MULTILABEL),
+            target["type"] in (CLASSIFICATION, REGRESSION, RATE, MULTILABEL),
             f"{where}.type",
-            f"{CLASSIFICATION}, {REGRESSION} or {MULTILABEL}",
+            f"{CLASSIFICATION}, {REGRESSION}, {RATE} or {MULTILABEL}",
         )
         separator = target.get("separator", "")
         need(
@@ -469,6 +506,8 @@ def _check_targets(targets: Any) -> None:
                 f"{where}.classes",
                 f"a list of 1 to {MAX_CLASSES:,} distinct class names",
             )
+        elif target["type"] == RATE:  # a probability, never rescaled
+            need(target.get("mean", 0.0) == 0.0 and target.get("std", 1.0) == 1.0, where, "a rate with mean 0 and std 1")
         else:
             need(numbers([target.get("mean", 0.0)], 1), f"{where}.mean", "a finite number")
             need(

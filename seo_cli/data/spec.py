@@ -6,11 +6,17 @@ CLASSIFICATION = "classification"
 REGRESSION = "regression"
 MULTILABEL = "multilabel"  # a set of labels per row, written "a|b" (data.label_separator); one sigmoid per label
 MULTILABEL_THRESHOLD = 0.5  # a multilabel target's label is predicted when its probability is at least this
+RATE = "rate"  # successes out of trials (clicks out of impressions): a probability, trained with a binomial likelihood
+
+# Keys of a batch's label dict that are not targets: the row weights (data.weight_column) and the trials
+# of rate targets (data.trials_column). No target may take these names (seo_cli.validation refuses them).
+WEIGHT_KEY = "__weight__"
+TRIALS_KEY = "__trials__"
 
 
 @dataclass(frozen=True)
 class Target:
-    """One prediction target: a column name and its task type (classification | regression | multilabel)."""
+    """One prediction target: a column name and its task type (classification | regression | rate | multilabel)."""
 
     name: str
     type: str
