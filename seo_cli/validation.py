@@ -497,7 +497,7 @@ def dry_build(cfg: DictConfig, group: str, node: DictConfig, allowed: dict[str, 
                 # A pretrained encoder's config, read from the user's own path (the command line is trusted).
                 encoder_config=encoder_files(data.tokenizer)["config"] if data.tokenizer and data.text_columns else None,
             ),
-            "heads": {t.name: 1 if t.type == REGRESSION else 2 for t in targets},
+            "heads": {t.name: 2 if t.type in (CLASSIFICATION, MULTILABEL) else 1 for t in targets},
         },
         "loss": lambda: {"targets": targets, "class_counts": {t.name: [1, 1] for t in targets if t.type == CLASSIFICATION}},
         "optimizer": lambda: {"params": [param]},

@@ -16,7 +16,7 @@ from seo_cli.data import seo_pages
 from seo_cli.data.parquet import StreamedData, prepare_stream
 from seo_cli.data.preprocess import Preprocessor, as_text_values, split_labels
 from seo_cli.data.shards import is_parquet_dir
-from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, REGRESSION, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, Target
 from seo_cli.data.tables import Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
 from seo_cli.pretrained import encoder_files
@@ -160,7 +160,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
                 "data.missing=impute to skip rows without a target."
             )
         frame[target.name] = frame[target.name].mask(empty)
-        if target.type == REGRESSION:
+        if target.type != CLASSIFICATION and target.type != MULTILABEL:  # regression and rate: numbers
             # Caught here so the message names the row, not a float conversion deep in preprocessing.
             values = pd.to_numeric(frame[target.name], errors="coerce").to_numpy(dtype=np.float64)
             bad = ~np.isfinite(values) & ~empty.to_numpy()

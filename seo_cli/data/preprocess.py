@@ -207,8 +207,8 @@ class Preprocessor:
 
     @property
     def heads(self) -> dict[str, int]:
-        """Output size of each target's head: the number of classes or labels, or 1 for regression."""
-        return {t.name: (1 if t.type == REGRESSION else len(t.classes)) for t in self.targets}
+        """Output size of each target's head: the number of classes or labels, or 1 for regression and rate."""
+        return {t.name: (len(t.classes) if t.type in (CLASSIFICATION, MULTILABEL) else 1) for t in self.targets}
 
     @property
     def target_scale(self) -> dict[str, tuple[float, float]]:
