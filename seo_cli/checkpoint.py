@@ -5,7 +5,7 @@ runs code. Keys: ``format_version``, ``config`` (resolved YAML), ``preprocessing
 ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed), ``global_step``,
 ``position`` (where in the next epoch the loop stands, and its running sums), ``metrics``,
 ``history``, ``best``, ``early_stopping``, ``checkpoints`` (the manager's top-k list), ``rng``,
-``seo_cli_version``.
+``seo_cli_version``; a calibrated checkpoint of ``seo-eval calibrate=true`` adds ``temperature``.
 """
 
 import logging
@@ -852,6 +852,11 @@ FIELDS: dict[str, Callable[[Any, str], None]] = {
     "world_size": _rule(lambda v: _is_int(v, 1, MAX_RANKS), f"a whole number from 1 to {MAX_RANKS:,}"),
     "class_counts": _rule(
         _is_class_counts, "a mapping of target names to lists of whole numbers of at least 0"
+    ),    # seo-eval calibrate=true's temperature per classification target; its bounds and targets are checked
+    # against the preprocessing by seo_cli.loading.
+    "temperature": _rule(
+        lambda v: isinstance(v, dict) and len(v) <= MAX_ITEMS and all(_is_name(k) and _is_number(x) for k, x in v.items()),
+        "a mapping of target names to numbers (the temperatures of seo-eval calibrate=true)",
     ),
 }
 

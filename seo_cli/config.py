@@ -80,6 +80,7 @@ class SplitBy(Choice):
 class TaskType(Choice):
     classification = "classification"
     regression = "regression"
+    multilabel = "multilabel"  # several labels per row, joined by data.label_separator ("news|local")
     rate = "rate"  # the column holds successes (clicks) out of data.trials_column (impressions)
     ranking = "ranking"  # graded relevance (integer >= 0), ordered within each data.group_column value
 
@@ -137,6 +138,7 @@ class DataConfig:
     split_by: SplitBy = SplitBy.random  # how the fractions below split the rows (without data.split_column)
     group_column: Optional[str] = None  # the group of a row, e.g. the query or the site (split_by=group, ranking targets)
     time_column: Optional[str] = None  # a date or a number ordering the rows in time (split_by=time)
+    label_separator: str = "|"  # between the labels of a multilabel target's cell: "news|local"
     weight_column: Optional[str] = None  # non-negative row weights of the losses and the metrics; null: every row 1
     trials_column: Optional[str] = None  # type: rate targets: the trials (impressions) their successes (clicks) are out of
     sampler: Sampler = Sampler.random  # balanced: class-balanced draws of training rows (first classification target)
@@ -283,6 +285,8 @@ class EvalConfig:
     confidence: float = 0.95
     seed: int = 0  # of the bootstrap resamples
     report: bool = True  # PNG plots and report.md next to metrics.json
+    calibration_bins: int = 15  # equal-width bins of the expected calibration error (ece) and the reliability diagram
+    calibrate: bool = False  # fit a temperature per classification target on the val split; write calibrated.pt
 
 
 class Backend(Choice):

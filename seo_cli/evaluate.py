@@ -4,10 +4,12 @@
     seo-eval checkpoint=... split=val                                           # the numbers training reported
     seo-eval checkpoint=... data.path=new_pages.csv                              # a new labelled file
     seo-eval checkpoint=[a.pt,b.pt] | checkpoint=outputs/multirun/<date>/<time>  # compare on the same rows
+    seo-eval checkpoint=... calibrate=true           # temperature scaling fitted on val: calibrated.pt
     seo-eval checkpoint=outputs/train/<date>/<time>   # of seo-train cv.folds=K: the folds' ensemble on test
 
 Writes ``metrics.json``, PNG plots and ``report.md`` (one folder per checkpoint when there are several,
-plus ``comparison.md``), with bootstrap confidence intervals of the headline metrics.
+plus ``comparison.md``), with bootstrap confidence intervals of the headline metrics; with
+``calibrate=true`` also ``calibrated.pt`` per checkpoint, the checkpoint with its temperatures.
 """
 
 import dataclasses
@@ -25,8 +27,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig
 from rich.table import Table
+from sklearn import metrics as skm
 
 from seo_cli.bootstrap import HEADLINE, Resamples, interval, metric_samples
+from seo_cli.calibration import apply_temperature, fit_temperature, negative_log_likelihood, uncalibrated
+from seo_cli.checkpoint import RESUME_KEYS, save_checkpoint
 from seo_cli.config import DataConfig
 from seo_cli.console import confusion_table, metrics_table, print_table
 from seo_cli.crossval import CV_SUMMARY
@@ -34,12 +39,19 @@ from seo_cli.data.batches import make_batches, pad_multiple
 from seo_cli.data.parquet import ParquetBatches, ShardStream
 from seo_cli.data.pipeline import drop_rows_without_target, load_frame, load_splits, tensorize
 from seo_cli.data.shards import Layout, head_frame, is_parquet_dir, layout_of, layouts_of, scan_shards
-from seo_cli.data.spec import CLASSIFICATION, RANKING, RATE, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RANKING, RATE, REGRESSION, Target
 from seo_cli.errors import UserError
 from seo_cli.evaluation import Evaluation, Scorer
 from seo_cli.files import write_text
 from seo_cli.loading import TrainedModel, load_trained
-from seo_cli.metrics import RATE_CLIP, as_numpy
+from seo_cli.metrics import (
+    CALIBRATION_BINS,
+    RATE_CLIP,
+    as_numpy,
+    brier_score,
+    expected_calibration_error,
+    reliability_bins,
+)
 from seo_cli.report import write_report
 from seo_cli.runtime import pick_device
 from seo_cli.sweep import job_order
@@ -158,6 +170,13 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
         raise UserError("bootstrap must be 0 (off) or a number of resamples, and confidence between 0 and 1.")
     if cfg.eval_batch_size < 1:
         raise UserError(f"eval_batch_size={cfg.eval_batch_size} must be at least 1.")
+    if cfg.calibration_bins < 1:
+        raise UserError(f"calibration_bins={cfg.calibration_bins} must be at least 1, e.g. 15.")
+    if cfg.calibrate and str(cfg.split) == "val" and not cfg.data.path:
+        raise UserError(
+            "calibrate=true fits the temperatures on the val split, so split=val would score them on the rows "
+            "they were fitted on; use split=test (the default) or data.path=<file>."
+        )
     device = pick_device(cfg.device.type, cfg.device.fallback)
     clock = Stopwatch()
     folds = fold_checkpoints(cfg.checkpoint)
@@ -166,8 +185,21 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
             load_trained(path, device, cfg.allowed_targets)
             for path in folds or checkpoint_paths(cfg.checkpoint)
         ]
+    if cfg.calibrate:
+        for trained in models:
+            if not trained.preprocessor.class_names:
+                raise UserError(
+                    f"calibrate=true fits a temperature per classification target, and checkpoint {trained.path} "
+                    "has none; drop calibrate=true."
+                )
     if folds:
         check_ensemble(models, cfg)
+        if cfg.calibrate:
+            raise UserError(
+                f"checkpoint {cfg.checkpoint} is a cross-validation run, scored as the folds' ensemble, and "
+                "calibrate=true calibrates one model; give one fold's checkpoint, e.g. "
+                f"checkpoint={cfg.checkpoint}/fold_0/checkpoints/best.pt."
+            )
     with clock("read"):
         frame, split = evaluation_rows(models[0], cfg)
     if folds:  # one model: the folds' mean, reported as the run directory's
@@ -190,6 +222,9 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> dict:
     for i, (trained, (scored_model, predictions)) in enumerate(zip(models, scored, strict=True)):
         out_dir = run_dir if len(models) == 1 else run_dir / f"{i:02d}_{trained.path.parent.parent.name}"
         result = checkpoint_result(trained, scored_model, samples[i], split, len(frame), cfg)
+        if cfg.calibrate:
+            with clock("calibrate"):
+                result["calibration"] = calibrate(trained, frame, split, scored_model, cfg, device, out_dir)
         if folds:
             result |= {"checkpoint": str(cfg.checkpoint), "epoch": None, "ensemble": [str(p) for p in folds]}
         with clock("report"):
@@ -238,14 +273,17 @@ def score_checkpoint(
     predictions in the target's own units (regression outputs are standardised), for plots and intervals."""
     outputs, labels = predict_rows(trained, frame, split, cfg, device, clock)
     with clock("metrics"):
-        scored = scorer_of(trained).score(outputs, labels, split, trained.loss_fn)
+        scored = scorer_of(trained, cfg.get("calibration_bins", CALIBRATION_BINS)).score(outputs, labels, split, trained.loss_fn)
     return scored, target_predictions(scored, trained)
 
 
-def scorer_of(trained: TrainedModel) -> Scorer:
+def scorer_of(trained: TrainedModel, calibration_bins: int = CALIBRATION_BINS) -> Scorer:
     # In the precision it was trained in, so split=val gives exactly the numbers training logged.
     pre = trained.preprocessor
-    return Scorer(trained.targets, pre.target_scale, pre.class_names, trained.precision, list(trained.data.ndcg_at))
+    names = pre.class_names | pre.label_names
+    return Scorer(
+        trained.targets, pre.target_scale, names, trained.precision, list(trained.data.ndcg_at), calibration_bins
+    )
 
 
 def predict_rows(
@@ -272,7 +310,7 @@ def target_predictions(scored: Evaluation, trained: TrainedModel) -> dict[str, d
     predictions = {}
     for t in trained.targets:
         y_true, y_pred = scored.labels[t.name], scored.predictions[t.name]
-        if t.type != CLASSIFICATION:
+        if t.type == REGRESSION:
             mean, std = trained.preprocessor.target_scale[t.name]
             y_true, y_pred = y_true * std + mean, y_pred * std + mean
         predictions[t.name] = {"y_true": y_true, "y_pred": y_pred, "weight": row_weights(scored, t)}
@@ -353,7 +391,7 @@ def score_ensemble(
         values = as_numpy(outputs, trained.targets)
         for t in trained.targets:
             value = values[t.name].astype(np.float64)
-            if t.type != CLASSIFICATION:  # back to the target's units: each fold has its own scale
+            if t.type == REGRESSION:  # back to the target's units: each fold has its own scale
                 mean, std = trained.preprocessor.target_scale[t.name]
                 value = value * std + mean
             totals[t.name] = totals.get(t.name, 0.0) + value
@@ -369,13 +407,16 @@ def score_ensemble(
         elif t.type == RATE:  # the mean predicted rate, as the logit whose sigmoid the scorer takes
             rate = np.clip(average, RATE_CLIP, 1 - RATE_CLIP)
             average = np.log(rate) - np.log1p(-rate)
+        elif t.type == MULTILABEL:  # the logit of each label's mean probability
+            average = np.clip(average, 1e-7, 1 - 1e-7)
+            average = np.log(average) - np.log1p(-average)
         else:
             mean, std = first.preprocessor.target_scale[t.name]
             average = (average - mean) / std
         ensemble[t.name] = torch.as_tensor(average, dtype=torch.float32, device=device).reshape(shape)
     outputs = ensemble[first.targets[0].name] if single else ensemble
     with clock("metrics"):
-        scored = scorer_of(first).score(outputs, first_labels, split, first.loss_fn)
+        scored = scorer_of(first, cfg.get("calibration_bins", CALIBRATION_BINS)).score(outputs, first_labels, split, first.loss_fn)
     return scored, target_predictions(scored, first)
 
 
@@ -413,6 +454,74 @@ def in_memory_batches(
     )
 
 
+def calibrate(
+    trained: TrainedModel,
+    frame: pd.DataFrame,
+    split: str,
+    scored: Evaluation,
+    cfg: DictConfig,
+    device: torch.device,
+    out_dir: Path,
+) -> dict:
+    """Fit a temperature per classification target on the checkpoint's val split (on the logits without
+    any temperature it already holds), write ``out_dir/calibrated.pt``, and compare ECE, log loss and
+    Brier score on the evaluated rows before (the checkpoint as given) and after.
+
+    Returns:
+        ``{target: {"temperature", "val_rows", "before": {...}, "after": {..., "reliability"}}}``.
+    """
+    raw = dataclasses.replace(trained, model=uncalibrated(trained.model), temperature={})
+    val_frame = split_rows(trained, "val")
+    val_logits, val_labels = _class_logits(raw, *predict_rows(raw, val_frame, "val", cfg, device, Stopwatch()))
+    logits, _ = _class_logits(raw, *predict_rows(raw, frame, split, cfg, device, Stopwatch()))
+    temperature, result = {}, {}
+    for name in trained.preprocessor.class_names:
+        t = fit_temperature(val_logits[name], val_labels[name])
+        temperature[name] = t
+        y_true, weight = scored.labels[name], scored.sample_weight
+        proba = apply_temperature(logits[name], t)
+        reliability = reliability_bins(y_true, proba, cfg.calibration_bins, weight)
+        before = scored.reports[name]
+        result[name] = {
+            "temperature": t,
+            "val_rows": len(val_frame),
+            "val_log_loss_before": negative_log_likelihood(val_logits[name], val_labels[name], trained.temperature.get(name, 1.0)),
+            "val_log_loss_after": negative_log_likelihood(val_logits[name], val_labels[name], t),
+            "before": {key: before[key] for key in ("ece", "log_loss", "brier")},
+            "after": {
+                "ece": expected_calibration_error(reliability),
+                "log_loss": float(
+                    skm.log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=list(range(proba.shape[1])), sample_weight=weight)
+                ),
+                "brier": brier_score(y_true, proba, weight),
+                "reliability": reliability,
+            },
+        }
+        log.info(
+            "%s: temperature %.4g fitted on %d val rows; on %s ECE %.4f -> %.4f, log loss %.4f -> %.4f",
+            name, t, len(val_frame), split, before["ece"], result[name]["after"]["ece"],
+            before["log_loss"], result[name]["after"]["log_loss"],
+        )
+    # An inference checkpoint: what resuming training needs is left out, so resume= refuses it in one sentence.
+    state = {k: v for k, v in trained.state.items() if k not in (*RESUME_KEYS, "rng_ranks")}
+    path = save_checkpoint({**state, "temperature": temperature}, out_dir / "calibrated.pt")
+    log.info("Wrote %s (the checkpoint with its temperatures; seo-eval and seo-predict apply them)", path)
+    return result
+
+
+def _class_logits(
+    trained: TrainedModel, outputs: Any, labels: Any
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per classification target: the logits of every row on the host, and the class codes."""
+    if isinstance(outputs, torch.Tensor):
+        outputs, labels = {trained.targets[0].name: outputs}, {trained.targets[0].name: labels}
+    names = trained.preprocessor.class_names
+    return (
+        {n: outputs[n].float().cpu().numpy() for n in names},
+        {n: labels[n].reshape(-1).cpu().numpy() for n in names},
+    )
+
+
 def row_weights(scored: Evaluation, target: Target) -> np.ndarray | None:
     """How much each evaluated row counts in ``target``'s metrics: its weight (``data.weight_column``),
     times its trials for a rate target; None when every row counts 1."""
@@ -432,8 +541,12 @@ def bootstrap_samples(
         (i, t.name): (t.type, *(predictions[t.name][key] for key in ("y_true", "y_pred", "weight")))
         for i, (trained, (_, predictions)) in enumerate(zip(models, scored, strict=True))
         for t in trained.targets
-        if t.type != RANKING  # rows resampled one by one would break up the groups a ranking is scored in
+        # Neither is resampled row by row: a ranking is scored within whole groups, and a multilabel target's
+        # metrics have no intervals.
+        if t.type not in (RANKING, MULTILABEL)
     }
+    if not wanted:
+        return [{} for _ in models]
     resamples = Resamples(rows, cfg.bootstrap, cfg.seed)
     # Worker processes as torch has threads (the cores, or what OMP_NUM_THREADS says), at most two.
     values = metric_samples(wanted, resamples.counts(reuse=True), workers=torch.get_num_threads())
@@ -461,7 +574,7 @@ def checkpoint_result(
         "intervals": {key: list(interval(values, cfg.confidence)) for key, values in samples.items()},
         "bootstrap": {"resamples": cfg.bootstrap, "confidence": cfg.confidence, "seed": cfg.seed},
         "targets": scored.reports,
-    }
+    } | ({"temperature": trained.temperature} if trained.temperature else {})
 
 
 def compare(models: list[TrainedModel], results: list[dict], samples: list[dict], confidence: float) -> dict:

@@ -14,9 +14,17 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from seo_cli import distributed
-from seo_cli.data.spec import CLASSIFICATION, RANKING, RATE, TRIALS_KEY, WEIGHT_KEY, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RANKING, RATE, TRIALS_KEY, WEIGHT_KEY, Target
 from seo_cli.errors import UserError
-from seo_cli.metrics import NDCG_AT, Curves, as_numpy, flatten, ranking_curves, target_reports
+from seo_cli.metrics import (
+    CALIBRATION_BINS,
+    NDCG_AT,
+    Curves,
+    as_numpy,
+    flatten,
+    ranking_curves,
+    target_reports,
+)
 from seo_cli.runtime import autocast
 
 Batch = Any  # a tensor, or a dict / list / tuple of tensors
@@ -94,9 +102,10 @@ class Scorer:
 
     targets: list[Target]
     target_scale: dict[str, tuple[float, float]] | None = None  # per regression target: (mean, std)
-    class_names: dict[str, list[str]] | None = None
+    class_names: dict[str, list[str]] | None = None  # and a multilabel target's labels
     precision: str = "32"
     ndcg_at: list[int] | tuple[int, ...] = NDCG_AT  # ranking targets: the k of ndcg@k
+    calibration_bins: int = CALIBRATION_BINS  # of the expected calibration error
 
     def evaluate(
         self,
@@ -148,7 +157,11 @@ class Scorer:
         ranked = {t.name for t in self.targets if t.type == RANKING}
         # A ranking target's labels are [rows, 2]: the relevance and the group code.
         groups = {name: labels[name][:, 1].cpu().numpy() for name in ranked}
-        label_arrays = {name: (y[:, 0] if name in ranked else y).reshape(-1).cpu().numpy() for name, y in labels.items()}
+        multilabel = {t.name for t in self.targets if t.type == MULTILABEL}  # 0/1 [rows, labels]: kept 2-D
+        label_arrays = {}
+        for name, y in labels.items():
+            y = y[:, 0] if name in ranked else y
+            label_arrays[name] = (y if name in multilabel else y.reshape(-1)).cpu().numpy()
         predictions = as_numpy(outputs, self.targets)
         diverged = [name for name, values in predictions.items() if not np.isfinite(values).all()]
         if diverged:
@@ -177,7 +190,7 @@ class Scorer:
         }
         reports = target_reports(
             predictions, label_arrays, self.targets, self.target_scale, self.class_names, curves, weight, trials,
-            groups, self.ndcg_at,
+            groups, self.ndcg_at, self.calibration_bins,
         )
         return Evaluation(metrics | flatten(reports, split), reports, predictions, label_arrays, curves, groups)
 

@@ -32,7 +32,7 @@ from rich.table import Table
 
 from seo_cli.console import print_table
 from seo_cli.data.preprocess import as_text_values
-from seo_cli.data.spec import CLASSIFICATION, RATE
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RATE
 from seo_cli.errors import UserError
 from seo_cli.evaluate import split_rows
 from seo_cli.evaluation import predict
@@ -309,6 +309,10 @@ def compare(
                 names = np.asarray(t.classes, dtype=object)
                 row["accuracy_torch"] = float((names[ours.argmax(1)] == truth).mean())
                 row["accuracy_onnx"] = float((names[theirs.argmax(1)] == truth).mean())
+        elif t.type == MULTILABEL:
+            # The share of rows with the same predicted label set (a logit of 0 is probability 0.5).
+            same = ((ours >= 0) == (theirs >= 0)).reshape(len(ours), -1).all(axis=1)
+            row["class_agreement"] = float(same.mean()) if len(same) else 1.0
         elif labels is not None and t.type != RATE:  # a rate's column holds counts, its output a logit
             truth = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=float)
             known = np.isfinite(truth)

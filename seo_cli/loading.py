@@ -8,7 +8,7 @@ holds is refused before any memory is spent on it.
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.overrides import TorchFunctionMode
 
+from seo_cli.calibration import TemperatureScaled, temperature_problem
 from seo_cli.checkpoint import load_checkpoint, parse_stored_config
 from seo_cli.config import DataConfig
 from seo_cli.data.preprocess import MAX_LENGTH, Preprocessor
@@ -40,9 +41,10 @@ class TrainedModel:
     data: DataConfig
     preprocessor: Preprocessor
     targets: list[Target]
-    model: torch.nn.Module
+    model: torch.nn.Module  # wrapped in TemperatureScaled when the checkpoint holds temperatures
     loss_fn: torch.nn.Module
     fold: tuple[int, int] | None = None  # (k, folds): a model of a cross-validation run, validated on fold k
+    temperature: dict[str, float] = field(default_factory=dict)  # per classification target; {}: none
 
     @property
     def label(self) -> str:
@@ -95,11 +97,26 @@ def load_trained(path: Path, device: torch.device, allowed_targets: list[str]) -
     _check_weights_fit(shape_only, weights, where)
     model = build_from_file(config["model"], f"{where}: model", "model", allowed, inputs=pre.input_spec, heads=pre.heads)
     model.load_state_dict(weights)
+    temperature = _temperature(state, pre, where)
+    if temperature:
+        model = TemperatureScaled(model, temperature, targets[0].name)
     loss_fn = build_from_file(
         config["loss"], f"{where}: loss", "loss", allowed, targets=targets, class_counts=_class_counts(state, pre, where)
     )
     fold = _fold_of(path, config)
-    return TrainedModel(path, state, config, data, pre, targets, model.to(device), loss_fn.to(device), fold)
+    return TrainedModel(
+        path, state, config, data, pre, targets, model.to(device), loss_fn.to(device), fold=fold, temperature=temperature
+    )
+
+
+def _temperature(state: dict[str, Any], pre: Preprocessor, where: str) -> dict[str, float]:
+    """A calibrated checkpoint's temperatures: one per classification target, each finite and above 0."""
+    if "temperature" not in state:
+        return {}
+    problem = temperature_problem(state["temperature"], list(pre.class_names))
+    if problem is not None:
+        raise UserError(f"{where}: temperature must be {problem}; calibrate the checkpoint again with seo-eval calibrate=true.")
+    return dict(state["temperature"])
 
 
 def _fold_of(path: Path, config: dict[str, Any]) -> tuple[int, int] | None:

@@ -1,7 +1,8 @@
 """Losses over the model's output dict: one term per target, summed with per-target weights.
 
 Classification targets use cross entropy (optionally class-weighted and label-smoothed) or focal
-loss; regression targets use MSE, L1 or Huber on standardised values (the preprocessing scales every
+loss; multilabel targets binary cross entropy, one sigmoid per label, averaged over rows and labels;
+regression targets use MSE, L1 or Huber on standardised values (the preprocessing scales every
 regression target to zero mean and unit variance on the training split, so terms are comparable).
 Ranking targets (``ranking_loss``) compare only rows of the same group: pairwise RankNet, listwise
 ListNet, or LambdaLoss (RankNet's pairs weighted by how much swapping them changes the group's NDCG).
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seo_cli.data.spec import CLASSIFICATION, RANKING, RATE, TRIALS_KEY, WEIGHT_KEY, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RANKING, RATE, TRIALS_KEY, WEIGHT_KEY, Target
 from seo_cli.errors import UserError, require
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
@@ -37,7 +38,7 @@ class MultiTargetLoss(nn.Module):
         class_counts: per classification target, the training count of each class (from the call site);
             used by ``class_weights="balanced"``.
         classification: loss of classification targets: cross_entropy | focal.
-        regression: loss of regression targets: mse | l1 | huber.
+        regression: loss of regression targets: mse | l1 | huber. (Multilabel targets: binary cross entropy.)
         ranking: loss of ranking targets: lambda | ranknet | listnet (``ranking_loss``).
         label_smoothing: cross-entropy label smoothing, 0-0.2.
         class_weights: null, "balanced" (inverse class frequency), or one list of weights per
@@ -133,6 +134,9 @@ class MultiTargetLoss(nn.Module):
             elif target.type == CLASSIFICATION:
                 weight = None if self.unweighted[target.name] else self.class_weight(target.name)
                 terms[target.name] = self._classification_term(out, y, weight, row_weight)
+            elif target.type == MULTILABEL:  # the mean over labels, then over rows (weighted by row)
+                per_row = F.binary_cross_entropy_with_logits(out.float().reshape(y.shape), y, reduction="none").mean(dim=1)
+                terms[target.name] = per_row.mean() if row_weight is None else weighted_mean(per_row, row_weight)
             elif target.type == RATE:
                 per_row = F.binary_cross_entropy_with_logits(out.float(), y, reduction="none")
                 terms[target.name] = weighted_mean(per_row, trials if row_weight is None else row_weight * trials)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from seo_cli.data.preprocess import Preprocessor
-from seo_cli.data.spec import CLASSIFICATION, RATE, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RATE, Target
 from seo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,11 @@ def class_probabilities(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def label_probabilities(logits: np.ndarray) -> np.ndarray:
+    """A multilabel target's sigmoid of each logit ``[rows, labels]`` (a one-label head gives ``[rows]``)."""
+    return (0.5 * (1 + np.tanh(0.5 * logits.astype(np.float64)))).reshape(len(logits), -1).astype(np.float32)
 
 
 @dataclass
@@ -293,7 +298,7 @@ class OnnxModel:
         for o, t in zip(outputs, pre.targets, strict=True):
             shape_ok = (
                 len(o.shape) == 2 and o.shape[1] == len(t.classes)
-                if t.type == CLASSIFICATION
+                if t.type == CLASSIFICATION or t.type == MULTILABEL and len(t.classes) > 1
                 else len(o.shape) == 1
             )
             if o.type != "tensor(float)" or not shape_ok:
@@ -348,6 +353,8 @@ class OnnxModel:
         for t in self.targets:
             if t.type == CLASSIFICATION:
                 outputs[t.name] = class_probabilities(raw[t.name])
+            elif t.type == MULTILABEL:
+                outputs[t.name] = label_probabilities(raw[t.name])
             elif t.type == RATE:  # the sigmoid of the logit, in float64 so a large one does not overflow exp
                 outputs[t.name] = (0.5 * (1 + np.tanh(0.5 * raw[t.name].reshape(-1).astype(np.float64)))).astype(np.float32)
             else:

@@ -5,9 +5,11 @@
     seo-predict backend=onnx model=model.onnx input=new_pages.csv output=scores.csv   # no torch: seo-export's files
 
 The output has the id column (or the input row number), then per target the predicted class and one
-probability column per class, or the predicted value in the target's units; a ranking target's score
-and ``<target>_rank``, the row's place within its group (``data.group_column`` of training, which the
-input must have): 1 = the highest score, ties by row order. Rows that cannot be
+probability column per class (``<target>_proba_<class>``); for a multilabel target the predicted labels
+(probability at least 0.5) joined by its separator and one probability column per label
+(``<target>_<label>``); a ranking target's score and ``<target>_rank``, the row's place within its group
+(``data.group_column`` of training, which the input must have): 1 = the highest score, ties by row order;
+or the predicted value in the target's units. Rows that cannot be
 scored are written, with their row number and the reason, to ``<output stem>.rejects.csv`` instead of
 stopping the batch (``strict=true`` stops at the first one); a run without such rows removes an earlier
 run's rejects file. Both files are written atomically. An ``id_column`` that is also a predicted column
@@ -28,7 +30,7 @@ import pyarrow as pa
 from omegaconf import DictConfig
 
 from seo_cli.data.preprocess import Preprocessor
-from seo_cli.data.spec import CLASSIFICATION, RANKING, RATE, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, MULTILABEL_THRESHOLD, RANKING, RATE, Target
 from seo_cli.data.tables import FORMATS, Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
 from seo_cli.files import atomic_path, write_error
@@ -44,7 +46,7 @@ class Model(Protocol):
     targets: list[Target]
 
     def outputs(self, frame: pd.DataFrame, batch_size: int) -> dict[str, np.ndarray]:
-        """Per target: class probabilities ``[rows, classes]``, or the standardised value ``[rows]``."""
+        """Per target: class or label probabilities ``[rows, classes]``, or the standardised value ``[rows]``."""
         ...
 
 
@@ -358,6 +360,9 @@ def score(model: Model, frame: pd.DataFrame, batch_size: int) -> pd.DataFrame:
         elif t.type == RANKING:
             columns[t.name] = arrays[t.name]
             columns[f"{t.name}_rank"] = rank_within_groups(arrays[t.name], pre.group_codes(frame))
+        elif t.type == MULTILABEL:
+            columns[t.name] = predicted_labels(arrays[t.name], pre.label_names[t.name], separator_of(pre, t.name))
+            columns |= {f"{t.name}_{label}": arrays[t.name][:, k] for k, label in enumerate(pre.label_names[t.name])}
         elif t.type == RATE:
             columns[f"{t.name}_rate"] = arrays[t.name]
         else:
@@ -374,6 +379,17 @@ def rank_within_groups(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)])) + 1
     return rank
+
+
+def predicted_labels(proba: np.ndarray, labels: list[str], separator: str) -> np.ndarray:
+    """Per row, the labels whose probability is at least ``MULTILABEL_THRESHOLD``, joined by ``separator``
+    in label order ("" where none is)."""
+    chosen = proba >= MULTILABEL_THRESHOLD
+    return np.array([separator.join(label for label, on in zip(labels, row, strict=True) if on) for row in chosen], dtype=object)
+
+
+def separator_of(pre: Preprocessor, target: str) -> str:
+    return next(t.separator for t in pre.targets if t.name == target)
 
 
 def rejects_path(output: Path) -> Path:
@@ -405,6 +421,8 @@ def prediction_columns(model: Model) -> list[str]:
             columns.append(f"{t.name}_rank")
         if t.type == CLASSIFICATION:
             columns += [f"{t.name}_proba_{name}" for name in model.preprocessor.class_names[t.name]]
+        elif t.type == MULTILABEL:
+            columns += [f"{t.name}_{label}" for label in model.preprocessor.label_names[t.name]]
     return columns
 
 

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from seo_cli.data.spec import CLASSIFICATION, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, Target
 from seo_cli.files import atomic_path, write_text
 from seo_cli.metrics import Curve, Curves, ranking_curves
 
@@ -61,7 +61,17 @@ def write_report(
                 roc, pr = ranking_curves(pred["y_true"], pred["y_pred"], names)
             plot_curves(plots / f"{stem}_roc.png", roc, f"{t.name}: ROC", "AUC", roc=True)
             plot_curves(plots / f"{stem}_pr.png", pr, f"{t.name}: precision-recall", "AP", roc=False)
+            calibrated = (result.get("calibration") or {}).get(t.name)
+            if calibrated:
+                lines += _calibration_table(calibrated)
+            plot_reliability(plots / f"{stem}_reliability.png", report["reliability"], t.name, len(names), calibrated)
             images = [("confusion matrix", "confusion"), ("ROC curves", "roc"), ("precision-recall", "pr")]
+            images.append(("reliability diagram", "reliability"))
+        elif t.type == MULTILABEL:
+            lines += _per_class_table(report, "per_label", "label")
+            plot_curves(plots / f"{stem}_pr.png", label_pr_curves(pred["y_true"], pred["y_pred"], report["label_names"]),
+                        f"{t.name}: precision-recall per label", "AP", roc=False)
+            images = [("precision-recall per label", "pr")]
         else:
             plot_scatter(plots / f"{stem}_scatter.png", pred["y_true"], pred["y_pred"], t.name)
             plot_residuals(plots / f"{stem}_residuals.png", pred["y_true"], pred["y_pred"], t.name)
@@ -115,6 +125,40 @@ def plot_curves(path: Path, curves: list[Curve], title: str, area: str, roc: boo
     save_figure(ax.figure, path)
 
 
+def plot_reliability(path: Path, reliability: dict, target: str, classes: int, calibrated: dict | None = None) -> None:
+    """Observed frequency against predicted probability per bin (``seo_cli.metrics.reliability_bins``), the
+    diagonal being perfect calibration, and the rows per bin below; with ``calibrated`` (seo-eval
+    calibrate=true's result of the target) the curve after temperature scaling too."""
+    fig = _figure((PLOT_SIZE[0], PLOT_SIZE[1] * 1.25))
+    curve, counts = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    curve.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
+    shown = [("as trained" if calibrated else "model", reliability)]
+    if calibrated:
+        shown.append((f"temperature {calibrated['temperature']:.3g}", calibrated["after"]["reliability"]))
+    width = 1.0 / reliability["bins"]
+    for i, (label, bins) in enumerate(shown):
+        curve.plot(bins["confidence"], bins["accuracy"], "o-", ms=4, label=label)
+        counts.bar(np.asarray(bins["confidence"]) + (i - 0.5 * (len(shown) - 1)) * width / 3, bins["rows"], width=width / 3)
+    curve.legend(loc="upper left", fontsize="small")
+    x = "P(class 1)" if classes == 2 else "confidence (largest probability)"
+    y = "share of class 1" if classes == 2 else "share of rows whose top class is right"
+    curve.set(xlim=(0, 1), ylim=(0, 1.02), ylabel=y, title=f"{target}: reliability diagram ({reliability['bins']} bins)")
+    counts.set(xlabel=x, ylabel="rows")
+    save_figure(fig, path)
+
+
+def label_pr_curves(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> list[Curve]:
+    """A multilabel target's precision-recall curve of each label with a positive row (recall, precision, AP)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    curves = []
+    for k, label in enumerate(labels):
+        if y_true[:, k].any():
+            precision, recall, _ = precision_recall_curve(y_true[:, k], proba[:, k])
+            curves.append((label, recall, precision, float(average_precision_score(y_true[:, k], proba[:, k]))))
+    return curves
+
+
 def plot_scatter(path: Path, y_true: np.ndarray, y_pred: np.ndarray, target: str) -> None:
     """Predicted against actual values: all rows up to ``SCATTER_POINTS``, else that many drawn at
     random (seeded, so the same rows each time), said in the title; the diagonal spans all rows."""
@@ -161,7 +205,7 @@ def plot_learning_curves(path: Path, history: list[dict[str, float]]) -> None:
     fig = _figure(CURVES_SIZE)
     losses, scores = fig.subplots(1, 2)
     metric_keys = dict.fromkeys(
-        k for row in history for k in row if k.startswith("val/") and k.endswith(("/accuracy", "/r2"))
+        k for row in history for k in row if k.startswith("val/") and k.endswith(("/accuracy", "/r2", "/f1_micro"))
     )
     for ax, keys in ((losses, ["train/loss", "val/loss"]), (scores, list(metric_keys))):
         for key in keys:
@@ -235,12 +279,21 @@ def _scalar_table(name: str, report: dict, result: dict, prefix: str) -> list[st
     return _table(["metric", "value"], [r[:2] for r in rows])
 
 
-def _per_class_table(report: dict) -> list[str]:
+def _per_class_table(report: dict, key: str = "per_class", kind: str = "class") -> list[str]:
     rows = [
         [c, _num(m["precision"]), _num(m["recall"]), _num(m["f1-score"]), str(int(m["support"]))]
-        for c, m in report["per_class"].items()
+        for c, m in report[key].items()
     ]
-    return ["Per class:", "", *_table(["class", "precision", "recall", "F1", "support"], rows)]
+    return [f"Per {kind}:", "", *_table([kind, "precision", "recall", "F1", "support"], rows)]
+
+
+def _calibration_table(calibrated: dict) -> list[str]:
+    rows = [[key, _num(calibrated["before"][key]), _num(calibrated["after"][key])] for key in ("ece", "log_loss", "brier")]
+    head = (
+        f"Temperature scaling: T = {calibrated['temperature']:.4g}, fitted on {calibrated['val_rows']} val rows "
+        "(written to calibrated.pt); on these rows:"
+    )
+    return [head, "", *_table(["metric", "before", "after"], rows)]
 
 
 def _confusion_table(report: dict) -> list[str]:

@@ -73,8 +73,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if resume_state is not None and scheduler is not None and resume_state.get("total_steps") != steps_per_epoch * cfg.epochs:
         resume_state = stretch_schedule(resume_state, scheduler, steps_per_epoch * cfg.epochs)
     sink = build_sink(cfg, run_dir, resume_state, allowed)
+    names = data.preprocessor.class_names | data.preprocessor.label_names
     scorer = Scorer(
-        targets_of(data.config), data.preprocessor.target_scale, data.preprocessor.class_names, cfg.device.precision, list(cfg.data.ndcg_at)
+        targets_of(data.config), data.preprocessor.target_scale, names, cfg.device.precision, ndcg_at=list(cfg.data.ndcg_at)
     )
     log_plan(cfg, model, device, steps_per_epoch)
     try:

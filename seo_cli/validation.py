@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH
+from seo_cli.data.preprocess import MAX_CLASSES, MAX_LENGTH, MAX_SEPARATOR
 from seo_cli.data.shards import is_parquet_dir
 from seo_cli.data.spec import (
     CLASSIFICATION,
+    MULTILABEL,
     RANKING,
     RATE,
     REGRESSION,
@@ -108,6 +109,13 @@ def _data_problems(data: DictConfig) -> list[str]:
         problems.append("data.path is required for a data file; set data.path=pages.csv.")
     if shards:
         problems += _parquet_problems(data)
+        multilabel = [t.name for t in data.targets if t.type == MULTILABEL]
+        if multilabel:
+            # The shards' scan counts classes and checks regression values, not label sets.
+            problems.append(
+                f"multilabel target {multilabel[0]!r} cannot be streamed from Parquet shards; give a table file "
+                "(data=csv data.path=<file>) or make it a classification target."
+            )
     elif data.source != "file":
         for key in ("test_path", "column_names"):
             if data[key]:
@@ -243,6 +251,11 @@ def _label_problems(data: DictConfig) -> list[str]:
             f"data.trials_column={data.trials_column} applies to type: rate targets only; declare one "
             "(e.g. {name:clicks,type:rate}) or remove data.trials_column."
         )
+    separator = data.label_separator
+    if any(t.type == MULTILABEL for t in data.targets) and not (0 < len(separator.strip()) and len(separator) <= MAX_SEPARATOR):
+        problems.append(
+            f"data.label_separator={separator!r} must be 1 to {MAX_SEPARATOR} characters, not only spaces, e.g. '|'."
+        )
     if data.sampler == "balanced" and not any(t.type == CLASSIFICATION for t in data.targets):
         problems.append(
             "data.sampler=balanced balances the classes of the first classification target, and there is none; "
@@ -364,7 +377,7 @@ def _metric_problems(cfg: DictConfig) -> list[str]:
     """Monitored metrics and objectives that the run does not log, or whose direction is wrong."""
     problems: list[str] = []
     data = cfg.data
-    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION, RATE, RANKING)]
+    targets = [Target(t.name, t.type) for t in data.targets if t.type in (CLASSIFICATION, REGRESSION, RATE, MULTILABEL, RANKING)]
     known = metric_names(targets, "val", list(data.get("ndcg_at", []))) + metric_names(targets, "train")[:1]
     for key, name in (("trainer.monitor", cfg.trainer.monitor), ("objective", cfg.objective)):
         if name not in known:
@@ -515,7 +528,7 @@ def dry_build(cfg: DictConfig, group: str, node: DictConfig, allowed: dict[str, 
                 # A pretrained encoder's config, read from the user's own path (the command line is trusted).
                 encoder_config=encoder_files(data.tokenizer)["config"] if data.tokenizer and data.text_columns else None,
             ),
-            "heads": {t.name: 2 if t.type == CLASSIFICATION else 1 for t in targets},
+            "heads": {t.name: 2 if t.type in (CLASSIFICATION, MULTILABEL) else 1 for t in targets},
         },
         "loss": lambda: {"targets": targets, "class_counts": {t.name: [1, 1] for t in targets if t.type == CLASSIFICATION}},
         "optimizer": lambda: {"params": [param]},

@@ -510,7 +510,7 @@ def test_stored_preprocessing_round_trips():
         ),
         (
             lambda s: s["targets"][0].update(type="ranking"),
-            "preprocessing.targets[0].type must be classification, regression or rate",
+            "preprocessing.targets[0].type must be classification, regression, rate or multilabel",
         ),
         (
             lambda s: s["targets"][0].update(classes=["buy", "buy"]),

@@ -139,7 +139,7 @@ def test_report_writes_markdown_and_plots(runs, tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# Evaluation: best.pt\n")
     assert "95% bootstrap intervals from 100 resamples (seed 0)" in md
-    expected = {f"{t}_{kind}.png" for t in CLASSIFICATION_TARGETS for kind in ("confusion", "roc", "pr")}
+    expected = {f"{t}_{kind}.png" for t in CLASSIFICATION_TARGETS for kind in ("confusion", "roc", "pr", "reliability")}
     expected |= {f"{t}_{kind}.png" for t in REGRESSION_TARGETS for kind in ("scatter", "residuals")}
     expected |= {"learning_curves.png"}
     plots = tmp_path / "plots"

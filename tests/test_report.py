@@ -25,6 +25,7 @@ HISTORY = [
 # Figure sizes at 110 dpi: 6.4 x 4.8 in for target plots, 11 x 4.2 in for the learning curves.
 PLOT_PX = (528, 704)
 CURVES_PX = (462, 1210)
+RELIABILITY_PX = (660, 704)  # 6.4 x 6.0 in: the diagram over its rows per bin
 
 
 def noisy_proba(rng: np.random.Generator, y: np.ndarray, k: int) -> np.ndarray:
@@ -84,6 +85,8 @@ EXPECTED_PLOTS = {
     "is_local_confusion.png": PLOT_PX,
     "is_local_roc.png": PLOT_PX,
     "is_local_pr.png": PLOT_PX,
+    "page_type_reliability.png": RELIABILITY_PX,
+    "is_local_reliability.png": RELIABILITY_PX,
     "ctr_scatter.png": PLOT_PX,
     "ctr_residuals.png": PLOT_PX,
     "learning_curves.png": CURVES_PX,

@@ -261,7 +261,7 @@ def test_plateau_direction_must_match_its_monitor_and_targets_are_listed_once(co
         ("device.type=tpu", "auto, cpu, cuda, mps"),
         ("device.fallback=ignore", "error, warn"),
         ("device.strategy=fsdp", "single, ddp"),
-        ("data.targets=[{name:intent,type:ordinal}]", "classification, regression, rate, ranking"),
+        ("data.targets=[{name:intent,type:ordinal}]", "classification, regression, multilabel, rate, ranking"),
     ],
 )
 def test_choice_knobs_are_refused_while_composing_with_their_choices_listed(compose_train, override, choices):

@@ -14,9 +14,9 @@ from torch import Tensor
 from seo_cli.config import DataConfig, SplitBy
 from seo_cli.data import seo_pages
 from seo_cli.data.parquet import StreamedData, prepare_stream
-from seo_cli.data.preprocess import Preprocessor, as_text_values
+from seo_cli.data.preprocess import Preprocessor, as_text_values, split_labels
 from seo_cli.data.shards import is_parquet_dir
-from seo_cli.data.spec import CLASSIFICATION, RANKING, Target
+from seo_cli.data.spec import CLASSIFICATION, MULTILABEL, RANKING, Target
 from seo_cli.data.tables import Source, check_plain_cells, missing_cells, read_table
 from seo_cli.errors import UserError
 from seo_cli.pretrained import encoder_files
@@ -78,11 +78,13 @@ def load_frame(
     _check_columns(frame, data, source)
     for target in targets_of(data):
         classes = frame[target.name].nunique() if target.type == CLASSIFICATION else 0
+        if target.type == MULTILABEL:
+            classes = len(set().union(*split_labels(frame[target.name].dropna(), data.label_separator)))
         if classes > data.max_classes:
             # Refused here, before the split: the output layer, the per-class metrics and the
             # confusion matrix grow with the classes (50,000 of them took over 4 GB at validation).
             raise UserError(
-                f"classification target {target.name!r} of {source} has {classes:,} classes, more than "
+                f"{target.type} target {target.name!r} of {source} has {classes:,} {'labels' if target.type == MULTILABEL else 'classes'}, more than "
                 f"data.max_classes={data.max_classes:,}; check that it is a label and not an id or a number "
                 "(declare it type: regression), or raise data.max_classes."
             )
@@ -158,7 +160,7 @@ def _check_columns(frame: pd.DataFrame, data: DataConfig, source: Source) -> Non
                 "data.missing=impute to skip rows without a target."
             )
         frame[target.name] = frame[target.name].mask(empty)
-        if target.type != CLASSIFICATION:
+        if target.type != CLASSIFICATION and target.type != MULTILABEL:  # regression and rate: numbers
             # Caught here so the message names the row, not a float conversion deep in preprocessing.
             values = pd.to_numeric(frame[target.name], errors="coerce").to_numpy(dtype=np.float64)
             bad = ~np.isfinite(values) & ~empty.to_numpy()
@@ -644,6 +646,8 @@ def prepare_data(
     splits = load_splits(data, seed, fold)
     train_frame, train_source = splits["train"]
     for target in targets_of(data):
+        if target.type == MULTILABEL:
+            _check_labels_trained(target, splits, data.label_separator)
         if target.type != CLASSIFICATION:
             continue
         if train_frame[target.name].nunique() < 2:
@@ -676,6 +680,7 @@ def prepare_data(
         group_column=data.group_column,
         weight_column=data.weight_column,
         trials_column=data.trials_column,
+        label_separator=data.label_separator,
     )
     if data.weight_column:
         for name, (frame, source) in splits.items():
@@ -692,6 +697,26 @@ def prepare_data(
         )
     tensors = {name: tensorize(preprocessor, frame, name) for name, (frame, _) in splits.items()}
     return PreparedData(config=data, preprocessor=preprocessor, splits=tensors)
+
+
+def _check_labels_trained(target: Target, splits: dict[str, tuple[pd.DataFrame, Source]], separator: str) -> None:
+    """Every label of a multilabel target in val or test is in the training split, which fixes the labels.
+
+    Raises:
+        UserError: naming the label, the split, the file and the row.
+    """
+    trained = set().union(*split_labels(splits["train"][0][target.name], separator))
+    for name in ("val", "test"):
+        frame, source = splits[name]
+        for position, labels in enumerate(split_labels(frame[target.name], separator)):
+            unseen = sorted(labels - trained)
+            if unseen:
+                row = int(frame.index[position])
+                raise UserError(
+                    f"label {unseen[0]!r} of multilabel target {target.name!r} is in the {name} split ({source}, "
+                    f"{source.row(row)}) but never in the training split, so the model cannot learn it; add training "
+                    "rows with it, or remove it from those rows."
+                )
 
 
 def load_split(data: DataConfig, seed: int, preprocessor: Preprocessor, split: str) -> SplitTensors:

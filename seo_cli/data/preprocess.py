@@ -4,7 +4,8 @@ Numeric columns are standardised (optionally after a Yeo-Johnson power transform
 counts such as backlinks or word counts close to normal), categorical columns are coded with 0 as the "unknown" slot, the
 text columns are joined with ``[SEP]`` and tokenized by a byte-pair-encoding tokenizer (Hugging Face
 ``tokenizers``) trained on the training texts, classification targets are label-encoded with their
-class names kept, and regression targets are standardised (predictions are mapped back to the
+class names kept, multilabel targets become one 0/1 column per label of the training split (the
+labels of a cell joined by ``data.label_separator``), and regression targets are standardised (predictions are mapped back to the
 original units before any metric is computed).
 
 The encoding itself is numpy (``encode_inputs``); torch is imported only where tensors are made, so
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 from seo_cli.data.spec import (
     CLASSIFICATION,
+    MULTILABEL,
     RANKING,
     RATE,
     REGRESSION,
@@ -49,9 +51,10 @@ ENCODE_CHUNK = 20_000  # rows tokenized at a time
 class TargetEncoding:
     name: str
     type: str
-    classes: list[str] = field(default_factory=list)  # classification: class names in code order
+    classes: list[str] = field(default_factory=list)  # classification: class names in code order; multilabel: labels
     mean: float = 0.0  # regression: training mean and standard deviation (a rate keeps 0 and 1: it is not scaled)
     std: float = 1.0
+    separator: str = ""  # multilabel: what joins the labels of a cell (data.label_separator)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Preprocessor:
         group_column: str | None = None,
         weight_column: str | None = None,
         trials_column: str | None = None,
+        label_separator: str = "|",
     ) -> "Preprocessor":
         """Fit on the training rows only, so no statistic of validation or test rows leaks into training.
 
@@ -109,6 +113,10 @@ class Preprocessor:
                 when there is a ranking target).
             weight_column, trials_column: the row weights and the trials of rate targets, kept for
                 ``transform_targets`` (nothing is fitted on them: the scaling above is unweighted).
+            label_separator: what joins the labels of a multilabel target's cell.
+
+        Raises:
+            UserError: a multilabel target without any label in the training split.
         """
         mean, scale, power, fill = [], [], [], []
         if numeric_columns:
@@ -154,6 +162,14 @@ class Preprocessor:
             values = frame[target.name]
             if target.type == CLASSIFICATION:
                 encodings.append(TargetEncoding(target.name, target.type, classes=_class_names(values)))
+            elif target.type == MULTILABEL:
+                labels = sorted(set().union(*split_labels(values, label_separator)))
+                if not labels:
+                    raise UserError(
+                        f"multilabel target {target.name!r} has no labels in the training split; check the column "
+                        f"and data.label_separator={label_separator!r}."
+                    )
+                encodings.append(TargetEncoding(target.name, target.type, classes=labels, separator=label_separator))
             elif target.type in (RATE, RANKING):
                 encodings.append(TargetEncoding(target.name, target.type))  # a probability, a relevance: no scaling
             else:
@@ -197,17 +213,22 @@ class Preprocessor:
 
     @property
     def heads(self) -> dict[str, int]:
-        """Output size of each target's head: the number of classes, or 1 for regression."""
-        return {t.name: (len(t.classes) if t.type == CLASSIFICATION else 1) for t in self.targets}
+        """Output size of each target's head: the number of classes or labels, or 1 for regression and rate."""
+        return {t.name: (len(t.classes) if t.type in (CLASSIFICATION, MULTILABEL) else 1) for t in self.targets}
 
     @property
     def target_scale(self) -> dict[str, tuple[float, float]]:
-        """Per regression target its training (mean, std); a ranking target's scores are kept as they are: (0, 1)."""
-        return {t.name: (t.mean, t.std) for t in self.targets if t.type != CLASSIFICATION}
+        """Per regression target its training (mean, std); rate and ranking targets are kept as they are: (0, 1)."""
+        return {t.name: (t.mean, t.std) for t in self.targets if t.type not in (CLASSIFICATION, MULTILABEL)}
 
     @property
     def class_names(self) -> dict[str, list[str]]:
         return {t.name: t.classes for t in self.targets if t.type == CLASSIFICATION}
+
+    @property
+    def label_names(self) -> dict[str, list[str]]:
+        """Per multilabel target, its labels in column order."""
+        return {t.name: t.classes for t in self.targets if t.type == MULTILABEL}
 
     def transform_inputs(self, frame: pd.DataFrame) -> "dict[str, Tensor]":
         """The model's input tensors for ``frame``: ``encode_inputs`` as torch tensors (no copy)."""
@@ -285,6 +306,8 @@ class Preprocessor:
                         f"add training rows of that class or give data.split_column so every class is trained on."
                     )
                 out[t.name] = torch.from_numpy(codes)
+            elif t.type == MULTILABEL:
+                out[t.name] = torch.from_numpy(self.multi_hot(t, values, split))
             elif t.type == RATE:
                 successes = values.to_numpy(dtype=np.float64)
                 trials = frame[self.trials_column].to_numpy(dtype=np.float64)
@@ -301,6 +324,26 @@ class Preprocessor:
     def group_codes(self, frame: pd.DataFrame) -> np.ndarray:
         """int64 code of each row's ``group_column`` value, in order of first appearance (equal values, equal codes)."""
         return pd.factorize(as_text_values(frame[self.group_column]))[0].astype(np.int64)
+
+    @staticmethod
+    def multi_hot(target: TargetEncoding, values: pd.Series, split: str = "this split") -> np.ndarray:
+        """float32 ``[rows, labels]``: 1 where the row's cell names the label.
+
+        Raises:
+            UserError: a label that the training split never saw.
+        """
+        sets = split_labels(values, target.separator)
+        index = {label: i for i, label in enumerate(target.classes)}
+        y = np.zeros((len(sets), len(index)), dtype=np.float32)
+        for row, labels in enumerate(sets):
+            for label in labels:
+                if label not in index:
+                    raise UserError(
+                        f"target {target.name} has label {label!r} in {split} (row {row + 1} of it) but not in the "
+                        "training split; add training rows with that label, or remove it from those rows."
+                    )
+                y[row, index[label]] = 1.0
+        return y
 
     def to_state(self) -> dict:
         return asdict(self)
@@ -330,6 +373,7 @@ MAX_VOCAB = 1_000_000  # tokens of the tokenizer's vocabulary
 MAX_CLASSES = 10_000  # classes of one target: seo-eval's confusion matrix has MAX_CLASSES^2 cells
 MAX_TARGETS = 1_000
 MAX_TEXT = 1_000  # characters of a column, class or category name
+MAX_SEPARATOR = 16  # characters of a multilabel target's separator
 
 
 def check_state(state: Any) -> None:
@@ -444,9 +488,9 @@ def _check_targets(targets: Any) -> None:
         keys = set(target) if isinstance(target, dict) else set()
         need(
             isinstance(target, dict)
-            and {"name", "type"} <= keys <= {"name", "type", "classes", "mean", "std"},
+            and {"name", "type"} <= keys <= {"name", "type", "classes", "mean", "std", "separator"},
             where,
-            "a mapping of name, type, classes, mean and std",
+            "a mapping of name, type, classes, mean, std and separator",
         )
         name = target["name"]
         need(
@@ -456,11 +500,26 @@ def _check_targets(targets: Any) -> None:
         )
         seen.add(name)
         need(
-            target["type"] in (CLASSIFICATION, REGRESSION, RATE, RANKING),
+            target["type"] in (CLASSIFICATION, REGRESSION, RATE, MULTILABEL, RANKING),
             f"{where}.type",
-            f"{CLASSIFICATION}, {REGRESSION}, {RATE} or {RANKING}",
+            f"{CLASSIFICATION}, {REGRESSION}, {RATE}, {MULTILABEL} or {RANKING}",
         )
-        if target["type"] == CLASSIFICATION:
+        separator = target.get("separator", "")
+        need(
+            type(separator) is str and len(separator) <= MAX_SEPARATOR and bool(separator) == (target["type"] == MULTILABEL),
+            f"{where}.separator",
+            f"the text of 1 to {MAX_SEPARATOR} characters that joins a multilabel target's labels (empty for other targets)",
+        )
+        if target["type"] == MULTILABEL:
+            labels = target.get("classes")
+            need(
+                names(labels, MAX_CLASSES)
+                and 0 < len(labels) == len(set(labels))
+                and all(label and label == label.strip() and separator not in label for label in labels),
+                f"{where}.classes",
+                f"a list of 1 to {MAX_CLASSES:,} distinct, non-empty labels without the separator {separator!r}",
+            )
+        elif target["type"] == CLASSIFICATION:
             classes = target.get("classes")
             need(
                 names(classes, MAX_CLASSES) and 0 < len(classes) == len(set(classes)),
@@ -538,6 +597,12 @@ def as_text_values(values: pd.Series) -> pd.Series:
         if (present == np.floor(present)).all():
             return values.astype("Int64").astype(object).where(values.notna(), "").astype(str)
     return values.astype(object).where(values.notna(), "").astype(str)
+
+
+def split_labels(values: pd.Series, separator: str) -> list[set[str]]:
+    """The label set of each cell of a multilabel column: its text cut at ``separator``, each label stripped
+    of surrounding spaces, empty ones dropped ("news| local|" -> {"news", "local"})."""
+    return [{label.strip() for label in cell.split(separator)} - {""} for cell in as_text_values(values)]
 
 
 def _joined_text(frame: pd.DataFrame, columns: list[str], separator: str = SEP) -> list[str]:

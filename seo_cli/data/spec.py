@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 RANKING = "ranking"  # graded relevance (integer >= 0) per row, ordered within the rows of one data.group_column value
+MULTILABEL = "multilabel"  # a set of labels per row, written "a|b" (data.label_separator); one sigmoid per label
+MULTILABEL_THRESHOLD = 0.5  # a multilabel target's label is predicted when its probability is at least this
 RATE = "rate"  # successes out of trials (clicks out of impressions): a probability, trained with a binomial likelihood
 
 # Keys of a batch's label dict that are not targets: the row weights (data.weight_column) and the trials
@@ -15,7 +17,8 @@ TRIALS_KEY = "__trials__"
 
 @dataclass(frozen=True)
 class Target:
-    """One prediction target: a column name and its task type (classification | regression | rate | ranking)."""
+    """One prediction target: a column name and its task type (classification | regression | rate | multilabel
+    | ranking)."""
 
     name: str
     type: str
