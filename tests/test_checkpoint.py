@@ -509,8 +509,8 @@ def test_stored_preprocessing_round_trips():
             "preprocessing.tokenizer_json must be a tokenizer exactly when there are text columns",
         ),
         (
-            lambda s: s["targets"][0].update(type="ranking"),
-            "preprocessing.targets[0].type must be classification, regression, rate or multilabel",
+            lambda s: s["targets"][0].update(type="ordinal"),
+            "preprocessing.targets[0].type must be classification, regression, rate, multilabel or ranking",
         ),
         (
             lambda s: s["targets"][0].update(classes=["buy", "buy"]),

@@ -85,7 +85,7 @@ def test_the_labels_are_the_training_splits_and_encode_multi_hot():
         ({"classes": "news"}, "targets[0].classes must be"),
         ({"separator": ""}, "targets[0].separator must be the text of 1 to 16 characters"),
         ({"separator": 7}, "targets[0].separator must be"),
-        ({"type": "multi"}, "targets[0].type must be classification, regression, rate or multilabel"),
+        ({"type": "multi"}, "targets[0].type must be classification, regression, rate, multilabel or ranking"),
     ],
 )
 def test_hostile_label_lists_are_refused_in_one_sentence(change, says):
