@@ -126,32 +126,6 @@ def csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_a_ddp_job_runs_its_ranks_as_the_jobs_tasks_and_equals_one_process_with_double_the_batch(tmp_path):
-    """device=ddp device.num_devices=2: two tasks of one submitit job, each one rank, no DDP workers started
-    by the job. Together they are the single process with the 32-row batch (the mean of the ranks'
-    gradients; SGD and no dropout, as in tests/test_ddp.py, which says why)."""
-    common = ["model.dropout=0", "optimizer=sgd", "scheduler=none"]
-    sweep = tmp_path / "sweep"
-    done = seo_train_jobs(*RUN, *common, "device=ddp", "device.type=cpu", f"hydra.sweep.dir={sweep}")
-    assert "Starting 2 DDP workers" not in done.output + (sweep / "0" / "train.log").read_text()
-    log = (sweep / "0" / "train.log").read_text()
-    assert "DDP: 2 processes (gloo) x batch_size 16" in log
-    assert log.count("Job completed successfully") == 1  # rank 1 logs to its task's output, not here
-    [job] = (sweep / ".submitit").glob("[0-9]*")  # one job, whose two tasks returned
-    assert sorted(p.name.split("_")[1] for p in job.glob("*_result.pkl")) == ["0", "1"]
-    state = load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")
-    assert (
-        state["world_size"] == 2 and json.loads((sweep / "0" / "summary.json").read_text())["status"] == "ok"
-    )
-
-    one = tmp_path / "one"
-    single = run_command("train", *RUN, *common, "device=cpu", "batch_size=32", f"hydra.run.dir={one}")
-    assert single.code == 0, single.output[-3000:]
-    expected = load_checkpoint(one / "checkpoints" / "last.pt")["model"]
-    for name, value in state["model"].items():
-        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)
-
-
 def slurm_task(
     monkeypatch, *, procid: int, localid: int, ntasks: int, nodes: int, nodelist: str, job: str = "4242"
 ):
