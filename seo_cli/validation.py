@@ -9,7 +9,7 @@ constructor. Choice-like knobs are Enums in the schema, which Hydra checks while
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -102,9 +102,22 @@ def check_train_config(cfg: DictConfig) -> dict[str, Callable]:
 
 
 def _data_problems(data: DictConfig) -> list[str]:
-    """What is wrong with the ``data`` section: sources, columns and their roles, splits, sizes."""
+    """What is wrong with the ``data`` section: sources, splits, columns and their roles, sizes, ranking,
+    row weights."""
+    return (
+        _source_problems(data)
+        + _split_problems(data)
+        + _column_problems(data)
+        + _size_problems(data)
+        + _ranking_problems(data)
+        + _label_problems(data)
+    )
+
+
+def _source_problems(data: DictConfig) -> list[str]:
+    """The data's source: a file, Parquet shards or the built-in generator, and what each takes."""
     problems: list[str] = []
-    shards = is_parquet_dir(data)  # split by a column or by directories: the fractions do not apply
+    shards = is_parquet_dir(data)
     if data.source == "file" and not data.path:
         problems.append("data.path is required for a data file; set data.path=pages.csv.")
     if shards:
@@ -127,6 +140,13 @@ def _data_problems(data: DictConfig) -> list[str]:
         )
     if data.num_workers < 0:
         problems.append(f"data.num_workers={data.num_workers} must be 0 or more.")
+    return problems
+
+
+def _split_problems(data: DictConfig) -> list[str]:
+    """How the rows are split: a split column, a test file, groups, times or fractions."""
+    problems: list[str] = []
+    shards = is_parquet_dir(data)  # split by a column or by directories: the fractions do not apply
     if data.test_path and data.split_column and not shards:
         problems.append("data.test_path and data.split_column both choose the test rows; keep one of them.")
     if data.split_column and data.split_by != "random":
@@ -147,28 +167,6 @@ def _data_problems(data: DictConfig) -> list[str]:
         problems.append(
             f"data.time_column={data.time_column} orders only a time split; set data.split_by=time or remove it."
         )
-    if not data.targets:
-        problems.append(
-            "data.targets is empty; name at least one, e.g. data.targets=[{name:intent,type:classification}]."
-        )
-    roles = {
-        "data.text_columns": data.text_columns,
-        "data.numeric_columns": data.numeric_columns,
-        "data.categorical_columns": data.categorical_columns,
-        "data.targets": [t.name for t in data.targets],
-    }
-    seen: dict[str, str] = {}
-    for key, columns in roles.items():
-        for column in columns:
-            if column in seen and seen[column] != key:
-                problems.append(
-                    f"column {column!r} is in both {seen[column]} and {key}; give each column one role."
-                )
-            seen.setdefault(column, key)
-    if not data.text_columns and not data.numeric_columns and not data.categorical_columns:
-        problems.append(
-            "the data has no input columns; set data.text_columns, data.numeric_columns or data.categorical_columns."
-        )
     if not data.split_column and not shards:
         for key in ("val_fraction",) if data.test_path else ("val_fraction", "test_fraction"):
             if not 0.0 < data[key] < 1.0:
@@ -177,20 +175,33 @@ def _data_problems(data: DictConfig) -> list[str]:
             problems.append(
                 "data.val_fraction + data.test_fraction must be below 1 so rows remain for training."
             )
-    if data.text_columns and data.max_length is not None and not 1 <= data.max_length <= MAX_LENGTH:
-        problems.append(f"data.max_length={data.max_length} must be between 1 and {MAX_LENGTH} tokens.")
-    if not 2 <= data.max_classes <= MAX_CLASSES:
-        problems.append(
-            f"data.max_classes={data.max_classes} must be between 2 and {MAX_CLASSES} (what a checkpoint may hold)."
-        )
-    if data.source == "seo_pages" and data.num_rows < 50:
-        problems.append(f"data.num_rows={data.num_rows} is too few to split; use at least 50.")
+    return problems
 
-    if data.pad_to_multiple_of is not None and data.pad_to_multiple_of < 1:
-        problems.append(f"data.pad_to_multiple_of={data.pad_to_multiple_of} must be at least 1.")
-    if data.vocab_size < 8:
+
+def _column_roles(data: DictConfig) -> Iterator[tuple[str, str]]:
+    """(column, the key that names it) for every input column and target, in config order."""
+    for key in ("text_columns", "numeric_columns", "categorical_columns"):
+        for column in data[key]:
+            yield column, f"data.{key}"
+    for target in data.targets:
+        yield target.name, "data.targets"
+
+
+def _column_problems(data: DictConfig) -> list[str]:
+    """The targets and input columns: at least one of each, one role per column, each listed once."""
+    problems: list[str] = []
+    if not data.targets:
         problems.append(
-            f"data.vocab_size={data.vocab_size} must be at least 8 (the tokenizer keeps 3 special tokens)."
+            "data.targets is empty; name at least one, e.g. data.targets=[{name:intent,type:classification}]."
+        )
+    seen: dict[str, str] = {}
+    for column, key in _column_roles(data):
+        if column in seen and seen[column] != key:
+            problems.append(f"column {column!r} is in both {seen[column]} and {key}; give each column one role.")
+        seen.setdefault(column, key)
+    if not data.text_columns and not data.numeric_columns and not data.categorical_columns:
+        problems.append(
+            "the data has no input columns; set data.text_columns, data.numeric_columns or data.categorical_columns."
         )
     for key in ("text_columns", "numeric_columns", "categorical_columns"):
         repeated = sorted({c for c in data[key] if list(data[key]).count(c) > 1})
@@ -199,6 +210,32 @@ def _data_problems(data: DictConfig) -> list[str]:
     names = [t.name for t in data.targets]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"data.targets lists {name!r} twice; list each target once.")
+    return problems
+
+
+def _size_problems(data: DictConfig) -> list[str]:
+    """Lengths, class counts, row counts and the vocabulary within their bounds."""
+    problems: list[str] = []
+    if data.text_columns and data.max_length is not None and not 1 <= data.max_length <= MAX_LENGTH:
+        problems.append(f"data.max_length={data.max_length} must be between 1 and {MAX_LENGTH} tokens.")
+    if not 2 <= data.max_classes <= MAX_CLASSES:
+        problems.append(
+            f"data.max_classes={data.max_classes} must be between 2 and {MAX_CLASSES} (what a checkpoint may hold)."
+        )
+    if data.source == "seo_pages" and data.num_rows < 50:
+        problems.append(f"data.num_rows={data.num_rows} is too few to split; use at least 50.")
+    if data.pad_to_multiple_of is not None and data.pad_to_multiple_of < 1:
+        problems.append(f"data.pad_to_multiple_of={data.pad_to_multiple_of} must be at least 1.")
+    if data.vocab_size < 8:
+        problems.append(
+            f"data.vocab_size={data.vocab_size} must be at least 8 (the tokenizer keeps 3 special tokens)."
+        )
+    return problems
+
+
+def _ranking_problems(data: DictConfig) -> list[str]:
+    """A ranking target's group column, and what it does not combine with yet."""
+    problems: list[str] = []
     ranked = [t.name for t in data.targets if t.type == RANKING]
     if ranked and not data.get("group_column"):
         problems.append(
@@ -220,16 +257,17 @@ def _data_problems(data: DictConfig) -> list[str]:
             f"data.weight_column does not weigh ranking target {ranked[0]!r}'s loss or metrics yet; remove "
             "data.weight_column, or train the ranking target in a run of its own."
         )
-    if ranked and data.get("group_column") in seen:
+    roles = dict(reversed(list(_column_roles(data))))  # each column's first role
+    if ranked and data.get("group_column") in roles:
         problems.append(
-            f"data.group_column={data.group_column!r} is also in {seen[data.group_column]}; give each column one role."
+            f"data.group_column={data.group_column!r} is also in {roles[data.group_column]}; give each column one role."
         )
     cutoffs = list(data.get("ndcg_at", [1]))
     if not 1 <= len(cutoffs) <= MAX_NDCG_LIST or not all(1 <= k <= MAX_NDCG_AT for k in cutoffs):
         problems.append(
             f"data.ndcg_at={cutoffs} must list 1 to {MAX_NDCG_LIST} cut-offs from 1 to {MAX_NDCG_AT}; e.g. data.ndcg_at=[1,3,10]."
         )
-    return problems + _label_problems(data)
+    return problems
 
 
 def _label_problems(data: DictConfig) -> list[str]:
