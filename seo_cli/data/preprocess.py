@@ -118,66 +118,12 @@ class Preprocessor:
         Raises:
             UserError: a multilabel target without any label in the training split.
         """
-        mean, scale, power, fill = [], [], [], []
-        if numeric_columns:
-            x = frame[numeric_columns].to_numpy(dtype=np.float64)
-            fill = np.nanmedian(x, axis=0).tolist() if len(x) else []
-            empty = [c for c, v in zip(numeric_columns, fill, strict=True) if np.isnan(v)]
-            if empty:
-                raise UserError(
-                    f"numeric column {empty[0]!r} has no values in the training split, so there is nothing to "
-                    "learn from or impute with; fill it in or remove it from data.numeric_columns."
-                )
-            x = np.where(np.isnan(x), np.asarray(fill), x)
-            if numeric_scaling == "power":
-                transformer = PowerTransformer(method="yeo-johnson", standardize=False).fit(x)
-                power = transformer.lambdas_.tolist()
-                x = transformer.transform(x)
-            scaler = StandardScaler().fit(x)
-            mean, scale = scaler.mean_.tolist(), scaler.scale_.tolist()
+        mean, scale, power, fill = _fit_numeric(frame, numeric_columns, numeric_scaling)
         categories = {
             col: sorted(as_text_values(frame[col]).unique().tolist()) for col in categorical_columns
         }
-        tokenizer_json = ""
-        if text_columns:
-            # The vocabulary's statistics settle long before a million texts; a seeded sample keeps
-            # tokenizer training to seconds on large tables.
-            sample = (
-                frame if len(frame) <= TOKENIZER_SAMPLE else frame.sample(TOKENIZER_SAMPLE, random_state=0)
-            )
-            separator = encoder["sep"] if encoder else SEP
-            if encoder:
-                tokenizer = Tokenizer.from_str(encoder["tokenizer_json"])
-            else:
-                tokenizer = _train_tokenizer(_joined_text(sample, text_columns), vocab_size)
-                tokenizer_json = tokenizer.to_str()
-            if max_length is None:
-                max_length = length_from_data(tokenizer, _joined_text(sample, text_columns, separator))
-            if encoder:
-                if max_length > encoder["model_max_length"]:
-                    log.info("data.max_length %d is above the encoder's limit: %d tokens.", max_length, encoder["model_max_length"])
-                max_length = min(max_length, encoder["model_max_length"])
-        encodings = []
-        for target in targets:
-            values = frame[target.name]
-            if target.type == CLASSIFICATION:
-                encodings.append(TargetEncoding(target.name, target.type, classes=_class_names(values)))
-            elif target.type == MULTILABEL:
-                labels = sorted(set().union(*split_labels(values, label_separator)))
-                if not labels:
-                    raise UserError(
-                        f"multilabel target {target.name!r} has no labels in the training split; check the column "
-                        f"and data.label_separator={label_separator!r}."
-                    )
-                encodings.append(TargetEncoding(target.name, target.type, classes=labels, separator=label_separator))
-            elif target.type in (RATE, RANKING):
-                encodings.append(TargetEncoding(target.name, target.type))  # a probability, a relevance: no scaling
-            else:
-                y = values.to_numpy(dtype=np.float64)
-                std = float(y.std())
-                encodings.append(
-                    TargetEncoding(target.name, target.type, mean=float(y.mean()), std=std or 1.0)
-                )
+        tokenizer_json, max_length = _fit_text(frame, text_columns, vocab_size, max_length, encoder)
+        encodings = _encode_targets(frame, targets, label_separator)
         return cls(
             text_columns=list(text_columns),
             numeric_columns=list(numeric_columns),
@@ -375,6 +321,90 @@ MAX_TARGETS = 1_000
 MAX_TEXT = 1_000  # characters of a column, class or category name
 MAX_SEPARATOR = 16  # characters of a multilabel target's separator
 
+
+def _fit_numeric(
+    frame: pd.DataFrame, numeric_columns: list[str], numeric_scaling: str
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """The numeric columns' (mean, scale, Yeo-Johnson lambdas, fill values) from the training rows.
+
+    Raises:
+        UserError: a numeric column without any value in the training split.
+    """
+    mean, scale, power, fill = [], [], [], []
+    if numeric_columns:
+        x = frame[numeric_columns].to_numpy(dtype=np.float64)
+        fill = np.nanmedian(x, axis=0).tolist() if len(x) else []
+        empty = [c for c, v in zip(numeric_columns, fill, strict=True) if np.isnan(v)]
+        if empty:
+            raise UserError(
+                f"numeric column {empty[0]!r} has no values in the training split, so there is nothing to "
+                "learn from or impute with; fill it in or remove it from data.numeric_columns."
+            )
+        x = np.where(np.isnan(x), np.asarray(fill), x)
+        if numeric_scaling == "power":
+            transformer = PowerTransformer(method="yeo-johnson", standardize=False).fit(x)
+            power = transformer.lambdas_.tolist()
+            x = transformer.transform(x)
+        scaler = StandardScaler().fit(x)
+        mean, scale = scaler.mean_.tolist(), scaler.scale_.tolist()
+    return mean, scale, power, fill
+
+
+def _fit_text(
+    frame: pd.DataFrame, text_columns: list[str], vocab_size: int, max_length: int | None, encoder: dict | None
+) -> tuple[str, int | None]:
+    """The fitted tokenizer's JSON ("" for a pretrained encoder's own, or without text) and the tokens kept
+    per row (from the data when ``max_length`` is None, at most the encoder's limit)."""
+    tokenizer_json = ""
+    if text_columns:
+        # The vocabulary's statistics settle long before a million texts; a seeded sample keeps
+        # tokenizer training to seconds on large tables.
+        sample = (
+            frame if len(frame) <= TOKENIZER_SAMPLE else frame.sample(TOKENIZER_SAMPLE, random_state=0)
+        )
+        separator = encoder["sep"] if encoder else SEP
+        if encoder:
+            tokenizer = Tokenizer.from_str(encoder["tokenizer_json"])
+        else:
+            tokenizer = _train_tokenizer(_joined_text(sample, text_columns), vocab_size)
+            tokenizer_json = tokenizer.to_str()
+        if max_length is None:
+            max_length = length_from_data(tokenizer, _joined_text(sample, text_columns, separator))
+        if encoder:
+            if max_length > encoder["model_max_length"]:
+                log.info("data.max_length %d is above the encoder's limit: %d tokens.", max_length, encoder["model_max_length"])
+            max_length = min(max_length, encoder["model_max_length"])
+    return tokenizer_json, max_length
+
+
+def _encode_targets(frame: pd.DataFrame, targets: list[Target], label_separator: str) -> list["TargetEncoding"]:
+    """Each target's encoding: class names, multilabel labels, or a regression target's mean and std.
+
+    Raises:
+        UserError: a multilabel target without any label in the training split.
+    """
+    encodings = []
+    for target in targets:
+        values = frame[target.name]
+        if target.type == CLASSIFICATION:
+            encodings.append(TargetEncoding(target.name, target.type, classes=_class_names(values)))
+        elif target.type == MULTILABEL:
+            labels = sorted(set().union(*split_labels(values, label_separator)))
+            if not labels:
+                raise UserError(
+                    f"multilabel target {target.name!r} has no labels in the training split; check the column "
+                    f"and data.label_separator={label_separator!r}."
+                )
+            encodings.append(TargetEncoding(target.name, target.type, classes=labels, separator=label_separator))
+        elif target.type in (RATE, RANKING):
+            encodings.append(TargetEncoding(target.name, target.type))  # a probability, a relevance: no scaling
+        else:
+            y = values.to_numpy(dtype=np.float64)
+            std = float(y.std())
+            encodings.append(
+                TargetEncoding(target.name, target.type, mean=float(y.mean()), std=std or 1.0)
+            )
+    return encodings
 
 def check_state(state: Any) -> None:
     """Check stored preprocessing field by field, before any of it is used.
