@@ -84,6 +84,35 @@ def read_table(
             twice, or is JSON Lines with a line that is not an object.
     """
     path = Path(path)
+    fmt = _checked_format(path, fmt, column_names)
+    source = Source(
+        str(path), {"csv": 0 if column_names else 1, "tsv": 0 if column_names else 1, "jsonl": 0}.get(fmt)
+    )
+    frame = _read_frame(path, fmt, column_names, encoding, text_columns, columns)
+    if column_names:
+        if frame.shape[1] != len(column_names):
+            raise UserError(
+                f"data.column_names lists {len(column_names)} names but {path} has {frame.shape[1]} columns; "
+                "name every column of the file, in order."
+            )
+        frame.columns = list(column_names)
+    if frame.empty:
+        raise UserError(
+            f"data file {path} has no data rows; give a file with at least one row below the header."
+        )
+    return frame.reset_index(drop=True), source
+
+
+
+
+def _checked_format(path: Path, fmt: str | None, column_names: list[str] | None) -> str:
+    """The file's format (``fmt``, or from its extension), once the file and the column names pass the checks
+    that need no reading.
+
+    Raises:
+        UserError: the file is missing or empty, its format unknown, or ``column_names`` does not apply or
+            names a column twice.
+    """
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise UserError(f"data file {path} {what}; give the path of a CSV, TSV, JSON Lines or Parquet file.")
@@ -106,9 +135,22 @@ def read_table(
         raise UserError(
             f"data file {path} is empty; give a file with a header row and at least one data row."
         )
-    source = Source(
-        str(path), {"csv": 0 if column_names else 1, "tsv": 0 if column_names else 1, "jsonl": 0}.get(fmt)
-    )
+    return fmt
+
+
+def _read_frame(
+    path: Path,
+    fmt: str,
+    column_names: list[str] | None,
+    encoding: str,
+    text_columns: list[str] | None,
+    columns: list[str] | None,
+) -> pd.DataFrame:
+    """The file's rows as pandas reads them, after one bounded pass checks its limits and column names.
+
+    Raises:
+        UserError: the file is over a limit, names a column twice, is not in ``encoding``, or cannot be parsed.
+    """
     try:
         # Limits and repeated names first, in one bounded pass: pandas would hold a huge file's
         # worst row whole, and silently renames a second "ctr" to "ctr.1".
@@ -157,18 +199,7 @@ def read_table(
         raise UserError(
             f"cannot read {path} as {fmt}: {first_line}; check data.format and the file."
         ) from err
-    if column_names:
-        if frame.shape[1] != len(column_names):
-            raise UserError(
-                f"data.column_names lists {len(column_names)} names but {path} has {frame.shape[1]} columns; "
-                "name every column of the file, in order."
-            )
-        frame.columns = list(column_names)
-    if frame.empty:
-        raise UserError(
-            f"data file {path} has no data rows; give a file with at least one row below the header."
-        )
-    return frame.reset_index(drop=True), source
+    return frame
 
 
 def _encoding_message(path: Path, encoding: str) -> str:
