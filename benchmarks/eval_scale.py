@@ -45,21 +45,13 @@ from machine import git_revision, machine, version
 from rich.console import Console
 from rich.table import Table
 
+from seo_cli.data.seo_pages import NUMERIC_COLUMNS  # noqa: E402
+
 log = logging.getLogger("eval_scale")
 
 RESULTS = Path(__file__).parent / "results" / "eval_scale_cpu.json"
 TARGET_S = 30.0
-NUMERIC = [
-    "word_count",
-    "title_length",
-    "backlinks",
-    "domain_authority",
-    "page_speed",
-    "mobile_friendly",
-    "https",
-    "keyword_density",
-    "internal_links",
-]
+NUMERIC = NUMERIC_COLUMNS  # seo_pages' numeric columns
 TARGETS = (
     "data.targets=[{name:intent,type:classification},{name:quality,type:classification},"
     "{name:ctr,type:regression},{name:position,type:regression}]"

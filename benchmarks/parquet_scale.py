@@ -46,22 +46,14 @@ from machine import git_revision, machine, version
 from rich.console import Console
 from rich.table import Table
 
+from seo_cli.data.seo_pages import NUMERIC_COLUMNS, TEXT_COLUMNS  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "parquet_scale_cpu.json"
 SHARD_ROWS = 250_000
 ROW_GROUP = 65_536
 LIMIT_MB = 3 * 1024
-TEXT = ["title", "meta_description", "body"]
-NUMERIC = [
-    "word_count",
-    "title_length",
-    "backlinks",
-    "domain_authority",
-    "page_speed",
-    "mobile_friendly",
-    "https",
-    "keyword_density",
-    "internal_links",
-]
+TEXT = TEXT_COLUMNS
+NUMERIC = NUMERIC_COLUMNS  # seo_pages' numeric columns
 
 
 def split_draws(shard: int) -> np.ndarray:
