@@ -52,7 +52,6 @@ from seo_cli.data.shards import (
     concat,
     is_parquet_dir,
     layouts_of,
-    targets_of,
 )
 from seo_cli.data.spec import CLASSIFICATION
 from seo_cli.errors import UserError
@@ -314,17 +313,7 @@ def fit_preprocessing(layout: Layout, data: DataConfig, seed: int, encoder: dict
         f"{total:,}",
         f"{data.fit_sample_rows:,}",
     )
-    preprocessor = Preprocessor.fit(
-        sample,
-        text_columns=list(data.text_columns),
-        numeric_columns=list(data.numeric_columns),
-        categorical_columns=list(data.categorical_columns),
-        targets=targets_of(data),
-        max_length=data.max_length,
-        vocab_size=data.vocab_size,
-        numeric_scaling=data.numeric_scaling,
-        encoder=encoder,
-    )
+    preprocessor = Preprocessor.fit_data(sample, data, encoder)
     for encoding in preprocessor.targets:
         if encoding.type == CLASSIFICATION:
             counts = layout.shards.classes["train"][encoding.name]

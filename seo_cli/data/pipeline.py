@@ -667,21 +667,8 @@ def prepare_data(
                     f"({source}, {source.row(row)}) but never in the training split, so the model cannot learn "
                     "it; add training rows of it, or remove those rows."
                 )
-    preprocessor = Preprocessor.fit(
-        train_frame,
-        text_columns=list(data.text_columns),
-        numeric_columns=list(data.numeric_columns),
-        categorical_columns=list(data.categorical_columns),
-        targets=targets_of(data),
-        max_length=data.max_length,
-        vocab_size=data.vocab_size,
-        numeric_scaling=data.numeric_scaling,
-        encoder=encoder_files(data.tokenizer) if data.tokenizer and data.text_columns else None,
-        group_column=data.group_column,
-        weight_column=data.weight_column,
-        trials_column=data.trials_column,
-        label_separator=data.label_separator,
-    )
+    encoder = encoder_files(data.tokenizer) if data.tokenizer and data.text_columns else None
+    preprocessor = Preprocessor.fit_data(train_frame, data, encoder)
     if data.weight_column:
         for name, (frame, source) in splits.items():
             if not frame[data.weight_column].to_numpy().any():

@@ -27,6 +27,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from seo_cli.config import DataConfig
+
 from seo_cli.data.spec import (
     CLASSIFICATION,
     MULTILABEL,
@@ -140,6 +142,25 @@ class Preprocessor:
             group_column=(group_column or "") if any(t.type == RANKING for t in targets) else "",
             weight_column=weight_column or "",
             trials_column=trials_column or "",
+        )
+
+    @classmethod
+    def fit_data(cls, frame: pd.DataFrame, data: "DataConfig", encoder: dict | None) -> "Preprocessor":
+        """``fit`` with the columns, targets and knobs of the ``data`` config section (tables and shards alike)."""
+        return cls.fit(
+            frame,
+            text_columns=list(data.text_columns),
+            numeric_columns=list(data.numeric_columns),
+            categorical_columns=list(data.categorical_columns),
+            targets=[Target(t.name, str(t.type)) for t in data.targets],
+            max_length=data.max_length,
+            vocab_size=data.vocab_size,
+            numeric_scaling=data.numeric_scaling,
+            encoder=encoder,
+            group_column=data.group_column,
+            weight_column=data.weight_column,
+            trials_column=data.trials_column,
+            label_separator=data.label_separator,
         )
 
     @property
